@@ -1,0 +1,18 @@
+"""noisecraft: a toolkit for diffusion models.
+
+`import noisecraft` is light: subpackages (which import torch) load on first use.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_SUBMODULES = {
+    "core", "schedules", "samplers", "models", "training", "data", "viz", "errors", "config",
+}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return import_module(f"noisecraft.{name}")
+    raise AttributeError(f"module 'noisecraft' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from noisecraft.cli.main import main
+
+raise SystemExit(main())

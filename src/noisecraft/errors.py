@@ -1,0 +1,27 @@
+"""Error types. Every user-facing mistake raises one of these with a message that names the
+problem and the allowed values; the CLI prints it as one line (no traceback)."""
+
+
+class NoisecraftError(ValueError):
+    """Bad user input: a wrong name, shape, value or file. Subclasses ValueError."""
+
+
+class ConfigError(NoisecraftError):
+    """A config value of the wrong type, out of range, or an unknown field."""
+
+
+class CheckpointError(NoisecraftError):
+    """A missing, corrupt, foreign or unsafe checkpoint."""
+
+
+class DataError(NoisecraftError):
+    """A dataset that cannot be loaded: no images, NaN values, a wrong shape."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced non-finite losses repeatedly; the last good checkpoint is intact."""
+
+
+def unknown_name(kind: str, name: str, allowed) -> NoisecraftError:
+    """The standard 'unknown X' error: names the bad value and lists the allowed ones."""
+    return NoisecraftError(f"unknown {kind} {name!r}; allowed: {', '.join(sorted(allowed))}")
