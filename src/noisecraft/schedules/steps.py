@@ -1,0 +1,94 @@
+"""Sampling step schedules: how a budget of steps is spent between sigma_max and 0.
+
+Every function returns a strictly decreasing float64 tensor of n + 1 noise levels whose last entry
+is exactly 0 (the VE view of DESIGN.md). Discrete spacings reproduce diffusers' `timestep_spacing`
+choices ("leading", "trailing", "linspace"; Lin et al. 2024, Table 2) on integer timesteps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from noisecraft.errors import NoisecraftError, unknown_name
+from noisecraft.schedules.training import DiscreteSchedule, Schedule
+
+DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
+STEP_SCHEDULES = DISCRETE_SPACINGS + ("karras", "exponential", "uniform")
+
+
+def discrete_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", offset: int = 0) -> np.ndarray:
+    """Integer timesteps, decreasing, as diffusers' `set_timesteps` computes them."""
+    if spacing == "linspace":
+        ts = np.linspace(0, num_timesteps - 1, steps).round()[::-1]
+    elif spacing == "leading":
+        ratio = num_timesteps // steps
+        ts = (np.arange(0, steps) * ratio).round()[::-1] + offset
+    elif spacing == "trailing":
+        ratio = num_timesteps / steps
+        ts = np.round(np.arange(num_timesteps, 0, -ratio)) - 1
+    else:
+        raise unknown_name("timestep spacing", spacing, DISCRETE_SPACINGS)
+    return ts.astype(np.int64)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, Eq. 5: sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, steps: int) -> torch.Tensor:
+    """Uniform in log sigma, i.e. uniform in log-SNR = -2 log sigma (Lu et al. 2022, DPM-Solver)."""
+    return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float64).exp())
+
+
+def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def _check_steps(steps) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise NoisecraftError(f"steps must be an integer >= 1, got {steps!r}")
+
+
+def get_sigmas(schedule: Schedule, steps: int, kind: str = "trailing", *, rho: float = 7.0) -> torch.Tensor:
+    """The n + 1 sampling noise levels for `steps` denoiser steps on `schedule`.
+
+    kind: "leading" | "trailing" | "linspace" (integer timesteps, discrete schedules only),
+    "karras" (rho), "exponential" (log-SNR uniform), "uniform" (uniform in the schedule's timestep).
+    """
+    _check_steps(steps)
+    if kind in DISCRETE_SPACINGS:
+        if not isinstance(schedule, DiscreteSchedule):
+            raise NoisecraftError(
+                f"step schedule {kind!r} needs a discrete schedule; {schedule.name!r} is continuous; "
+                f"use one of: karras, exponential, uniform"
+            )
+        ts = discrete_timesteps(schedule.num_timesteps, steps, kind)
+        return _append_zero(schedule.sigmas[torch.from_numpy(ts.copy())])
+    if kind == "karras":
+        return karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps, rho)
+    if kind == "exponential":
+        return exponential_sigmas(schedule.sigma_min, schedule.sigma_max, steps)
+    if kind == "uniform":
+        return _append_zero(_uniform_t_sigmas(schedule, steps))
+    raise unknown_name("step schedule", kind, STEP_SCHEDULES)
+
+
+def _uniform_t_sigmas(schedule: Schedule, steps: int) -> torch.Tensor:
+    """Uniform in the schedule's own time variable, from sigma_max down to sigma_min."""
+    if isinstance(schedule, DiscreteSchedule):
+        t = torch.linspace(schedule.num_timesteps - 1, 0, steps, dtype=torch.float64)
+        return schedule.t_to_sigma(t)
+    if schedule.name == "vp":
+        t = torch.linspace(1, schedule.eps_t, steps, dtype=torch.float64)
+        return schedule.sigma(t)
+    if schedule.name == "flow":
+        t = torch.linspace(schedule.t_max, schedule.t_min, steps, dtype=torch.float64)
+        return t / (1 - t)
+    # ve / edm: the VE SDE's time is log-uniform in sigma
+    return exponential_sigmas(schedule.sigma_min, schedule.sigma_max, steps)[:-1]
