@@ -1,0 +1,130 @@
+"""The `noisecraft` command. Only argparse is imported at start-up (fast --help); each command imports
+what it needs. User errors exit with status 2 and one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from noisecraft.errors import NoisecraftError, TrainingDiverged
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _add_quickstart(sub) -> None:
+    p = sub.add_parser("quickstart", help="train a small U-Net on the embedded MNIST and write samples",
+                       description="Train the `mnist` preset on the embedded MNIST for a few minutes on the CPU, "
+                                   "then write DIR/samples.png, DIR/loss.png, DIR/config.json and the checkpoint.")
+    p.add_argument("--minutes", type=_positive_float, default=None, help="training time (default: the preset's, 8)")
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a preset or a config file",
+                       description="Train from --preset or --config; field overrides like train.lr=3e-4 "
+                                   "or unet.base_channels=64 follow as positional arguments.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="a preset name (see `noisecraft presets`)")
+    src.add_argument("--config", help="a .json, .toml or .yaml config file")
+    p.add_argument("--steps", type=_positive_int, help="stop after this many steps")
+    p.add_argument("--minutes", type=_positive_float, help="stop after this much wall time")
+    p.add_argument("--out", required=True, help="run directory (also a valid --checkpoint)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate images from a trained run")
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint.safetensors")
+    p.add_argument("--sampler", help="sampler name or alias (default: the run's); see --list-samplers")
+    p.add_argument("--steps", type=_positive_int, help="sampling steps (default: the run's)")
+    p.add_argument("--schedule", help="step schedule: trailing, leading, linspace, karras, exponential, uniform")
+    p.add_argument("--seed", type=int, default=0, help="seed; image i uses seed + i (default 0)")
+    p.add_argument("--num", type=_positive_int, default=16, help="number of images (default 16)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
+    p.add_argument("--out", default="samples.png", help="grid PNG path, or a directory for one PNG per image")
+    p.add_argument("--eta", type=float, default=None, help="stochasticity for ddim / ancestral samplers")
+    p.add_argument("--trajectory", help="also write the reverse process of image 0 (.png strip or .gif)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def _add_forward(sub) -> None:
+    p = sub.add_parser("forward", help="show the forward noising of a picture",
+                       description="Write x_t = alpha_t x0 + sigma_t n at several t as an image strip.")
+    p.add_argument("--image", help="a picture (default: the first MNIST digit)")
+    p.add_argument("--schedule", default="linear", help="training schedule: linear, scaled_linear, cosine, "
+                                                        "sigmoid, vp, ve, edm, flow (default linear)")
+    p.add_argument("--num", type=_positive_int, default=8, help="number of noise levels shown (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=_positive_int, default=None, help="resize the picture first")
+    p.add_argument("--out", default="forward.png", help="output PNG")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="noisecraft", description="Diffusion models: train, sample, inspect.")
+    parser.add_argument("--version", action="version", version="noisecraft 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_quickstart(sub)
+    _add_train(sub)
+    _add_sample(sub)
+    sub.add_parser("presets", help="list the training presets")
+    _add_forward(sub)
+    try:
+        from noisecraft.cli import schedule_cmd
+    except ImportError:
+        schedule_cmd = None
+    if schedule_cmd is not None:
+        schedule_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from noisecraft.cli import commands
+
+    handler = {"quickstart": commands.quickstart, "train": commands.train, "sample": commands.sample,
+               "presets": commands.presets, "forward": commands.forward}.get(args.command)
+    if handler is None:  # a command registered by a plug-in module
+        from noisecraft.cli import schedule_cmd
+
+        handler = schedule_cmd.run
+    try:
+        return int(handler(args) or 0)
+    except NoisecraftError as e:
+        print(f"noisecraft: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"noisecraft: training stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("noisecraft: interrupted (a checkpoint was written; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Load a trained run and generate from it (the thin layer the CLI and users call)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from noisecraft.config import from_dict
+from noisecraft.core.denoiser import Denoiser
+from noisecraft.core.random import make_generators, randn_like
+from noisecraft.errors import CheckpointError, ConfigError, NoisecraftError
+from noisecraft.training.checkpoint import load_checkpoint
+from noisecraft.training.config import RunConfig
+from noisecraft.training.trainer import build_denoiser
+
+MAX_NUM = 4096  # the largest batch one `generate` call accepts
+
+
+@dataclass
+class Loaded:
+    denoiser: Denoiser
+    config: RunConfig
+    data_shape: tuple[int, ...]
+    step: int
+
+
+def load_denoiser(path, *, use_ema: bool = True, device: str = "cpu") -> Loaded:
+    """A run directory (or checkpoint file) -> its denoiser (EMA weights by default), in eval mode."""
+    ckpt = load_checkpoint(path)
+    try:
+        config = from_dict(RunConfig, ckpt.config)
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt.path}: its config is invalid: {e}") from None
+    denoiser = build_denoiser(config)
+    weights = ckpt.ema if use_ema and ckpt.ema else ckpt.model
+    try:
+        denoiser.net.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt.path}: weights do not fit the model in its config: {e}") from None
+    denoiser = denoiser.to(device).eval().requires_grad_(False)
+    if config.model == "unet":
+        u = config.unet
+        side = _data_side(config)
+        shape = (u.in_channels, *([side] * u.dims))
+    else:
+        shape = (config.mlp.data_dim,)
+    return Loaded(denoiser, config, shape, int(ckpt.state.get("step", 0)))
+
+
+def _data_side(config: RunConfig) -> int:
+    from noisecraft.data import load_dataset
+
+    if config.data.resolution:
+        return config.data.resolution
+    ds = load_dataset(config.data.dataset, root=config.data.root, split=config.data.split, limit=1)
+    return ds.data_shape[-1]
+
+
+def generate(denoiser, sigmas: torch.Tensor, data_shape, *, num: int, seed: int, sampler: str = "heun",
+             batch_size: int = 64, cond=None, callback=None, device: str = "cpu", **sampler_options) -> torch.Tensor:
+    """`num` samples, drawn in batches; sample i uses its own generator seeded seed + i, so it is the
+    same whatever the batch size. Returns float32 (num, *data_shape) on the CPU."""
+    from noisecraft import samplers
+
+    if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_NUM:
+        raise NoisecraftError(f"num must be an integer in [1, {MAX_NUM}], got {num!r}")
+    fn = samplers.get(sampler)
+    out = []
+    for start in range(0, num, batch_size):
+        n = min(batch_size, num - start)
+        gens = make_generators(seed + start, n)
+        x = randn_like(torch.empty(n, *data_shape, device=device), gens) * float(sigmas[0])
+        out.append(fn(denoiser, x, sigmas, cond=cond, generator=gens, callback=callback, **sampler_options).cpu())
+    return torch.cat(out).float()

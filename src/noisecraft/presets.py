@@ -1,0 +1,66 @@
+"""Named run presets (plain dict registry). `noisecraft presets` lists them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from noisecraft.errors import unknown_name
+from noisecraft.models.mlp import MLP_PRESETS
+from noisecraft.models.unet import UNET_PRESETS
+from noisecraft.training.config import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig
+
+# The quickstart: a ~1.7M-parameter U-Net on the embedded MNIST, EDM preconditioning and loss
+# (Karras et al. 2022), Heun sampling on Karras steps. Chosen by measurement (docs/quickstart.md).
+_MNIST = RunConfig(
+    name="mnist",
+    model="unet",
+    unet=UNET_PRESETS["mnist"],
+    diffusion=DiffusionConfig(schedule="edm", prediction="edm", weighting="simple", sigma_data=0.5),
+    data=DataConfig(dataset="mnist", split="train"),
+    train=TrainConfig(batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.999, steps=100_000, minutes=8.0,
+                      checkpoint_every=250),
+    sample=SampleConfig(sampler="heun", steps=18, step_schedule="karras", num=64),
+)
+
+PRESETS: dict[str, RunConfig] = {
+    "mnist": _MNIST,
+    # The classic DDPM recipe on MNIST: linear betas, eps prediction, L_simple (Ho et al. 2020).
+    "mnist-ddpm": replace(
+        _MNIST, name="mnist-ddpm", diffusion=DiffusionConfig(schedule="linear", prediction="eps"),
+        sample=SampleConfig(sampler="ddim", steps=50, step_schedule="trailing"),
+    ),
+    # Rectified flow on MNIST (Esser et al. 2024).
+    "mnist-flow": replace(
+        _MNIST, name="mnist-flow", diffusion=DiffusionConfig(schedule="flow", prediction="flow"),
+        sample=SampleConfig(sampler="euler", steps=30, step_schedule="uniform"),
+    ),
+    # sklearn's 8x8 digits: seconds per epoch on a CPU.
+    "digits": replace(
+        _MNIST, name="digits", unet=replace(UNET_PRESETS["tiny"], base_channels=16, norm_groups=8,
+                                            attention_levels=(1,), head_channels=16),
+        data=DataConfig(dataset="digits", split="train"),
+        train=replace(_MNIST.train, minutes=3.0),
+    ),
+    # 2-D toy distribution with an MLP: the smallest complete diffusion model.
+    "toy2d": RunConfig(
+        name="toy2d", model="mlp", mlp=MLP_PRESETS["toy2d"],
+        diffusion=DiffusionConfig(schedule="edm", prediction="edm", sigma_data=1.0),
+        data=DataConfig(dataset="8gaussians", split="all"),
+        train=TrainConfig(batch_size=256, lr=1e-3, warmup_steps=100, steps=3000, minutes=None),
+        sample=SampleConfig(sampler="heun", steps=18, step_schedule="karras", num=2000),
+    ),
+    # For tests and smoke runs: a ~50k-parameter U-Net on a slice of MNIST.
+    "mnist-tiny": replace(
+        _MNIST, name="mnist-tiny", unet=UNET_PRESETS["tiny"],
+        data=DataConfig(dataset="mnist", split="train", limit=256),
+        train=replace(_MNIST.train, batch_size=16, steps=20, minutes=None, warmup_steps=5, checkpoint_every=10,
+                      log_every=5),
+        sample=SampleConfig(sampler="heun", steps=4, step_schedule="karras", num=4),
+    ),
+}
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise unknown_name("preset", name, PRESETS)
+    return PRESETS[name]

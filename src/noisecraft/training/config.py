@@ -1,0 +1,131 @@
+"""The run configuration: one frozen dataclass per concern, composed in `RunConfig`.
+
+The final config is written as JSON beside every run (`DIR/config.json`) and into each checkpoint's
+metadata, so a run directory is self-describing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from noisecraft.core.prediction import PREDICTIONS
+from noisecraft.errors import ConfigError, unknown_name
+from noisecraft.models.mlp import MLPConfig
+from noisecraft.models.unet import UNetConfig
+from noisecraft.schedules.steps import STEP_SCHEDULES
+from noisecraft.schedules.training import SCHEDULES
+from noisecraft.training.losses import WEIGHTINGS
+
+
+def _check(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    schedule: str = "linear"        # training noise schedule: linear, scaled_linear, cosine, sigmoid, vp, ve, edm, flow
+    num_timesteps: int = 1000       # T of the discrete schedules
+    beta_start: float = 1e-4        # first beta of the discrete schedules
+    beta_end: float = 0.02          # last beta of the discrete schedules
+    prediction: str = "eps"         # what the network predicts: eps, x0, v, flow, edm
+    sigma_data: float = 0.5         # EDM's data standard deviation (edm schedule and prediction)
+    weighting: str = "simple"       # loss weighting: simple, min_snr, edm
+    min_snr_gamma: float = 5.0      # gamma of min-SNR weighting (Hang et al. 2023)
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise unknown_name("schedule", self.schedule, SCHEDULES)
+        if self.prediction not in PREDICTIONS:
+            raise unknown_name("prediction", self.prediction, PREDICTIONS)
+        if self.weighting not in WEIGHTINGS:
+            raise unknown_name("loss weighting", self.weighting, WEIGHTINGS)
+        _check(self.num_timesteps >= 2, "diffusion.num_timesteps", f"must be >= 2, got {self.num_timesteps}")
+        _check(0 < self.beta_start < self.beta_end < 1, "diffusion.beta_start/beta_end",
+               f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        _check(self.sigma_data > 0, "diffusion.sigma_data", f"must be > 0, got {self.sigma_data}")
+        _check(self.min_snr_gamma > 0, "diffusion.min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
+
+    def schedule_options(self) -> dict:
+        if self.schedule == "edm":
+            return {"sigma_data": self.sigma_data}
+        if self.schedule in ("vp", "ve", "flow"):
+            return {}
+        return {"num_timesteps": self.num_timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"          # dataset name (see `noisecraft.data.available_datasets()`)
+    root: str | None = None         # image folder for dataset "folder"
+    resolution: int | None = None   # resize to this size (folder default 64; others native)
+    channels: int | None = None     # 1 or 3 (None: the dataset's own)
+    split: str = "train"            # all, train or test
+    limit: int | None = None        # use only the first `limit` items
+    hflip: bool = False             # random horizontal flips (not for digits/glyphs)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 64            # images per optimiser step
+    lr: float = 2e-4                # AdamW learning rate after warm-up
+    warmup_steps: int = 200         # linear LR warm-up from 0
+    weight_decay: float = 0.0       # AdamW weight decay
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW (beta1, beta2)
+    grad_clip: float = 1.0          # clip the global gradient norm to this (0: off)
+    ema_decay: float = 0.999        # EMA decay; the effective decay warms up as min(decay, (1+t)/(10+t))
+    bf16: bool = False              # bfloat16 autocast for the forward/backward pass
+    seed: int = 0                   # all randomness derives from (seed, step)
+    steps: int = 10_000             # stop after this many optimiser steps
+    minutes: float | None = None    # or after this much wall time (whichever comes first)
+    checkpoint_every: int = 500     # write a checkpoint every this many steps (and at the end)
+    log_every: int = 25             # log the loss every this many steps
+    max_bad_steps: int = 5          # stop after this many consecutive non-finite losses/gradients
+    threads: int | None = None      # torch CPU threads (None: torch's default)
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps", "checkpoint_every", "log_every", "max_bad_steps"):
+            _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        _check(self.minutes is None or self.minutes > 0, "train.minutes", f"must be > 0, got {self.minutes}")
+        _check(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", f"must be in [0, 1), got {self.adam_betas}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: str = "heun"           # default sampler for previews and `noisecraft sample`
+    steps: int = 18                 # default number of steps
+    step_schedule: str = "karras"   # default step schedule
+    num: int = 64                   # images in the preview grid
+
+    def __post_init__(self):
+        if self.step_schedule not in STEP_SCHEDULES:
+            raise unknown_name("step schedule", self.step_schedule, STEP_SCHEDULES)
+        _check(self.steps >= 1, "sample.steps", f"must be >= 1, got {self.steps}")
+        _check(self.num >= 1, "sample.num", f"must be >= 1, got {self.num}")
+
+
+MODEL_KINDS = ("unet", "mlp")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"                                          # preset or run name
+    model: str = "unet"                                        # which network section is used: unet or mlp
+    unet: UNetConfig = field(default_factory=UNetConfig)       # U-Net hyper-parameters
+    mlp: MLPConfig = field(default_factory=MLPConfig)          # MLP hyper-parameters (2-D toy data)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self):
+        if self.model not in MODEL_KINDS:
+            raise unknown_name("model", self.model, MODEL_KINDS)
+
+    @property
+    def network(self):
+        return self.unet if self.model == "unet" else self.mlp

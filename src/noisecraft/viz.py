@@ -1,0 +1,118 @@
+"""Pictures people would rather look at than read: sample grids, loss curves, trajectories."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8 (rounded, clipped)."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def grid_image(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile (N, C, H, W) images in [-1, 1] into one (H', W', C) uint8 array with a pad-pixel border."""
+    arr = to_uint8(images)
+    n, h, w, c = arr.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    out = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = arr[i]
+    return out
+
+
+def _pil(arr: np.ndarray, scale: int = 1):
+    from PIL import Image
+
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def save_png(arr: np.ndarray, path, *, parameters: str | None = None, info: dict | None = None, scale: int = 1):
+    """Save a uint8 array as PNG with A1111-style `parameters` text and our JSON chunk `noisecraft`.
+    Deterministic: the same array and metadata give the same bytes."""
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    if parameters:
+        meta.add_text("parameters", parameters)
+    if info:
+        meta.add_text("noisecraft", json.dumps(info, sort_keys=True))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _pil(arr, scale).save(path, format="PNG", pnginfo=meta)
+
+
+def save_grid(images: torch.Tensor, path, *, nrow: int | None = None, scale: int = 2, **meta) -> None:
+    save_png(grid_image(images, nrow), path, scale=scale, **meta)
+
+
+def save_points(points: torch.Tensor, path, *, title: str = "") -> None:
+    """Scatter plot of 2-D samples."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    p = points.detach().cpu().numpy()
+    ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.5)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(log: list[dict], path, *, title: str = "training loss") -> None:
+    """Loss (raw and smoothed) against step, log-scale y."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in log]
+    ax.plot(steps, [r["loss"] for r in log], lw=0.7, alpha=0.5, label="loss")
+    smooth = [(r["step"], r["loss_smooth"]) for r in log if r.get("loss_smooth") is not None]
+    if smooth:
+        ax.plot(*zip(*smooth), lw=1.5, label="smoothed")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def trajectory_frames(frames: list[tuple[float, torch.Tensor, torch.Tensor]]) -> list[np.ndarray]:
+    """[(sigma, x, denoised)] of one sample -> per step a uint8 picture: x_t (scaled to unit variance)
+    above the x0 estimate."""
+    out = []
+    for sigma, x, den in frames:
+        xt = x / math.sqrt(1 + sigma**2)  # the VP view has unit scale at every noise level
+        out.append(grid_image(torch.stack([xt, den]), nrow=1))
+    return out
+
+
+def save_trajectory(frames: list[tuple[float, torch.Tensor, torch.Tensor]], path, scale: int = 3) -> None:
+    """A strip (PNG: columns = steps; top x_t, bottom x0 estimate) or an animation (GIF)."""
+    pics = trajectory_frames(frames)
+    path = Path(path)
+    if path.suffix.lower() == ".gif":
+        imgs = [_pil(p, scale) for p in pics]
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=200, loop=0)
+    else:
+        save_png(np.concatenate(pics, axis=1), path, scale=scale)
