@@ -5,7 +5,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/analytic.py importable as `analytic`
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # small test models run fastest single-threaded; avoids oversubscription
 
 
 @pytest.fixture

@@ -91,7 +91,8 @@ class TrainConfig:
         _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
         _check(self.minutes is None or self.minutes > 0, "train.minutes", f"must be > 0, got {self.minutes}")
-        _check(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", f"must be in [0, 1), got {self.adam_betas}")
+        _check(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas",
+               f"must be in [0, 1), got {self.adam_betas}")
 
 
 @dataclass(frozen=True)
