@@ -1,0 +1,402 @@
+"""U-Net denoiser backbone for 1-D, 2-D and 3-D data.
+
+The architecture follows Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (appendix B),
+with the improvements of Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis"
+(ADM, section 3): several residual blocks per resolution, multi-head self-attention at chosen
+resolutions, adaptive group normalisation (scale-shift by the timestep embedding) and
+zero-initialised output layers.
+
+Notation (shapes):
+
+    B      batch size
+    C      channels at the current level
+    *S     the `dims` spatial sizes, e.g. (H, W) for images; L = prod(S) tokens for attention
+    E      time-embedding width (`time_embed_mult * base_channels`)
+
+Memory layout: with `channels_last=True` (the default) 2-D/3-D activations are kept in
+channels-last memory format. It changes only how tensors are stored, never the numbers computed,
+and makes the convolutions and the token view used by attention cheaper on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from noisecraft.errors import ConfigError, NoisecraftError
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_MEMORY_FORMAT = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d}
+_GN_EPS = 1e-5  # GroupNorm epsilon, as in ADM and diffusers
+
+
+def _memory_format(cfg: UNetConfig) -> torch.memory_format:
+    return _MEMORY_FORMAT[cfg.dims] if cfg.channels_last else torch.contiguous_format
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"UNetConfig.{field}: {message}")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Hyper-parameters of `UNet`; every field is validated in `__post_init__`."""
+
+    in_channels: int = 1  # channels of the input x (1 for MNIST, 3 for RGB, latent channels, ...)
+    out_channels: int | None = None  # channels of the output; None -> same as in_channels
+    dims: int = 2  # number of spatial dimensions: 1 (sequences), 2 (images) or 3 (volumes, video)
+    base_channels: int = 32  # width of level 0; level i has base_channels * channel_mult[i]
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # width multiplier per level; len = number of levels
+    num_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
+    attention_levels: tuple[int, ...] = (2,)  # level indices (0 = full resolution) with self-attention
+    head_channels: int = 32  # channels per attention head (heads = level width // head_channels)
+    dropout: float = 0.0  # dropout probability inside residual blocks, in [0, 1)
+    norm_groups: int = 8  # GroupNorm groups; must divide every level width
+    scale_shift_norm: bool = True  # True: adaGN, h = GN(h)(1 + s) + b (ADM); False: h + emb before GN
+    num_classes: int = 0  # >0: class embedding added to the time embedding; label num_classes = "null"
+    mid_attention: bool = True  # self-attention in the middle block (between its two res blocks)
+    time_embed_mult: int = 4  # time-embedding width E = time_embed_mult * base_channels
+    channels_last: bool = True  # keep 2-D/3-D activations channels-last (faster; same numbers)
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        self._check_values()
+        self._check_widths()
+
+    def _check_types(self) -> None:
+        for field in ("in_channels", "dims", "base_channels", "num_res_blocks", "head_channels",
+                      "norm_groups", "num_classes", "time_embed_mult"):
+            _require(_is_int(getattr(self, field)), field, f"expected an integer, got {getattr(self, field)!r}")
+        _require(self.out_channels is None or _is_int(self.out_channels), "out_channels",
+                 f"expected an integer or None, got {self.out_channels!r}")
+        for field in ("channel_mult", "attention_levels"):
+            value = getattr(self, field)
+            _require(isinstance(value, tuple) and all(_is_int(v) for v in value), field,
+                     f"expected a tuple of integers, got {value!r}")
+        _require(isinstance(self.dropout, int | float) and not isinstance(self.dropout, bool), "dropout",
+                 f"expected a number, got {self.dropout!r}")
+        for field in ("scale_shift_norm", "mid_attention", "channels_last"):
+            _require(isinstance(getattr(self, field), bool), field,
+                     f"expected true or false, got {getattr(self, field)!r}")
+
+    def _check_values(self) -> None:
+        _require(self.dims in (1, 2, 3), "dims", f"must be one of 1, 2, 3; got {self.dims}")
+        for field in ("in_channels", "base_channels", "num_res_blocks", "head_channels", "norm_groups",
+                      "time_embed_mult"):
+            _require(getattr(self, field) >= 1, field, f"must be >= 1, got {getattr(self, field)}")
+        _require(self.out_channels is None or self.out_channels >= 1, "out_channels",
+                 f"must be >= 1 or None, got {self.out_channels}")
+        _require(len(self.channel_mult) >= 1 and min(self.channel_mult) >= 1, "channel_mult",
+                 f"must be a non-empty tuple of integers >= 1, got {self.channel_mult}")
+        levels = len(self.channel_mult)
+        _require(all(0 <= lv < levels for lv in self.attention_levels), "attention_levels",
+                 f"levels must be in 0..{levels - 1} (one per channel_mult entry), got {self.attention_levels}")
+        _require(len(set(self.attention_levels)) == len(self.attention_levels), "attention_levels",
+                 f"must not repeat a level, got {self.attention_levels}")
+        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(self.num_classes >= 0, "num_classes", f"must be >= 0 (0 = unconditional), got {self.num_classes}")
+
+    def _check_widths(self) -> None:
+        for level, width in enumerate(self.widths):
+            _require(width % self.norm_groups == 0, "norm_groups",
+                     f"{self.norm_groups} must divide every level width base_channels * channel_mult = "
+                     f"{self.widths}; level {level} has {width} channels")
+            needs_heads = level in self.attention_levels or (self.mid_attention and level == len(self.widths) - 1)
+            _require(not needs_heads or width % self.head_channels == 0, "head_channels",
+                     f"{self.head_channels} must divide the width (base_channels * channel_mult) of every "
+                     f"attention level; level {level} has {width} channels")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channels of each level."""
+        return tuple(self.base_channels * m for m in self.channel_mult)
+
+    @property
+    def output_channels(self) -> int:
+        return self.in_channels if self.out_channels is None else self.out_channels
+
+
+UNET_PRESETS: dict[str, UNetConfig] = {
+    # ~48k parameters: unit tests and smoke runs.
+    "tiny": UNetConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+                       head_channels=8, norm_groups=4),
+    # ~1.7M parameters: 28x28 grey images, trains on a CPU in minutes; attention at 7x7.
+    "mnist": UNetConfig(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels=(2,),
+                        head_channels=32, norm_groups=8),
+    # ~23M parameters: 64x64 RGB, attention at 16x16 and 8x8 (a reduced ADM ImageNet-64).
+    "small": UNetConfig(in_channels=3, base_channels=64, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
+                        attention_levels=(2, 3), head_channels=64, norm_groups=32, dropout=0.1),
+    # ~123M parameters: 64x64 RGB, attention at 32x32, 16x16 and 8x8 (ADM ImageNet-64 layout).
+    "base": UNetConfig(in_channels=3, base_channels=128, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
+                       attention_levels=(1, 2, 3), head_channels=64, norm_groups=32, dropout=0.1),
+}
+
+
+def timestep_embedding(c_noise: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of a real-valued noise condition (Vaswani et al. 2017, section 3.5;
+    Ho et al. 2020, appendix B): [cos(c f_0), ..., cos(c f_{h-1}), sin(c f_0), ..., sin(c f_{h-1})]
+    with f_i = max_period^(-i / h), h = dim // 2 (zero-padded to `dim` when it is odd)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) / half * torch.arange(half, dtype=torch.float32,
+                                                                  device=c_noise.device))
+    args = c_noise.float()[:, None] * freqs[None]  # (B, h)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # (B, 2h)
+    return F.pad(emb, (0, dim % 2))  # (B, dim)
+
+
+def _group_norm_silu(x: Tensor, norm: nn.GroupNorm) -> Tensor:
+    return F.silu(F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps))
+
+
+def _broadcast(v: Tensor, dims: int) -> Tensor:
+    """(B, C) -> (B, C, 1, ..., 1) with `dims` trailing singleton axes."""
+    return v.view(*v.shape, *([1] * dims))
+
+
+class ResBlock(nn.Module):
+    """Residual block (Ho et al. 2020, app. B; Dhariwal & Nichol 2021, sec. 3 "adaptive group
+    normalisation"): h = conv(SiLU(GN(x))); h = GN(h)(1 + s) + b (or GN(h + e)); h = conv(drop(SiLU(h)));
+    out = skip(x) + h, with (s, b) or e a linear map of SiLU(emb) and skip a 1x1 conv when C changes."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_ch: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        conv = _CONV[cfg.dims]
+        self.dims = cfg.dims
+        self.scale_shift = cfg.scale_shift_norm
+        self.dropout = cfg.dropout
+        self.norm1 = nn.GroupNorm(cfg.norm_groups, in_ch, eps=_GN_EPS)
+        self.conv1 = conv(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_ch, 2 * out_ch if cfg.scale_shift_norm else out_ch)
+        self.norm2 = nn.GroupNorm(cfg.norm_groups, out_ch, eps=_GN_EPS)
+        self.conv2 = conv(out_ch, out_ch, 3, padding=1)
+        self.skip = conv(in_ch, out_ch, 1) if in_ch != out_ch else None
+
+    def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
+        """x: (B, C_in, *S); emb_act = SiLU(emb): (B, E). Returns (B, C_out, *S)."""
+        h = self.conv1(_group_norm_silu(x, self.norm1))  # (B, C_out, *S)
+        e = _broadcast(self.emb_proj(emb_act), self.dims)  # (B, 2 C_out or C_out, 1, ...)
+        n2 = self.norm2
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = F.group_norm(h, n2.num_groups, n2.weight, n2.bias, n2.eps)
+            h = F.silu(torch.addcmul(shift, h, 1 + scale))  # GN(h) (1 + s) + b
+        else:
+            h = _group_norm_silu(h + e, n2)
+        if self.dropout > 0:
+            h = F.dropout(h, self.dropout, self.training)
+        h = self.conv2(h)
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all spatial positions with a residual connection
+    (Vaswani et al. 2017; used at low resolutions by Ho et al. 2020 and Dhariwal & Nichol 2021):
+    x + W_o softmax(Q K^T / sqrt(d)) V, with Q, K, V = W_qkv GN(x) and d = head_channels."""
+
+    def __init__(self, channels: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.heads = channels // cfg.head_channels
+        self.norm = nn.GroupNorm(cfg.norm_groups, channels, eps=_GN_EPS)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, *S) -> (B, C, *S). In channels-last layout the token view below is free."""
+        B, C, *S = x.shape
+        n = self.norm
+        h = F.group_norm(x, n.num_groups, n.weight, n.bias, n.eps)
+        tokens = h.movedim(1, -1).reshape(B, -1, C)  # (B, L, C)
+        q, k, v = self.qkv(tokens).view(B, -1, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
+        out = self.proj(out.transpose(1, 2).reshape(B, -1, C))  # (B, L, C)
+        return x + out.view(B, *S, C).movedim(-1, 1)  # (B, C, *S)
+
+
+class Downsample(nn.Module):
+    """Halve every spatial size with a stride-2 3x3 convolution (Ho et al. 2020)."""
+
+    def __init__(self, channels: int, dims: int) -> None:
+        super().__init__()
+        self.conv = _CONV[dims](channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+# Nearest-neighbour 2x upsampling followed by a 3-tap filter w equals a stride-2 transposed
+# filter with 4 taps (w2, w1 + w2, w0 + w1, w0): row t of this matrix maps w to tap t.
+_UPSAMPLE_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def upsample_conv_weight(w: Tensor) -> Tensor:
+    """(C_out, C_in, 3, ..., 3) conv weight -> (C_in, C_out, 4, ..., 4) stride-2 transposed-conv weight
+    such that conv_transpose(x, K, stride=2, padding=1) == conv(nearest_upsample_2x(x), w, padding=1)."""
+    dims = w.ndim - 2
+    taps = _UPSAMPLE_TAPS.to(w)
+    k_in, k_out = "abc"[:dims], "tsu"[:dims]
+    spec = ",".join(f"{o}{i}" for o, i in zip(k_out, k_in)) + f",oi{k_in}->io{k_out}"
+    return torch.einsum(spec, *([taps] * dims), w)
+
+
+class Upsample(nn.Module):
+    """Double every spatial size: nearest-neighbour interpolation, then a 3x3 convolution (Ho et al.
+    2020). Computed exactly as one stride-2 transposed convolution with 4x4 taps built from the 3x3
+    weight: the same linear map with 16 instead of 36 multiply-adds per input pixel (2-D) and no
+    4x-larger intermediate tensor."""
+
+    def __init__(self, channels: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.dims = cfg.dims
+        self.memory_format = _memory_format(cfg)
+        self.conv = _CONV[cfg.dims](channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, *S) -> (B, C, *2S)."""
+        weight = upsample_conv_weight(self.conv.weight)  # (C, C, 4, ..., 4)
+        weight = weight.contiguous(memory_format=self.memory_format)
+        return _CONV_TRANSPOSE[self.dims](x, weight, self.conv.bias, stride=2, padding=1)
+
+
+class _ConcatSkip(torch.autograd.Function):
+    """torch.cat([h, skip], dim=1) whose backward hands out densely stored gradients. The plain
+    backward returns channel slices of the incoming gradient; in channels-last layout those are
+    strided tensors, and the convolutions they reach fall onto slow paths (3-10x slower on CPU)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, skip: Tensor, memory_format: torch.memory_format) -> Tensor:
+        ctx.channels, ctx.memory_format = h.shape[1], memory_format
+        return torch.cat([h, skip], dim=1)  # (B, C_h + C_skip, *S)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        g_h, g_skip = grad.split([ctx.channels, grad.shape[1] - ctx.channels], dim=1)
+        return g_h.contiguous(memory_format=ctx.memory_format), \
+            g_skip.contiguous(memory_format=ctx.memory_format), None
+
+
+class EmbedSequential(nn.Sequential):
+    """A sequence of layers where residual blocks also receive the time embedding."""
+
+    def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
+        for layer in self:
+            x = layer(x, emb_act) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """ADM-style U-Net (Ho et al. 2020; Dhariwal & Nichol 2021) predicting a tensor shaped like x.
+
+    forward(x, c_noise, cond) with x: (B, in_channels, *S), c_noise: (B,) real-valued noise
+    condition (a timestep 0..999, or EDM's ln(sigma) / 4), cond: optional {"class_labels": (B,) long}
+    where label `num_classes` is the null label for classifier-free guidance (Ho & Salimans 2022).
+    Output: (B, out_channels, *S). Residual convs, attention projections and the output conv start
+    at zero (ADM), so the network outputs exactly 0 at initialisation.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        if not isinstance(config, UNetConfig):
+            raise ConfigError(f"UNet expects a UNetConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        self.levels = len(cfg.channel_mult)
+        self.memory_format = _memory_format(cfg)
+        emb_ch = cfg.time_embed_mult * cfg.base_channels
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.base_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_ch) if cfg.num_classes > 0 else None
+        self.conv_in = _CONV[cfg.dims](cfg.in_channels, cfg.base_channels, 3, padding=1)
+        skip_chs = self._build_down(emb_ch)
+        self.mid = EmbedSequential(ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg),
+                                   *([AttentionBlock(cfg.widths[-1], cfg)] if cfg.mid_attention else []),
+                                   ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg))
+        self._build_up(emb_ch, skip_chs)
+        self.norm_out = nn.GroupNorm(cfg.norm_groups, cfg.base_channels, eps=_GN_EPS)
+        self.conv_out = _CONV[cfg.dims](cfg.base_channels, cfg.output_channels, 3, padding=1)
+        self._zero_init()
+        self.to(memory_format=self.memory_format)
+
+    def _build_down(self, emb_ch: int) -> list[int]:
+        """Encoder: per level `num_res_blocks` blocks (+ attention), then a downsample (not last)."""
+        cfg, ch, skip_chs = self.config, self.config.base_channels, [self.config.base_channels]
+        self.down = nn.ModuleList()
+        for level, width in enumerate(cfg.widths):
+            for _ in range(cfg.num_res_blocks):
+                attn = [AttentionBlock(width, cfg)] if level in cfg.attention_levels else []
+                self.down.append(EmbedSequential(ResBlock(ch, width, emb_ch, cfg), *attn))
+                ch = width
+                skip_chs.append(ch)
+            if level < self.levels - 1:
+                self.down.append(EmbedSequential(Downsample(ch, cfg.dims)))
+                skip_chs.append(ch)
+        return skip_chs
+
+    def _build_up(self, emb_ch: int, skip_chs: list[int]) -> None:
+        """Decoder: per level `num_res_blocks + 1` blocks on [h, skip] (+ attention), then an upsample."""
+        cfg, ch = self.config, self.config.widths[-1]
+        self.up = nn.ModuleList()
+        for level, width in reversed(list(enumerate(cfg.widths))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_chs.pop(), width, emb_ch, cfg)]
+                ch = width
+                if level in cfg.attention_levels:
+                    layers.append(AttentionBlock(width, cfg))
+                if level > 0 and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch, cfg))
+                self.up.append(EmbedSequential(*layers))
+
+    def _zero_init(self) -> None:
+        zeroed = [self.conv_out] + [m.conv2 for m in self.modules() if isinstance(m, ResBlock)]
+        zeroed += [m.proj for m in self.modules() if isinstance(m, AttentionBlock)]
+        for module in zeroed:
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor, c_noise: Tensor, cond: dict | None = None) -> Tensor:
+        c_noise = self._check_input(x, c_noise)
+        emb_act = F.silu(self._embed(c_noise, (cond or {}).get("class_labels"), x.shape[0]))  # (B, E)
+        h = self.conv_in(x.contiguous(memory_format=self.memory_format))  # (B, C_0, *S)
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb_act)
+            skips.append(h)
+        h = self.mid(h, emb_act)  # (B, C_last, *S / 2^(levels-1))
+        for block in self.up:
+            h = block(_ConcatSkip.apply(h, skips.pop(), self.memory_format), emb_act)
+        return self.conv_out(_group_norm_silu(h, self.norm_out)).contiguous()  # (B, C_out, *S)
+
+    def _embed(self, c_noise: Tensor, labels: Tensor | None, batch: int) -> Tensor:
+        """emb = MLP(sinusoid(c_noise)) (+ class embedding); labels None -> the null label."""
+        emb = self.time_mlp(timestep_embedding(c_noise, self.config.base_channels).to(self.conv_in.weight.dtype))
+        if self.class_emb is None:
+            if labels is not None:
+                raise NoisecraftError("cond['class_labels'] given but UNetConfig.num_classes is 0 (unconditional)")
+            return emb  # (B, E)
+        if labels is None:
+            labels = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=emb.device)
+        if labels.shape != (batch,) or labels.dtype not in (torch.int32, torch.int64):
+            raise NoisecraftError(f"cond['class_labels']: expected an integer tensor of shape ({batch},), "
+                                  f"got {labels.dtype} {tuple(labels.shape)}")
+        return emb + self.class_emb(labels)  # (B, E)
+
+    def _check_input(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        """Raise NoisecraftError for a wrong shape; a scalar c_noise is expanded to (B,)."""
+        cfg, factor = self.config, 2 ** (self.levels - 1)
+        expected = f"(B, {cfg.in_channels}, " + ", ".join(["S"] * cfg.dims) + f") with S divisible by {factor}"
+        bad_spatial = any(s % factor for s in x.shape[2:])
+        if x.ndim != cfg.dims + 2 or x.shape[1] != cfg.in_channels or bad_spatial:
+            raise NoisecraftError(f"UNet input x: expected shape {expected}, got {tuple(x.shape)}")
+        c_noise = torch.as_tensor(c_noise, device=x.device)
+        if c_noise.ndim == 0:
+            c_noise = c_noise.expand(x.shape[0])
+        if c_noise.shape != (x.shape[0],):
+            raise NoisecraftError(f"UNet c_noise: expected shape ({x.shape[0]},), got {tuple(c_noise.shape)}")
+        return c_noise
