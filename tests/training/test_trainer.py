@@ -152,3 +152,12 @@ def test_config_and_log_written(tmp_path):
     assert cfg["train"]["steps"] == 10 and cfg["unet"]["in_channels"] == 1
     assert [r["step"] for r in t.log] == [5, 10]
     assert load_checkpoint(tmp_path).config == cfg
+
+
+def test_bf16_autocast_trains(tmp_path):
+    t = Trainer(tiny(3, bf16=True), tmp_path, progress=False)
+    before = [p.clone() for p in t.net.parameters()]
+    losses = [t.train_step() for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses))) and t.bad_steps == 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.net.parameters()))
+    assert all(p.dtype == torch.float32 for p in t.net.parameters())  # master weights stay float32
