@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 
 from noisecraft.core.random import randn_like
-from noisecraft.errors import NoisecraftError
-from noisecraft.samplers._common import ancestral_split, check_sigmas, notify
+from noisecraft.samplers._common import ancestral_split, check_range, run_multistep
 
 
 def ancestral_step(x, denoised, sigma: float, sigma_next: float, eta: float, generator=None):
@@ -31,18 +30,17 @@ def ancestral_step(x, denoised, sigma: float, sigma_next: float, eta: float, gen
     return x_next
 
 
+def step_ddim(x, sigma: float, sigma_next: float, denoised, state=None, *, eta: float = 0.0, generator=None):
+    """Stateless DDIM(eta) step (Song et al. 2021, Eq. 12); eta = 1 is DDPM / Euler ancestral."""
+    check_range("DDIM eta", eta, 0.0, 1.0)
+    return ancestral_step(x, denoised, sigma, sigma_next, eta, generator), None
+
+
 @torch.no_grad()
 def sample_ddim(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, eta: float = 0.0):
     """DDIM (Song et al. 2021, Eq. 12) with stochasticity eta in [0, 1]; eta = 1 is DDPM."""
-    if not 0.0 <= eta <= 1.0:
-        raise NoisecraftError(f"DDIM eta must be in [0, 1], got {eta}")
-    sigmas = check_sigmas(sigmas, x)
-    for i in range(len(sigmas) - 1):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoiser(x, sigmas[i], cond)
-        notify(callback, i, x, s, s_next, denoised)
-        x = ancestral_step(x, denoised, s, s_next, eta, generator)
-    return x
+    check_range("DDIM eta", eta, 0.0, 1.0)
+    return run_multistep(step_ddim, denoiser, x, sigmas, cond, callback, eta=eta, generator=generator)
 
 
 @torch.no_grad()

@@ -16,7 +16,11 @@ from noisecraft.errors import NoisecraftError, unknown_name
 from noisecraft.schedules.training import DiscreteSchedule, Schedule
 
 DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
-STEP_SCHEDULES = DISCRETE_SPACINGS + ("karras", "exponential", "uniform")
+STEP_SCHEDULES = DISCRETE_SPACINGS + ("karras", "exponential", "logsnr", "uniform", "ays")
+
+# Align Your Steps (Sabour et al. 2024), the published 10-step schedule for Stable Diffusion 1.5
+# (sigma_max 14.6146 ... sigma_min 0.0292; the last knot becomes 0 when sampling).
+AYS_SD15 = (14.6146, 6.4745, 3.8636, 2.6946, 1.8841, 1.3943, 0.9642, 0.6523, 0.3977, 0.1515, 0.0292)
 
 
 def discrete_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", offset: int = 0) -> np.ndarray:
@@ -46,6 +50,30 @@ def exponential_sigmas(sigma_min: float, sigma_max: float, steps: int) -> torch.
     return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float64).exp())
 
 
+def loglinear_interp(knots, n: int) -> torch.Tensor:
+    """n values through decreasing `knots`, piecewise linear in log sigma over an even grid
+    (Sabour et al. 2024's recipe for other step counts)."""
+    knots = torch.as_tensor(knots, dtype=torch.float64)
+    xs = torch.linspace(0, 1, len(knots), dtype=torch.float64)
+    t = torch.linspace(0, 1, n, dtype=torch.float64)
+    idx = torch.searchsorted(xs, t).clamp(1, len(xs) - 1)
+    w = (t - xs[idx - 1]) / (xs[idx] - xs[idx - 1])
+    logs = knots.log()
+    return (logs[idx - 1] + w * (logs[idx] - logs[idx - 1])).exp()
+
+
+def ays_sigmas(sigma_min: float, sigma_max: float, steps: int) -> torch.Tensor:
+    """Align Your Steps (Sabour et al. 2024): the SD 1.5 knots, log-linearly interpolated to `steps` + 1
+    values, the last set to 0; on another schedule the knots are mapped affinely in log sigma from
+    [0.0292, 14.6146] onto [sigma_min, sigma_max]."""
+    lo, hi = math.log(AYS_SD15[-1]), math.log(AYS_SD15[0])
+    a = (math.log(sigma_max) - math.log(sigma_min)) / (hi - lo)
+    knots = [math.exp(math.log(sigma_min) + a * (math.log(k) - lo)) for k in AYS_SD15]
+    sigmas = loglinear_interp(knots, steps + 1)
+    sigmas[-1] = 0.0
+    return sigmas
+
+
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
@@ -59,9 +87,15 @@ def get_sigmas(schedule: Schedule, steps: int, kind: str = "trailing", *, rho: f
     """The n + 1 sampling noise levels for `steps` denoiser steps on `schedule`.
 
     kind: "leading" | "trailing" | "linspace" (integer timesteps, discrete schedules only),
-    "karras" (rho), "exponential" (log-SNR uniform), "uniform" (uniform in the schedule's timestep).
+    "karras" (rho), "exponential" or its synonym "logsnr" (uniform in log sigma = uniform in log-SNR),
+    "uniform" (uniform in the schedule's timestep), "ays" (Align Your Steps), or the path of a JSON
+    schedule written by `noisecraft schedule optimise` (interpolated log-linearly to `steps`).
     """
     _check_steps(steps)
+    if str(kind).endswith(".json"):
+        from noisecraft.schedules.optimize import load_sigmas
+
+        return load_sigmas(kind, steps)
     if kind in DISCRETE_SPACINGS:
         if not isinstance(schedule, DiscreteSchedule):
             raise NoisecraftError(
@@ -72,11 +106,13 @@ def get_sigmas(schedule: Schedule, steps: int, kind: str = "trailing", *, rho: f
         return _append_zero(schedule.sigmas[torch.from_numpy(ts.copy())])
     if kind == "karras":
         return karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps, rho)
-    if kind == "exponential":
+    if kind in ("exponential", "logsnr"):
         return exponential_sigmas(schedule.sigma_min, schedule.sigma_max, steps)
+    if kind == "ays":
+        return ays_sigmas(schedule.sigma_min, schedule.sigma_max, steps)
     if kind == "uniform":
         return _append_zero(_uniform_t_sigmas(schedule, steps))
-    raise unknown_name("step schedule", kind, STEP_SCHEDULES)
+    raise unknown_name("step schedule", kind, STEP_SCHEDULES + ("<file>.json",))
 
 
 def _uniform_t_sigmas(schedule: Schedule, steps: int) -> torch.Tensor:

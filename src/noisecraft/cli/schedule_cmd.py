@@ -1,0 +1,151 @@
+"""`noisecraft schedule`: show step schedules, and optimise one for a given denoiser and sampler.
+
+    noisecraft schedule optimise --mixture bench:64:8 --sampler unipc --steps 10 --out unipc10.json
+    noisecraft schedule optimise --checkpoint runs/quickstart --sampler "DPM++ 2M" --steps 8 --out s8.json
+    noisecraft schedule show --kind karras --steps 10
+    noisecraft sample --checkpoint runs/quickstart --schedule unipc10.json ...   (any .json is a schedule)
+
+The optimiser (`noisecraft.schedules.optimize`) picks the inner noise levels that minimise the distance
+between the sampler's output and the exact probability-flow ODE solution from the same noise. Only
+argparse is imported at start-up; `run` imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+SD = {"beta_start": 0.00085, "beta_end": 0.012}  # Stable Diffusion's scaled-linear schedule
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("schedule", help="show or optimise sampling step schedules",
+                              description="Show a step schedule, or optimise one for a model and a sampler.")
+    sub = p.add_subparsers(dest="schedule_command", required=True, metavar="{optimise,show}")
+
+    o = sub.add_parser("optimise", aliases=["optimize"], help="optimise the noise levels for a sampler and model",
+                       description="Choose the inner noise levels that minimise the RMSE between SAMPLER with "
+                                   "STEPS steps and the exact probability-flow ODE solution (adaptive RK45) on a "
+                                   "batch of noise; writes a JSON schedule usable wherever a step schedule name is.")
+    src = o.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="run directory or checkpoint of a trained model")
+    src.add_argument("--mixture", help="an exact Gaussian mixture: bench[:DIM[:COMPONENTS[:SEED]]] or a JSON file "
+                                       "with means, stds, weights")
+    o.add_argument("--sampler", required=True, help="sampler name or alias (e.g. unipc, 'DPM++ 2M')")
+    o.add_argument("--steps", type=_positive_int, required=True, help="number of sampling steps")
+    o.add_argument("--out", required=True, help="output JSON file")
+    o.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="a sampler option (repeatable), e.g. --option order=3 --option final=extrapolate")
+    o.add_argument("--init", default="karras,exponential,uniform",
+                   help="comma-separated starting schedules; the best result wins (default: %(default)s)")
+    o.add_argument("--train-schedule", default="sd",
+                   help="with --mixture: the noise schedule whose sigma range is used: sd (scaled-linear "
+                        "0.00085..0.012, the default) or a schedule name (linear, cosine, edm, vp, ve, flow, ...)")
+    o.add_argument("--batch", type=_positive_int, default=None,
+                   help="noise samples to optimise on (default: 1024 for a mixture, 64 for a checkpoint)")
+    o.add_argument("--seed", type=int, default=0, help="seed of the noise batch (default: 0)")
+    o.add_argument("--max-evals", type=_positive_int, default=600, help="sampler runs to spend (default: 600)")
+    o.add_argument("--rtol", type=float, default=1e-6, help="tolerance of the reference ODE solve (default: 1e-6)")
+    o.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+    s = sub.add_parser("show", help="print the noise levels of a step schedule")
+    s.add_argument("--kind", required=True, help="karras, exponential, logsnr, uniform, ays, trailing, leading, "
+                                                 "linspace, or a .json schedule")
+    s.add_argument("--steps", type=_positive_int, required=True)
+    s.add_argument("--train-schedule", default="sd", help="sd (default) or a schedule name")
+    s.add_argument("--checkpoint", help="take the schedule from this run instead")
+    return p
+
+
+def _train_schedule(name: str):
+    from noisecraft.schedules import build_schedule
+
+    return build_schedule("scaled_linear", **SD) if name == "sd" else build_schedule(name)
+
+
+def _problem(args):
+    """(denoiser, schedule, data shape, batch, description) for --mixture or --checkpoint."""
+    if args.mixture:
+        from noisecraft.samplers.mixture import load_mixture
+
+        mixture = load_mixture(args.mixture)
+        return mixture.denoise, _train_schedule(args.train_schedule), (mixture.dim,), args.batch or 1024, {
+            "mixture": args.mixture, "train_schedule": args.train_schedule}
+    from noisecraft.pipeline import load_denoiser
+
+    loaded = load_denoiser(args.checkpoint, device=args.device)
+    return loaded.denoiser, loaded.denoiser.schedule, tuple(loaded.data_shape), args.batch or 64, {
+        "checkpoint": str(args.checkpoint)}
+
+
+def _optimise(args) -> int:
+    import math
+
+    import torch
+
+    from noisecraft import samplers
+    from noisecraft.errors import NoisecraftError
+    from noisecraft.schedules import get_sigmas
+    from noisecraft.schedules.optimize import optimize_sigmas, reference_solution
+
+    name, _ = samplers.resolve_alias(args.sampler)
+    options = dict(args.option)
+    unknown = set(options) - set(samplers.options(name))
+    if unknown:
+        raise NoisecraftError(f"sampler {name!r} has no option(s) {', '.join(sorted(unknown))}; "
+                              f"allowed: {', '.join(samplers.options(name)) or 'none'}")
+    if args.steps < 2:
+        raise NoisecraftError("optimising needs --steps >= 2 (one step has no inner noise level)")
+    denoiser, schedule, shape, batch, source = _problem(args)
+    inits = [get_sigmas(schedule, args.steps, k.strip()) for k in args.init.split(",") if k.strip()]
+    g = torch.Generator().manual_seed(args.seed)
+    x_T = float(inits[0][0]) * torch.randn(batch, *shape, generator=g).to(args.device)
+    print(f"reference: adaptive RK45 on {batch} samples (rtol {args.rtol:g}) ...", flush=True)
+    ref = reference_solution(denoiser, x_T, float(inits[0][0]), rtol=args.rtol, atol=args.rtol)
+    result = optimize_sigmas(denoiser, samplers.get(name), inits, x_T, ref, sigma_min=schedule.sigma_min,
+                             options=options, max_evaluations=args.max_evals, name=name,
+                             meta={**source, "steps": args.steps, "batch": batch, "seed": args.seed, "init": args.init})
+    result.save(args.out)
+    print(f"{name}, {args.steps} steps: RMSE to the exact ODE solution {math.sqrt(result.initial_loss):.4g} (best "
+          f"start) -> {math.sqrt(result.loss):.4g} in {result.evaluations} runs; wrote {args.out}")
+    print("sigmas: " + ", ".join(f"{s:.4g}" for s in result.sigmas))
+    return 0
+
+
+def _show(args) -> int:
+    from noisecraft.schedules import get_sigmas
+
+    if args.checkpoint:
+        from noisecraft.pipeline import load_denoiser
+
+        schedule = load_denoiser(args.checkpoint).denoiser.schedule
+    else:
+        schedule = _train_schedule(args.train_schedule)
+    print(", ".join(f"{s:.6g}" for s in get_sigmas(schedule, args.steps, args.kind).tolist()))
+    return 0
+
+
+def run(args) -> int:
+    if args.schedule_command in ("optimise", "optimize"):
+        return _optimise(args)
+    return _show(args)
