@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -89,20 +88,12 @@ def presets(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ sample
-def _resolve_sampler(name: str):
-    from noisecraft import samplers
-
-    resolve_alias = getattr(samplers, "resolve_alias", None)
-    if resolve_alias is not None:
-        return resolve_alias(name)
-    return samplers.resolve(name), None
-
-
 def _sampling_plan(loaded, sampler=None, steps=None, schedule=None):
+    from noisecraft.samplers import resolve_alias
     from noisecraft.schedules import get_sigmas
 
     s = loaded.config.sample
-    name, implied = _resolve_sampler(sampler or s.sampler)
+    name, implied = resolve_alias(sampler or s.sampler)
     kind = schedule or implied or s.step_schedule
     sigmas = get_sigmas(loaded.denoiser.schedule, steps or s.steps, kind)
     return name, kind, sigmas
@@ -188,10 +179,6 @@ def forward(args) -> int:
              info={"schedule": args.schedule, "sigmas": [round(float(s), 5) for s in sigmas]})
     print(f"wrote {args.out} (sigma = {', '.join(f'{float(s):.3g}' for s in sigmas)})")
     return 0
-
-
-def _dump(obj) -> str:
-    return json.dumps(obj, indent=2)
 
 
 __all__ = ["forward", "presets", "quickstart", "sample", "train", "NoisecraftError"]
