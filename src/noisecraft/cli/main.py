@@ -81,7 +81,15 @@ def _add_forward(sub) -> None:
     p.add_argument("--out", default="forward.png", help="output PNG")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands defined in their own modules: each has add_parser(subparsers) and run(args) -> int, and
+# imports nothing heavy at module level.
+PLUGIN_MODULES = ("noisecraft.cli.schedule_cmd", "noisecraft.cli.eval_cmd")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    """The argument parser, and for each plug-in command the module that runs it."""
+    import importlib
+
     parser = argparse.ArgumentParser(prog="noisecraft", description="Diffusion models: train, sample, inspect.")
     parser.add_argument("--version", action="version", version="noisecraft 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -90,29 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     sub.add_parser("presets", help="list the training presets")
     _add_forward(sub)
-    try:
-        from noisecraft.cli import schedule_cmd
-    except ImportError:
-        schedule_cmd = None
-    if schedule_cmd is not None:
-        schedule_cmd.add_parser(sub)
-    return parser
+    plugins = {}
+    for name in PLUGIN_MODULES:
+        before = set(sub.choices)
+        importlib.import_module(name).add_parser(sub)
+        plugins.update({command: name for command in set(sub.choices) - before})
+    return parser, plugins
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    import importlib
+
+    parser, plugins = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    from noisecraft.cli import commands
+    if args.command in plugins:
+        handler = importlib.import_module(plugins[args.command]).run
+    else:
+        from noisecraft.cli import commands
 
-    handler = {"quickstart": commands.quickstart, "train": commands.train, "sample": commands.sample,
-               "presets": commands.presets, "forward": commands.forward}.get(args.command)
-    if handler is None:  # a command registered by a plug-in module
-        from noisecraft.cli import schedule_cmd
-
-        handler = schedule_cmd.run
+        handler = getattr(commands, args.command)
     try:
         return int(handler(args) or 0)
     except NoisecraftError as e:
