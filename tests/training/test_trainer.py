@@ -161,3 +161,19 @@ def test_bf16_autocast_trains(tmp_path):
     assert all(torch.isfinite(torch.tensor(losses))) and t.bad_steps == 0
     assert any(not torch.equal(a, b) for a, b in zip(before, t.net.parameters()))
     assert all(p.dtype == torch.float32 for p in t.net.parameters())  # master weights stay float32
+
+
+def test_evaluation_during_training_keeps_best(tmp_path):
+    from noisecraft.training.config import EvalConfig
+
+    cfg = replace(tiny(4), eval=EvalConfig(every=2, metrics=("fd",), num_samples=8, features="mnist"))
+    t = Trainer(cfg, tmp_path, progress=False)
+    with pytest.warns(Warning):  # 8 samples < feature dimension: the FD rank warning
+        t.run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(r["fd"] > 0 for r in records)
+    assert (tmp_path / "metrics.png").is_file()
+    best = load_checkpoint(tmp_path / "best")
+    best_step = min(records, key=lambda r: r["fd"])["step"]
+    assert best.state["step"] == best_step

@@ -44,10 +44,9 @@ def _as_config(config):
 
 
 def _resolve_sampler(name: str) -> tuple[str, str | None]:
-    from noisecraft import samplers
+    from noisecraft.samplers import resolve_alias
 
-    resolve_alias = getattr(samplers, "resolve_alias", None)
-    return resolve_alias(name) if resolve_alias is not None else (name, None)
+    return resolve_alias(name)
 
 
 class TrainingEvaluator:

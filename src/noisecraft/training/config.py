@@ -109,6 +109,19 @@ class SampleConfig:
         _check(self.num >= 1, "sample.num", f"must be >= 1, got {self.num}")
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0                      # evaluate the EMA model every this many steps (0: never)
+    metrics: tuple[str, ...] = ("fd",)  # metric names (noisecraft.eval.METRICS); the first picks best/
+    num_samples: int = 500              # images generated per evaluation
+    features: str | None = None         # feature extractor (None: the dataset's default)
+
+    def __post_init__(self):
+        _check(self.every >= 0, "eval.every", f"must be >= 0 (0 turns evaluation off), got {self.every}")
+        _check(self.num_samples >= 2, "eval.num_samples", f"must be >= 2, got {self.num_samples}")
+        _check(len(self.metrics) >= 1, "eval.metrics", "name at least one metric")
+
+
 MODEL_KINDS = ("unet", "mlp")
 
 
@@ -122,6 +135,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:

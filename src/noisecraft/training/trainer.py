@@ -24,7 +24,14 @@ from noisecraft.core.prediction import Prediction
 from noisecraft.errors import CheckpointError, DataError, TrainingDiverged
 from noisecraft.models import build_model
 from noisecraft.schedules.training import build_schedule
-from noisecraft.training.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint, unflatten_optimizer
+from noisecraft.training.checkpoint import (
+    CHECKPOINT_FILE,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_optimizer,
+)
 from noisecraft.training.config import RunConfig
 from noisecraft.training.losses import denoising_loss
 
@@ -76,6 +83,7 @@ class Trainer:
         if self.config.train.threads:
             torch.set_num_threads(self.config.train.threads)
         self._build()
+        self.evaluator = self._evaluator()
         self.step, self.bad_steps, self.consecutive_bad = 0, 0, 0
         self.log: list[dict] = []
         if ckpt is not None:
@@ -93,6 +101,15 @@ class Trainer:
                                            weight_decay=t.weight_decay, fused=fused or None)
         self.images = self.data.images.to(self.device)
         self.labels = None if self.data.labels is None else self.data.labels.to(self.device)
+
+    def _evaluator(self):
+        e = self.config.eval
+        if not e.every:
+            return None
+        from noisecraft.eval.during_training import TrainingEvaluator
+
+        return TrainingEvaluator(self.config, self.out_dir, metrics=e.metrics, every_n_steps=e.every,
+                                 num_samples=e.num_samples, features=e.features)
 
     def _open_resume(self):
         try:
@@ -208,6 +225,18 @@ class Trainer:
         _write_log(self.out_dir, self.log)
         return path
 
+    def maybe_evaluate(self) -> dict | None:
+        """Score the EMA model every eval.every steps; keep its checkpoint in best/ when it is the best."""
+        if self.evaluator is None:
+            return None
+        result = self.evaluator.maybe_evaluate(self.step, build_denoiser(self.config, self.ema).eval(),
+                                               self.data.data_shape)
+        if result is not None and result["is_best"]:
+            path = self.save()
+            (self.out_dir / "best").mkdir(exist_ok=True)
+            atomic_write_bytes(self.out_dir / "best" / CHECKPOINT_FILE, path.read_bytes())
+        return result
+
     def run(self) -> dict:
         """Train until train.steps or train.minutes; checkpoint periodically and at the end."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,6 +253,7 @@ class Trainer:
                                      "lr": self.lr_at(self.step - 1), "time": time.monotonic() - start})
                 if self.step % t.checkpoint_every == 0:
                     self.save()
+                self.maybe_evaluate()
                 _advance(bar, self.step, start, t, ema_loss)
         except KeyboardInterrupt:
             self.save()
@@ -268,6 +298,4 @@ def _read_log(out_dir: Path) -> list[dict]:
 
 
 def _write_log(out_dir: Path, log: list[dict]) -> None:
-    from noisecraft.training.checkpoint import atomic_write_bytes
-
     atomic_write_bytes(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
