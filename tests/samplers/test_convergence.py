@@ -50,7 +50,7 @@ GLOBAL = [
     ("dpm_solver_3", {}, 3, 16), ("dpmpp_2s", {}, 2, 32), ("dpmpp_2m", {}, 2, 32),
     ("dpmpp_2m", {"solver_type": "heun"}, 2, 32), ("dpmpp_3m", {}, 3, 64), ("unipc", {"order": 1}, 2, 32),
     ("unipc", {"order": 2}, 3, 32), ("unipc", {"order": 2, "variant": "bh1"}, 3, 32), ("lms", {}, 4, 64),
-    ("deis", {}, 3, 32),
+    ("deis", {}, 3, 32), ("expint", {"order": 1}, 2, 32),
 ]
 
 
@@ -64,6 +64,25 @@ def test_global_order(problems, name, options, order, n, case):
         assert observed >= order - 0.3
     else:
         assert abs(observed - order) <= 0.35, f"{name} {options}: observed order {observed:.2f}, expected {order}"
+
+
+@pytest.mark.parametrize("order,expected", [(2, 3), (3, 3)])
+def test_expint_global_order(problems, order, expected):
+    """expint-p (predictor p nodes, corrector p + 1) is order p + 1; for p = 3 the warm-up caps it at 3."""
+    e = [error_at_sigma_min("expint", problems["mixture"], n, order=order) for n in (32, 64)]
+    assert math.log2(e[0] / e[1]) >= expected - 0.3
+
+
+def test_expint_is_exact_for_gaussian_data():
+    """With sigma_data = the data std, D is linear in v = 1 / sqrt(sigma^2 + sigma_data^2) along the exact
+    trajectory: one step from two exact nodes reaches sigma = 0 exactly, with no step-size restriction."""
+    x0 = ONE.single_gaussian_flow(SIGMA_MAX * torch.randn(8, 4, dtype=torch.float64), SIGMA_MAX, 3.0)
+    x1 = ONE.single_gaussian_flow(x0, 3.0, 0.7)
+    state = History((3.0,), (ONE.denoise(x0, 3.0),), {"x": x0})
+    for target in (0.2, 0.0):
+        out, _ = get_step("expint")(x1, 0.7, target, ONE.denoise(x1, 0.7), state, order=2, sigma_data=0.5,
+                                    corrector=False)
+        torch.testing.assert_close(out, ONE.single_gaussian_flow(x1, 0.7, target), rtol=0, atol=1e-12)
 
 
 def test_unipc3_global_order_is_at_least_3(problems):

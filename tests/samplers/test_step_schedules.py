@@ -109,10 +109,22 @@ def test_optimiser_lowers_the_error_and_keeps_the_schedule_valid(small_problem, 
 def test_optimiser_multistart_keeps_the_best(small_problem):
     mix, x_T, ref = small_problem
     inits = [get_sigmas(SD, 3, k) for k in ("karras", "uniform")]
-    res = optimize_sigmas(mix.denoise, get("euler"), inits, x_T, ref, sigma_min=SD.sigma_min, max_evaluations=60)
-    single = [optimize_sigmas(mix.denoise, get("euler"), s, x_T, ref, sigma_min=SD.sigma_min, max_evaluations=30)
-              for s in inits]
+    res = optimize_sigmas(mix.denoise, get("euler"), inits, x_T, ref, sigma_min=SD.sigma_min, method="pattern",
+                          max_evaluations=60)
+    single = [optimize_sigmas(mix.denoise, get("euler"), s, x_T, ref, sigma_min=SD.sigma_min, method="pattern",
+                              max_evaluations=30) for s in inits]
     assert res.loss == min(r.loss for r in single)
+
+
+def test_differential_evolution_is_seeded_and_beats_its_starts(small_problem):
+    mix, x_T, ref = small_problem
+    inits = [get_sigmas(SD, 5, k) for k in ("karras", "exponential")]
+    runs = [optimize_sigmas(mix.denoise, get("expint"), inits, x_T, ref, sigma_min=SD.sigma_min, max_evaluations=150,
+                            seed=3) for _ in range(2)]
+    assert runs[0].sigmas == runs[1].sigmas and runs[0].evaluations <= 150
+    assert runs[0].loss < runs[0].initial_loss
+    with pytest.raises(NoisecraftError, match="de, pattern"):
+        optimize_sigmas(mix.denoise, get("euler"), inits[0], x_T, ref, sigma_min=SD.sigma_min, method="bfgs")
 
 
 def test_bad_schedule_files_raise(tmp_path):
@@ -155,6 +167,24 @@ def test_cli_rejects_bad_input(tmp_path):
         schedule_cmd.run(parse(base[:3] + ["nowhere.json"] + base[4:] + ["--sampler", "euler"]))
     with pytest.raises(SystemExit):
         parse(["schedule", "optimise", "--sampler", "euler", "--steps", "4", "--out", "x.json"])  # no source
+
+
+def test_cli_optimise_on_a_checkpoint(tmp_path):
+    """--checkpoint: the run's own denoiser, schedule (sigma range) and data shape, via pipeline.load_denoiser."""
+    from dataclasses import replace
+
+    from noisecraft.presets import get_preset
+    from noisecraft.training.trainer import Trainer
+
+    cfg = get_preset("toy2d")
+    Trainer(replace(cfg, train=replace(cfg.train, steps=3, checkpoint_every=1000)), tmp_path / "run",
+            progress=False).run()
+    out = tmp_path / "s.json"
+    args = parse(["schedule", "optimise", "--checkpoint", str(tmp_path / "run"), "--sampler", "DPM++ 2M",
+                  "--steps", "3", "--out", str(out), "--batch", "16", "--max-evals", "20"])
+    assert schedule_cmd.run(args) == 0
+    data = json.loads(out.read_text())
+    assert len(data["sigmas"]) == 4 and data["sampler"] == "dpmpp_2m" and data["meta"]["checkpoint"]
 
 
 def test_cli_checkpoint_errors_are_user_errors(tmp_path):

@@ -1,6 +1,6 @@
 """`noisecraft schedule`: show step schedules, and optimise one for a given denoiser and sampler.
 
-    noisecraft schedule optimise --mixture bench:64:8 --sampler unipc --steps 10 --out unipc10.json
+    noisecraft schedule optimise --mixture bench:64:8 --sampler expint --steps 10 --out expint10.json
     noisecraft schedule optimise --checkpoint runs/quickstart --sampler "DPM++ 2M" --steps 8 --out s8.json
     noisecraft schedule show --kind karras --steps 10
     noisecraft sample --checkpoint runs/quickstart --schedule unipc10.json ...   (any .json is a schedule)
@@ -65,6 +65,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="noise samples to optimise on (default: 1024 for a mixture, 64 for a checkpoint)")
     o.add_argument("--seed", type=int, default=0, help="seed of the noise batch (default: 0)")
     o.add_argument("--max-evals", type=_positive_int, default=600, help="sampler runs to spend (default: 600)")
+    o.add_argument("--method", choices=["de", "pattern"], default="de",
+                   help="de: differential evolution, then a local polish (default); pattern: local search only")
     o.add_argument("--rtol", type=float, default=1e-6, help="tolerance of the reference ODE solve (default: 1e-6)")
     o.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
@@ -123,7 +125,8 @@ def _optimise(args) -> int:
     print(f"reference: adaptive RK45 on {batch} samples (rtol {args.rtol:g}) ...", flush=True)
     ref = reference_solution(denoiser, x_T, float(inits[0][0]), rtol=args.rtol, atol=args.rtol)
     result = optimize_sigmas(denoiser, samplers.get(name), inits, x_T, ref, sigma_min=schedule.sigma_min,
-                             options=options, max_evaluations=args.max_evals, name=name,
+                             options=options, method=args.method, max_evaluations=args.max_evals, name=name,
+                             seed=args.seed,
                              meta={**source, "steps": args.steps, "batch": batch, "seed": args.seed, "init": args.init})
     result.save(args.out)
     print(f"{name}, {args.steps} steps: RMSE to the exact ODE solution {math.sqrt(result.initial_loss):.4g} (best "

@@ -25,7 +25,12 @@
 | deis          | DEIS, log-rho AB (Zhang & Chen 2023)                     | 3     | 1            |
 | euler_maruyama| Euler-Maruyama on the reverse SDE (Song et al. 2021)     | SDE   | 1            |
 | pc            | predictor-corrector, Langevin corrector, snr (Alg. 1-2)  | SDE   | 1 + M        |
+| expint        | Gaussian-basis predictor-corrector exponential integrator | p + 1 | 1            |
 | ode           | adaptive RK45 on the probability-flow ODE (reference)    | 5(4)  | adaptive     |
+
+`expint` is noisecraft's own: DPM-Solver++'s exact exponential integrator with the x0 estimate
+interpolated in v = 1 / sqrt(sigma^2 + sigma_data^2) (exact for Gaussian data) and UniPC's free corrector;
+see `samplers.expint`.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from noisecraft.samplers.dpm_solver import (
     sample_dpmpp_3m_sde,
     step_dpmpp,
 )
+from noisecraft.samplers.expint import sample_expint, step_expint
 from noisecraft.samplers.multistep import sample_deis, sample_lms, step_deis, step_lms
 from noisecraft.samplers.ode import euler_step, sample_euler, sample_heun, step_euler
 from noisecraft.samplers.sde import sample_euler_maruyama, sample_pc, step_euler_maruyama
@@ -77,6 +83,7 @@ SAMPLERS = {
     "deis": sample_deis,
     "euler_maruyama": sample_euler_maruyama,
     "pc": sample_pc,
+    "expint": sample_expint,
     "ode": sample_ode,
 }
 
@@ -95,6 +102,7 @@ STEPS = {
     "lms": step_lms,
     "deis": step_deis,
     "euler_maruyama": step_euler_maruyama,
+    "expint": step_expint,
 }
 
 # Names users bring from A1111 / k-diffusion / diffusers front-ends (case-insensitive). A trailing

@@ -59,7 +59,9 @@ def loglinear_interp(knots, n: int) -> torch.Tensor:
     idx = torch.searchsorted(xs, t).clamp(1, len(xs) - 1)
     w = (t - xs[idx - 1]) / (xs[idx] - xs[idx - 1])
     logs = knots.log()
-    return (logs[idx - 1] + w * (logs[idx] - logs[idx - 1])).exp()
+    out = (logs[idx - 1] + w * (logs[idx] - logs[idx - 1])).exp()
+    out[0], out[-1] = knots[0], knots[-1]  # the end points exactly, not through exp(log(.))
+    return out
 
 
 def ays_sigmas(sigma_min: float, sigma_max: float, steps: int) -> torch.Tensor:
