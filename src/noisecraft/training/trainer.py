@@ -237,6 +237,11 @@ class Trainer:
             atomic_write_bytes(self.out_dir / "best" / CHECKPOINT_FILE, path.read_bytes())
         return result
 
+    def _finishing(self, start: float) -> bool:
+        """True when the step just taken is the run's last (so it is always logged)."""
+        t = self.config.train
+        return self.step >= t.steps or _out_of_time(start, t.minutes)
+
     def run(self) -> dict:
         """Train until train.steps or train.minutes; checkpoint periodically and at the end."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,7 +253,7 @@ class Trainer:
                 loss = self.train_step()
                 if math.isfinite(loss):
                     ema_loss = loss if ema_loss is None else 0.98 * ema_loss + 0.02 * loss
-                if self.step % t.log_every == 0:
+                if self.step % t.log_every == 0 or self._finishing(start):
                     self.log.append({"step": self.step, "loss": loss, "loss_smooth": ema_loss,
                                      "lr": self.lr_at(self.step - 1), "time": time.monotonic() - start})
                 if self.step % t.checkpoint_every == 0:
@@ -266,6 +271,7 @@ class Trainer:
 
 
 def _out_of_time(start: float, minutes: float | None) -> bool:
+    """True once `minutes` of wall time have passed since `start` (never when minutes is None)."""
     return minutes is not None and time.monotonic() - start >= minutes * 60
 
 
