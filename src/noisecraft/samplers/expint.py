@@ -58,7 +58,7 @@ def _update(x_s, sigma_s: float, sigma_t: float, sigmas: tuple, outputs: tuple, 
     return x
 
 
-def step_expint(x, sigma: float, sigma_next: float, denoised, state=None, *, order: int = 3,
+def step_expint(x, sigma: float, sigma_next: float, denoised, state=None, *, order: int = 2,
                 sigma_data: float = 0.5, corrector: bool = True):
     """One step: correct x with `denoised` (Adams-Moulton over the new node and `order` previous ones), then
     predict x_next (Adams-Bashforth over `order` nodes). `state.extra["x"]` is the corrected previous sample."""
@@ -72,9 +72,12 @@ def step_expint(x, sigma: float, sigma_next: float, denoised, state=None, *, ord
 
 
 @torch.no_grad()
-def sample_expint(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, order: int = 3,
+def sample_expint(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, order: int = 2,
                   sigma_data: float = 0.5, corrector: bool = True):
-    """The Gaussian-basis predictor-corrector exponential integrator (`step_expint`), one NFE per step."""
+    """The Gaussian-basis predictor-corrector exponential integrator (`step_expint`), one NFE per step.
+
+    order 2 (default) is exact for Gaussian data and the most robust on coarse schedules; order 3 is more
+    accurate on fine or optimised schedules but can overshoot on very coarse ones (benchmarks/samplers.md)."""
     check_choice("expint order", order, (1, 2, 3))
     check_range("sigma_data", sigma_data, 1e-6)
     return run_multistep(step_expint, denoiser, x, sigmas, cond, callback, order=order, sigma_data=sigma_data,
