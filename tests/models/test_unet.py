@@ -11,7 +11,15 @@ import torch
 from noisecraft.errors import ConfigError, NoisecraftError
 from noisecraft.models import MODELS, build_model
 from noisecraft.models.mlp import MLP_PRESETS, MLPConfig, MLPDenoiserNet
-from noisecraft.models.unet import UNET_PRESETS, AttentionBlock, UNet, UNetConfig, timestep_embedding
+from noisecraft.models.unet import (
+    UNET_PRESETS,
+    AttentionBlock,
+    UNet,
+    UNetConfig,
+    Upsample,
+    _ConcatSkip,
+    timestep_embedding,
+)
 
 TINY = UNET_PRESETS["tiny"]
 
@@ -169,6 +177,39 @@ def test_attention_is_permutation_equivariant():
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
     shuffle = lambda z: z.flatten(2)[..., perm].reshape(z.shape)  # noqa: E731
     torch.testing.assert_close(block(shuffle(x)), shuffle(block(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_upsample_equals_nearest_then_conv(dims):
+    """The stride-2 transposed convolution is the same linear map as nearest 2x upsampling + 3x3 conv."""
+    up = Upsample(6, replace(TINY, dims=dims)).double()
+    x = torch.randn(2, 6, *([5] * dims), dtype=torch.float64, requires_grad=True)
+    expected = up.conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+    out = up(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, up.conv.weight, up.conv.bias], g)
+    grads_ref = torch.autograd.grad(expected, [x, up.conv.weight, up.conv.bias], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_concat_skip_gradients_are_dense_and_exact():
+    cl = torch.channels_last
+    h = torch.randn(2, 3, 4, 4).contiguous(memory_format=cl).requires_grad_()
+    s = torch.randn(2, 5, 4, 4).contiguous(memory_format=cl).requires_grad_()
+    out = _ConcatSkip.apply(h, s, cl)
+    torch.testing.assert_close(out, torch.cat([h, s], dim=1), rtol=0, atol=0)
+    g = torch.randn(2, 8, 4, 4).contiguous(memory_format=cl)
+    gh, gs = torch.autograd.grad(out, [h, s], g)
+    assert torch.equal(gh, g[:, :3]) and torch.equal(gs, g[:, 3:])
+    assert gh.is_contiguous(memory_format=cl) and gs.is_contiguous(memory_format=cl)
+
+
+def test_scalar_c_noise_is_broadcast():
+    model = _randomize(UNet(TINY))
+    x, _ = _input(TINY)
+    torch.testing.assert_close(model(x, torch.tensor(3.0)), model(x, torch.full((2,), 3.0)))
 
 
 @pytest.mark.parametrize("dim", [8, 9, 32])
