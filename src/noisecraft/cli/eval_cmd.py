@@ -11,18 +11,10 @@ from __future__ import annotations
 
 import argparse
 
+from noisecraft.cli.argtypes import positive_int
+
 LABELS = {"fd": "FD", "fd_inf": "FD_inf", "kid": "KID", "precision": "precision", "recall": "recall",
           "is": "IS", "near_copies": "near-copies (pixels)", "near_copies_features": "near-copies (features)"}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -41,12 +33,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                       "dataset, else effnet)")
     p.add_argument("--metrics", default="fd,kid,pr,is", help="comma-separated: fd, fd_inf, kid, pr, is, mem "
                                                              "(default fd,kid,pr,is)")
-    p.add_argument("--num", type=_positive_int, default=1000, help="samples to generate (default 1000)")
+    p.add_argument("--num", type=positive_int, default=1000, help="samples to generate (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
     p.add_argument("--sampler", help="sampler (default: the run's)")
-    p.add_argument("--steps", type=_positive_int, help="sampling steps (default: the run's)")
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
     p.add_argument("--schedule", help="step schedule (default: the run's)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
     p.add_argument("--inception-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for "
                                                "--features inception (never downloaded)")
     p.add_argument("--memorization-png", help="also write samples beside their nearest training images to this PNG "

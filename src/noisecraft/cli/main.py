@@ -6,34 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from noisecraft.cli.argtypes import positive_float, positive_int
 from noisecraft.errors import NoisecraftError, TrainingDiverged
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
 
 
 def _add_quickstart(sub) -> None:
     p = sub.add_parser("quickstart", help="train a small U-Net on the embedded MNIST and write samples",
                        description="Train the `mnist` preset on the embedded MNIST for a few minutes on the CPU, "
                                    "then write DIR/samples.png, DIR/loss.png, DIR/config.json and the checkpoint.")
-    p.add_argument("--minutes", type=_positive_float, default=None, help="training time (default: the preset's, 8)")
+    p.add_argument("--minutes", type=positive_float, default=None, help="training time (default: the preset's, 8)")
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
@@ -45,8 +26,8 @@ def _add_train(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a preset name (see `noisecraft presets`)")
     src.add_argument("--config", help="a .json, .toml or .yaml config file")
-    p.add_argument("--steps", type=_positive_int, help="stop after this many steps")
-    p.add_argument("--minutes", type=_positive_float, help="stop after this much wall time")
+    p.add_argument("--steps", type=positive_int, help="stop after this many steps")
+    p.add_argument("--minutes", type=positive_float, help="stop after this much wall time")
     p.add_argument("--out", required=True, help="run directory (also a valid --checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -57,11 +38,11 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate images from a trained run")
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint.safetensors")
     p.add_argument("--sampler", help="sampler name or alias (default: the run's); see --list-samplers")
-    p.add_argument("--steps", type=_positive_int, help="sampling steps (default: the run's)")
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
     p.add_argument("--schedule", help="step schedule: trailing, leading, linspace, karras, exponential, uniform")
     p.add_argument("--seed", type=int, default=0, help="seed; image i uses seed + i (default 0)")
-    p.add_argument("--num", type=_positive_int, default=16, help="number of images (default 16)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
+    p.add_argument("--num", type=positive_int, default=16, help="number of images (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
     p.add_argument("--out", default="samples.png", help="grid PNG path, or a directory for one PNG per image")
     p.add_argument("--eta", type=float, default=None, help="stochasticity for ddim / ancestral samplers")
     p.add_argument("--trajectory", help="also write the reverse process of image 0 (.png strip or .gif)")
@@ -75,9 +56,9 @@ def _add_forward(sub) -> None:
     p.add_argument("--image", help="a picture (default: the first MNIST digit)")
     p.add_argument("--schedule", default="linear", help="training schedule: linear, scaled_linear, cosine, "
                                                         "sigmoid, vp, ve, edm, flow (default linear)")
-    p.add_argument("--num", type=_positive_int, default=8, help="number of noise levels shown (default 8)")
+    p.add_argument("--num", type=positive_int, default=8, help="number of noise levels shown (default 8)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=_positive_int, default=None, help="resize the picture first")
+    p.add_argument("--resolution", type=positive_int, default=None, help="resize the picture first")
     p.add_argument("--out", default="forward.png", help="output PNG")
 
 

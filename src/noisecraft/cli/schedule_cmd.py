@@ -15,17 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from noisecraft.cli.argtypes import positive_int
+
 SD = {"beta_start": 0.00085, "beta_end": 0.012}  # Stable Diffusion's scaled-linear schedule
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -52,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--mixture", help="an exact Gaussian mixture: bench[:DIM[:COMPONENTS[:SEED]]] or a JSON file "
                                        "with means, stds, weights")
     o.add_argument("--sampler", required=True, help="sampler name or alias (e.g. unipc, 'DPM++ 2M')")
-    o.add_argument("--steps", type=_positive_int, required=True, help="number of sampling steps")
+    o.add_argument("--steps", type=positive_int, required=True, help="number of sampling steps")
     o.add_argument("--out", required=True, help="output JSON file")
     o.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option (repeatable), e.g. --option order=3 --option final=extrapolate")
@@ -61,10 +53,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--train-schedule", default="sd",
                    help="with --mixture: the noise schedule whose sigma range is used: sd (scaled-linear "
                         "0.00085..0.012, the default) or a schedule name (linear, cosine, edm, vp, ve, flow, ...)")
-    o.add_argument("--batch", type=_positive_int, default=None,
+    o.add_argument("--batch", type=positive_int, default=None,
                    help="noise samples to optimise on (default: 1024 for a mixture, 64 for a checkpoint)")
     o.add_argument("--seed", type=int, default=0, help="seed of the noise batch (default: 0)")
-    o.add_argument("--max-evals", type=_positive_int, default=600, help="sampler runs to spend (default: 600)")
+    o.add_argument("--max-evals", type=positive_int, default=600, help="sampler runs to spend (default: 600)")
     o.add_argument("--method", choices=["de", "pattern"], default="de",
                    help="de: differential evolution, then a local polish (default); pattern: local search only")
     o.add_argument("--rtol", type=float, default=1e-6, help="tolerance of the reference ODE solve (default: 1e-6)")
@@ -73,7 +65,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print the noise levels of a step schedule")
     s.add_argument("--kind", required=True, help="karras, exponential, logsnr, uniform, ays, trailing, leading, "
                                                  "linspace, or a .json schedule")
-    s.add_argument("--steps", type=_positive_int, required=True)
+    s.add_argument("--steps", type=positive_int, required=True)
     s.add_argument("--train-schedule", default="sd", help="sd (default) or a schedule name")
     s.add_argument("--checkpoint", help="take the schedule from this run instead")
     return p
