@@ -32,12 +32,17 @@ class ImageDataset:
     images:      (N, C, *spatial) float32 in [-1, 1]; for point data (N, D) float32, unscaled
     labels:      (N,) int64 class ids, or None when unlabelled
     class_names: one name per class id, or None when unlabelled
+    captions:    one text caption per item (text-to-image data such as "glyphs", "scenes"), or None
+    attributes:  per-item ground truth, name -> tensor whose first dimension is N (e.g. the scenes'
+                 "colour" (N, 2)); the vocabularies are documented by the dataset's module; or None
     """
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor | None = None
     class_names: tuple[str, ...] | None = None
+    captions: tuple[str, ...] | None = None
+    attributes: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self):
         if not isinstance(self.images, torch.Tensor) or self.images.ndim < 2:
@@ -49,6 +54,13 @@ class ImageDataset:
                                 f"({len(self.images)},), got {self.labels.dtype} {tuple(self.labels.shape)}")
             if self.class_names is None:
                 raise DataError(f"dataset {self.name!r}: labels given without class_names")
+        if self.captions is not None and (not isinstance(self.captions, tuple) or len(self.captions) != len(self)):
+            raise DataError(f"dataset {self.name!r}: captions must be a tuple of {len(self)} strings, got "
+                            f"{type(self.captions).__name__} of length {len(self.captions)}")
+        for key, value in (self.attributes or {}).items():
+            if not isinstance(value, torch.Tensor) or value.ndim < 1 or len(value) != len(self):
+                raise DataError(f"dataset {self.name!r}: attribute {key!r} must be a tensor with first "
+                                f"dimension {len(self)}, got {getattr(value, 'shape', type(value).__name__)}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -73,7 +85,12 @@ class ImageDataset:
         if not isinstance(index, slice):
             index = torch.as_tensor(index, dtype=torch.long)
         labels = None if self.labels is None else self.labels[index]
-        return ImageDataset(self.name, self.images[index], labels, self.class_names)
+        captions = None
+        if self.captions is not None:
+            captions = self.captions[index] if isinstance(index, slice) else \
+                tuple(self.captions[i] for i in index.tolist())
+        attributes = None if self.attributes is None else {k: v[index] for k, v in self.attributes.items()}
+        return ImageDataset(self.name, self.images[index], labels, self.class_names, captions, attributes)
 
 
 def count_nonfinite(x: torch.Tensor) -> int:

@@ -7,6 +7,10 @@ digits         scikit-learn's bundled 8x8 digits: 1797 images (1, 8, 8), labels 
 folder         the images under `root` (see `noisecraft.data.images.find_image_files`): each
                top-level sub-folder is a class; scaled (short side = resolution, default 64) and
                centre-cropped to a square; RGB unless channels=1.
+glyphs         letters and digits rendered from matplotlib's fonts: 5208 images (1, 32, 32), labels =
+               character, captions such as "bold serif capital letter G" (`noisecraft.data.glyphs`).
+scenes         procedural one- or two-shape scenes: 8000 images (3, 32, 32) with captions such as
+               "a small red circle left of a blue square" and exact attributes (`noisecraft.data.scenes`).
 8gaussians,    2-D point distributions (N, 2), `limit` points (default 10000), drawn from
 moons,         numpy.random.default_rng(seed); see `noisecraft.data.toy` for their formulas
 swissroll,     and scales.
@@ -27,7 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from noisecraft.data.base import SPLITS, ImageDataset, count_nonfinite, split_indices, uint8_to_float
+from noisecraft.data.glyphs import load_glyphs
 from noisecraft.data.images import IMAGE_EXTENSIONS, check_image_options, find_image_files, read_image_uint8
+from noisecraft.data.scenes import load_scenes
 from noisecraft.data.toy import TOY_DATASETS
 from noisecraft.errors import DataError, unknown_name
 
@@ -134,6 +140,8 @@ DATASETS = {
     "digits": load_digits,
     "folder": load_folder,
     "mnist": load_mnist,
+    "glyphs": load_glyphs,
+    "scenes": load_scenes,
     **TOY_DATASETS,
 }
 
