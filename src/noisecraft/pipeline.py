@@ -43,6 +43,8 @@ def load_denoiser(path, *, use_ema: bool = True, device: str = "cpu") -> Loaded:
         u = config.unet
         side = _data_side(config)
         shape = (u.in_channels, *([side] * u.dims))
+    elif config.model == "dit":
+        shape = (config.dit.in_channels, config.dit.input_size, config.dit.input_size)
     else:
         shape = (config.mlp.data_dim,)
     return Loaded(denoiser, config, shape, int(ckpt.state.get("step", 0)))

@@ -336,12 +336,12 @@ def test_mlp_errors():
 
 
 def test_build_model_registry():
-    assert set(MODELS) == {"unet", "mlp"}
+    assert set(MODELS) == {"unet", "mlp", "dit"}
     model = build_model("unet", {"channel_mult": [1, 2], "attention_levels": [1], "base_channels": 8,
                                  "head_channels": 8})
     assert isinstance(model, UNet) and model.config.channel_mult == (1, 2)
     assert isinstance(build_model("mlp", MLPConfig(hidden=16)), MLPDenoiserNet)
-    with pytest.raises(NoisecraftError, match="unknown model 'vit'; allowed: mlp, unet"):
+    with pytest.raises(NoisecraftError, match="unknown model 'vit'; allowed: dit, mlp, unet"):
         build_model("vit", None)
     with pytest.raises(ConfigError, match="unknown field"):
         build_model("unet", {"width": 3})

@@ -6,12 +6,14 @@ from torch import nn
 
 from noisecraft.config import from_dict
 from noisecraft.errors import ConfigError, unknown_name
+from noisecraft.models.dit import DIT_PRESETS, DiT, DiTConfig
 from noisecraft.models.mlp import MLP_PRESETS, MLPConfig, MLPDenoiserNet
 from noisecraft.models.unet import UNET_PRESETS, UNet, UNetConfig
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "unet": (UNetConfig, UNet),
     "mlp": (MLPConfig, MLPDenoiserNet),
+    "dit": (DiTConfig, DiT),
 }
 
 
@@ -30,6 +32,6 @@ def build_model(kind: str, config=None) -> nn.Module:
 
 
 __all__ = [
-    "MLP_PRESETS", "MLPConfig", "MLPDenoiserNet", "MODELS", "UNET_PRESETS", "UNet", "UNetConfig",
-    "build_model",
+    "DIT_PRESETS", "DiT", "DiTConfig", "MLP_PRESETS", "MLPConfig", "MLPDenoiserNet", "MODELS", "UNET_PRESETS",
+    "UNet", "UNetConfig", "build_model",
 ]

@@ -6,6 +6,12 @@ with the improvements of Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on 
 resolutions, adaptive group normalisation (scale-shift by the timestep embedding) and
 zero-initialised output layers.
 
+Conditioning (the contract in `noisecraft.models.conditioning`): class labels (with a null label),
+`text_pooled` and `vector` are added into the time embedding; with `context_dim > 0` every attention
+place (attention levels and the middle block) is followed by a `CrossAttentionBlock` - self-attention,
+then cross-attention to the text tokens, then a feed-forward layer, as in the transformer blocks of
+Rombach et al. 2022 (LDM, sec. 3.3). An unconditional config builds exactly the network it built before.
+
 Notation (shapes):
 
     B      batch size
@@ -35,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisecraft.errors import ConfigError, NoisecraftError
+from noisecraft.models.conditioning import CondEmbedding, CondSpec, CrossAttention, check_cond, null_labels
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _MEMORY_FORMAT = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d}
@@ -73,6 +80,9 @@ class UNetConfig:
     mid_attention: bool = True  # self-attention in the middle block (between its two res blocks)
     time_embed_mult: int = 4  # time-embedding width E = time_embed_mult * base_channels
     channels_last: bool = True  # keep 2-D/3-D activations channels-last (faster; same numbers)
+    context_dim: int = 0  # >0: width D_ctx of cond["text_tokens"]; cross-attention at every attention place
+    pooled_dim: int = 0  # >0: width of cond["text_pooled"], added to the time embedding through a Linear
+    vector_dim: int = 0  # >0: width of cond["vector"], added to the time embedding through a Linear
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -81,7 +91,7 @@ class UNetConfig:
 
     def _check_types(self) -> None:
         for field in ("in_channels", "dims", "base_channels", "num_res_blocks", "head_channels",
-                      "norm_groups", "num_classes", "time_embed_mult"):
+                      "norm_groups", "num_classes", "time_embed_mult", "context_dim", "pooled_dim", "vector_dim"):
             _require(_is_int(getattr(self, field)), field, f"expected an integer, got {getattr(self, field)!r}")
         _require(self.out_channels is None or _is_int(self.out_channels), "out_channels",
                  f"expected an integer or None, got {self.out_channels!r}")
@@ -111,6 +121,10 @@ class UNetConfig:
                  f"must not repeat a level, got {self.attention_levels}")
         _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         _require(self.num_classes >= 0, "num_classes", f"must be >= 0 (0 = unconditional), got {self.num_classes}")
+        for field in ("context_dim", "pooled_dim", "vector_dim"):
+            _require(getattr(self, field) >= 0, field, f"must be >= 0 (0 = off), got {getattr(self, field)}")
+        _require(self.context_dim == 0 or self.attention_levels or self.mid_attention, "context_dim",
+                 "cross-attention needs an attention place: set attention_levels or mid_attention = true")
 
     def _check_widths(self) -> None:
         for level, width in enumerate(self.widths):
@@ -130,6 +144,10 @@ class UNetConfig:
     @property
     def output_channels(self) -> int:
         return self.in_channels if self.out_channels is None else self.out_channels
+
+    @property
+    def cond_spec(self) -> CondSpec:
+        return CondSpec(self.num_classes, self.context_dim, self.pooled_dim, self.vector_dim)
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
@@ -228,6 +246,30 @@ class AttentionBlock(nn.Module):
         return x + out.view(B, *S, C).movedim(-1, 1)  # (B, C, *S)
 
 
+class CrossAttentionBlock(nn.Module):
+    """Cross-attention to text tokens and a feed-forward layer on the spatial tokens, placed after a
+    self-attention block (Rombach et al. 2022, sec. 3.3 and their transformer block, Vaswani et al. 2017):
+    h = x + CrossAttn(LN(x), ctx, mask); out = h + W_2 GELU(W_1 LN(h)). Both residual branches end in
+    zero-initialised layers. Without tokens (ctx None) the cross-attention adds exactly 0, as for a mask
+    with no True entry."""
+
+    def __init__(self, channels: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(channels)
+        self.attn = CrossAttention(channels, cfg.context_dim, channels // cfg.head_channels)
+        self.norm2 = nn.LayerNorm(channels)
+        self.ff = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels))
+
+    def forward(self, x: Tensor, context: tuple[Tensor, Tensor | None] | None) -> Tensor:
+        """x: (B, C, *S), context: (tokens (B, T, D_ctx), mask (B, T) or None) or None -> (B, C, *S)."""
+        B, C, *S = x.shape
+        h = x.movedim(1, -1).reshape(B, -1, C)  # (B, L, C)
+        if context is not None:
+            h = h + self.attn(self.norm1(h), *context)
+        h = h + self.ff(self.norm2(h))
+        return h.view(B, *S, C).movedim(-1, 1)  # (B, C, *S)
+
+
 class Downsample(nn.Module):
     """Halve every spatial size with a stride-2 3x3 convolution (Ho et al. 2020)."""
 
@@ -292,11 +334,17 @@ class _ConcatSkip(torch.autograd.Function):
 
 
 class EmbedSequential(nn.Sequential):
-    """A sequence of layers where residual blocks also receive the time embedding."""
+    """A sequence of layers where residual blocks also receive the time embedding and cross-attention
+    blocks the text context."""
 
-    def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb_act: Tensor, context=None) -> Tensor:
         for layer in self:
-            x = layer(x, emb_act) if isinstance(layer, ResBlock) else layer(x)
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb_act)
+            elif isinstance(layer, CrossAttentionBlock):
+                x = layer(x, context)
+            else:
+                x = layer(x)
         return x
 
 
@@ -304,8 +352,9 @@ class UNet(nn.Module):
     """ADM-style U-Net (Ho et al. 2020; Dhariwal & Nichol 2021) predicting a tensor shaped like x.
 
     forward(x, c_noise, cond) with x: (B, in_channels, *S), c_noise: (B,) real-valued noise
-    condition (a timestep 0..999, or EDM's ln(sigma) / 4), cond: optional {"class_labels": (B,) long}
-    where label `num_classes` is the null label for classifier-free guidance (Ho & Salimans 2022).
+    condition (a timestep 0..999, or EDM's ln(sigma) / 4), cond: None or a dict following the contract of
+    `noisecraft.models.conditioning` (class_labels, text_tokens/text_mask, text_pooled, vector); label
+    `num_classes` is the null label for classifier-free guidance (Ho & Salimans 2022).
     Output: (B, out_channels, *S). Residual convs, attention projections and the output conv start
     at zero (ADM), so the network outputs exactly 0 at initialisation.
     """
@@ -320,10 +369,11 @@ class UNet(nn.Module):
         emb_ch = cfg.time_embed_mult * cfg.base_channels
         self.time_mlp = nn.Sequential(nn.Linear(cfg.base_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_ch) if cfg.num_classes > 0 else None
+        self.cond_emb = CondEmbedding(cfg.cond_spec, emb_ch)  # text_pooled / vector (no parameters when off)
         self.conv_in = _CONV[cfg.dims](cfg.in_channels, cfg.base_channels, 3, padding=1)
         skip_chs = self._build_down(emb_ch)
         self.mid = EmbedSequential(ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg),
-                                   *([AttentionBlock(cfg.widths[-1], cfg)] if cfg.mid_attention else []),
+                                   *(self._attention(cfg.widths[-1]) if cfg.mid_attention else []),
                                    ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg))
         self._build_up(emb_ch, skip_chs)
         self.norm_out = nn.GroupNorm(cfg.norm_groups, cfg.base_channels, eps=_GN_EPS)
@@ -337,7 +387,7 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         for level, width in enumerate(cfg.widths):
             for _ in range(cfg.num_res_blocks):
-                attn = [AttentionBlock(width, cfg)] if level in cfg.attention_levels else []
+                attn = self._attention(width) if level in cfg.attention_levels else []
                 self.down.append(EmbedSequential(ResBlock(ch, width, emb_ch, cfg), *attn))
                 ch = width
                 skip_chs.append(ch)
@@ -355,44 +405,48 @@ class UNet(nn.Module):
                 layers = [ResBlock(ch + skip_chs.pop(), width, emb_ch, cfg)]
                 ch = width
                 if level in cfg.attention_levels:
-                    layers.append(AttentionBlock(width, cfg))
+                    layers += self._attention(width)
                 if level > 0 and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch, cfg))
                 self.up.append(EmbedSequential(*layers))
 
+    def _attention(self, width: int) -> list[nn.Module]:
+        """Self-attention, followed by cross-attention + feed-forward when the config has a context."""
+        cfg = self.config
+        return [AttentionBlock(width, cfg)] + ([CrossAttentionBlock(width, cfg)] if cfg.context_dim else [])
+
     def _zero_init(self) -> None:
         zeroed = [self.conv_out] + [m.conv2 for m in self.modules() if isinstance(m, ResBlock)]
         zeroed += [m.proj for m in self.modules() if isinstance(m, AttentionBlock)]
+        zeroed += [m.ff[-1] for m in self.modules() if isinstance(m, CrossAttentionBlock)]
         for module in zeroed:
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: dict | None = None) -> Tensor:
         c_noise = self._check_input(x, c_noise)
-        emb_act = F.silu(self._embed(c_noise, (cond or {}).get("class_labels"), x.shape[0]))  # (B, E)
+        cond = check_cond(cond, x.shape[0], self.config.cond_spec, "UNet")
+        emb_act = F.silu(self._embed(c_noise, cond, x.shape[0]))  # (B, E)
+        tokens = cond.get("text_tokens")
+        context = None if tokens is None else (tokens, cond.get("text_mask"))
         h = self.conv_in(x.contiguous(memory_format=self.memory_format))  # (B, C_0, *S)
         skips = [h]
         for block in self.down:
-            h = block(h, emb_act)
+            h = block(h, emb_act, context)
             skips.append(h)
-        h = self.mid(h, emb_act)  # (B, C_last, *S / 2^(levels-1))
+        h = self.mid(h, emb_act, context)  # (B, C_last, *S / 2^(levels-1))
         for block in self.up:
-            h = block(_ConcatSkip.apply(h, skips.pop(), self.memory_format), emb_act)
+            h = block(_ConcatSkip.apply(h, skips.pop(), self.memory_format), emb_act, context)
         return self.conv_out(_group_norm_silu(h, self.norm_out)).contiguous()  # (B, C_out, *S)
 
-    def _embed(self, c_noise: Tensor, labels: Tensor | None, batch: int) -> Tensor:
-        """emb = MLP(sinusoid(c_noise)) (+ class embedding); labels None -> the null label."""
-        emb = self.time_mlp(timestep_embedding(c_noise, self.config.base_channels).to(self.conv_in.weight.dtype))
-        if self.class_emb is None:
-            if labels is not None:
-                raise NoisecraftError("cond['class_labels'] given but UNetConfig.num_classes is 0 (unconditional)")
-            return emb  # (B, E)
-        if labels is None:
-            labels = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=emb.device)
-        if labels.shape != (batch,) or labels.dtype not in (torch.int32, torch.int64):
-            raise NoisecraftError(f"cond['class_labels']: expected an integer tensor of shape ({batch},), "
-                                  f"got {labels.dtype} {tuple(labels.shape)}")
-        return emb + self.class_emb(labels)  # (B, E)
+    def _embed(self, c_noise: Tensor, cond: dict, batch: int) -> Tensor:
+        """emb = MLP(sinusoid(c_noise)) (+ class embedding, + pooled/vector projections); no labels -> null."""
+        dtype = self.conv_in.weight.dtype
+        emb = self.time_mlp(timestep_embedding(c_noise, self.config.base_channels).to(dtype))  # (B, E)
+        if self.class_emb is not None:
+            emb = emb + self.class_emb(null_labels(cond.get("class_labels"), batch, self.config.num_classes,
+                                                   emb.device))
+        return emb + self.cond_emb(cond, dtype)  # (B, E)
 
     def _check_input(self, x: Tensor, c_noise: Tensor) -> Tensor:
         """Raise NoisecraftError for a wrong shape; a scalar c_noise is expanded to (B,)."""

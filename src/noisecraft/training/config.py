@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from noisecraft.core.prediction import PREDICTIONS
 from noisecraft.errors import ConfigError, unknown_name
+from noisecraft.models.dit import DiTConfig
 from noisecraft.models.mlp import MLPConfig
 from noisecraft.models.unet import UNetConfig
 from noisecraft.schedules.steps import STEP_SCHEDULES
@@ -122,15 +123,16 @@ class EvalConfig:
         _check(len(self.metrics) >= 1, "eval.metrics", "name at least one metric")
 
 
-MODEL_KINDS = ("unet", "mlp")
+MODEL_KINDS = ("unet", "mlp", "dit")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "run"                                          # preset or run name
-    model: str = "unet"                                        # which network section is used: unet or mlp
+    model: str = "unet"                                        # which network section is used: unet, mlp or dit
     unet: UNetConfig = field(default_factory=UNetConfig)       # U-Net hyper-parameters
     mlp: MLPConfig = field(default_factory=MLPConfig)          # MLP hyper-parameters (2-D toy data)
+    dit: DiTConfig = field(default_factory=DiTConfig)          # DiT hyper-parameters (Peebles & Xie 2023)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -143,4 +145,4 @@ class RunConfig:
 
     @property
     def network(self):
-        return self.unet if self.model == "unet" else self.mlp
+        return {"unet": self.unet, "mlp": self.mlp, "dit": self.dit}[self.model]

@@ -60,6 +60,10 @@ def adapt_network_to_data(config: RunConfig, data_shape: tuple) -> RunConfig:
     """Set the network's input channels / data dim from the data (the data is the source of truth)."""
     if config.model == "unet":
         return replace(config, unet=replace(config.unet, in_channels=data_shape[0]))
+    if config.model == "dit":
+        from noisecraft.models.dit import dit_for_data
+
+        return replace(config, dit=dit_for_data(config.dit, data_shape))
     return replace(config, mlp=replace(config.mlp, data_dim=data_shape[0]))
 
 

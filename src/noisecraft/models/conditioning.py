@@ -1,0 +1,228 @@
+"""The conditioning contract shared by every conditional network, guidance wrapper and trainer.
+
+`cond` is None or a dict with any of these keys, all batch-first (B = batch size):
+
+    "class_labels"  (B,) int64           label `num_classes` is the null label (unconditional)
+    "text_tokens"   (B, T, D_ctx) float  token embeddings, read by cross-attention (Rombach et al. 2022, sec. 3.3)
+    "text_mask"     (B, T) bool          True = a real token; keys where False are masked out. A row with no
+                                         True token attends to nothing: its cross-attention output is exactly 0
+    "text_pooled"   (B, D_pool) float    a global vector added into the time embedding through a Linear
+    "vector"        (B, D_vec) float     any other global vector, added the same way through its own Linear
+
+A network is configured with `num_classes`, `context_dim` (0 = no cross-attention), `pooled_dim` and
+`vector_dim` (0 = off); `check_cond` turns a wrong key, shape or dtype, or a key the network was not
+configured for, into a NoisecraftError that names the key, the expected shape and what was given.
+
+Absent keys: a missing "class_labels" means the null label; missing "text_tokens" means no cross-attention
+contribution (as an all-False mask); missing "text_pooled"/"vector" add nothing. The unconditional TEXT
+condition used for classifier-free guidance is the encoding of the empty prompt "" (as Stable Diffusion),
+supplied by the caller like any other condition.
+
+Helpers for guidance and trainers: `expand_cond` (batch 1 -> B), `concat_cond` (stack conditions along
+the batch, padding token sequences to a common T with mask False), `slice_cond`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from noisecraft.errors import NoisecraftError
+
+COND_KEYS = ("class_labels", "text_tokens", "text_mask", "text_pooled", "vector")
+_INT_DTYPES = (torch.int32, torch.int64)
+
+
+@dataclass(frozen=True)
+class CondSpec:
+    """What a network accepts: its conditioning fields (0 = off)."""
+
+    num_classes: int = 0
+    context_dim: int = 0
+    pooled_dim: int = 0
+    vector_dim: int = 0
+
+    def accepts(self) -> tuple[str, ...]:
+        keys = ("class_labels",) * (self.num_classes > 0) + ("text_tokens", "text_mask") * (self.context_dim > 0)
+        return keys + ("text_pooled",) * (self.pooled_dim > 0) + ("vector",) * (self.vector_dim > 0)
+
+
+_CONFIG_FIELD = {"class_labels": "num_classes", "text_tokens": "context_dim", "text_mask": "context_dim",
+                 "text_pooled": "pooled_dim", "vector": "vector_dim"}
+
+
+def _shape_error(key: str, expected: str, value) -> NoisecraftError:
+    got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else f"{type(value).__name__}"
+    return NoisecraftError(f"cond[{key!r}]: expected {expected}, got {got}")
+
+
+def check_cond(cond: dict | None, batch: int, spec: CondSpec, where: str = "network") -> dict:
+    """Validate `cond` against the contract and the network's `spec`; returns a dict (empty for None).
+
+    Raises NoisecraftError for a non-dict, an unknown key, a key the network was not configured for, or a
+    wrong shape/dtype (naming the key, the expected shape and what was given)."""
+    if cond is None:
+        return {}
+    if not isinstance(cond, dict):
+        raise NoisecraftError(f"{where}: cond must be None or a dict with keys among {', '.join(COND_KEYS)}; "
+                              f"got {type(cond).__name__}")
+    accepted = spec.accepts()
+    for key in cond:
+        if key not in COND_KEYS:
+            raise NoisecraftError(f"{where}: unknown cond key {key!r}; allowed: {', '.join(COND_KEYS)}")
+        if key not in accepted:
+            raise NoisecraftError(f"{where}: cond[{key!r}] given but the network is configured without it "
+                                  f"({_CONFIG_FIELD[key]} is 0); it accepts: {', '.join(accepted) or 'nothing'}")
+    _check_labels(cond.get("class_labels"), batch, spec.num_classes)
+    _check_tokens(cond.get("text_tokens"), cond.get("text_mask"), batch, spec.context_dim)
+    for key, dim in (("text_pooled", spec.pooled_dim), ("vector", spec.vector_dim)):
+        v = cond.get(key)
+        if v is not None and not (isinstance(v, Tensor) and v.is_floating_point() and tuple(v.shape) == (batch, dim)):
+            raise _shape_error(key, f"a float tensor of shape ({batch}, {dim})", v)
+    return cond
+
+
+def _check_labels(labels, batch: int, num_classes: int) -> None:
+    if labels is None:
+        return
+    if not isinstance(labels, Tensor) or labels.dtype not in _INT_DTYPES or tuple(labels.shape) != (batch,):
+        raise _shape_error("class_labels", f"an integer tensor of shape ({batch},)", labels)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > num_classes):
+        raise NoisecraftError(f"cond['class_labels']: labels must be in 0..{num_classes - 1} (or {num_classes} = "
+                              f"null label); got values in {int(labels.min())}..{int(labels.max())}")
+
+
+def _check_tokens(tokens, mask, batch: int, context_dim: int) -> None:
+    if tokens is None:
+        if mask is not None:
+            raise NoisecraftError("cond['text_mask'] given without cond['text_tokens']")
+        return
+    if not (isinstance(tokens, Tensor) and tokens.is_floating_point() and tokens.ndim == 3
+            and tokens.shape[0] == batch and tokens.shape[2] == context_dim and tokens.shape[1] >= 1):
+        raise _shape_error("text_tokens", f"a float tensor of shape ({batch}, T, {context_dim}) with T >= 1", tokens)
+    T = tokens.shape[1]
+    if mask is not None and not (isinstance(mask, Tensor) and mask.dtype == torch.bool
+                                 and tuple(mask.shape) == (batch, T)):
+        raise _shape_error("text_mask", f"a bool tensor of shape ({batch}, {T})", mask)
+
+
+# ----------------------------------------------------------------------------------- batch helpers
+def _batch_of(cond: dict) -> int | None:
+    for v in cond.values():
+        if isinstance(v, Tensor):
+            return v.shape[0]
+    return None
+
+
+def expand_cond(cond: dict | None, batch: int) -> dict | None:
+    """Every entry with batch size 1 broadcast to `batch` (others must already have `batch`)."""
+    if cond is None:
+        return None
+    out = {}
+    for key, v in cond.items():
+        if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == 1 and batch != 1:
+            v = v.expand(batch, *v.shape[1:])
+        elif isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] != batch:
+            raise NoisecraftError(f"cond[{key!r}]: batch size {v.shape[0]} does not match {batch} (or 1)")
+        out[key] = v
+    return out
+
+
+def pad_tokens(tokens: Tensor, mask: Tensor | None, length: int) -> tuple[Tensor, Tensor]:
+    """(B, T, D) tokens and their (B, T) mask (None = all True) zero-padded to `length` with mask False."""
+    B, T, _ = tokens.shape
+    if mask is None:
+        mask = torch.ones(B, T, dtype=torch.bool, device=tokens.device)
+    if length == T:
+        return tokens, mask
+    return F.pad(tokens, (0, 0, 0, length - T)), F.pad(mask, (0, length - T), value=False)
+
+
+def concat_cond(conds: list[dict | None], batches: list[int]) -> dict | None:
+    """Stack conditions along the batch axis (cond i has batch size batches[i]) for one network call.
+
+    A key present in some conditions only is an error, except that a condition without "text_mask" gets an
+    all-True one when another has it; token sequences are padded to the longest T with mask False, so a
+    masked cross-attention sees exactly the same keys as in separate calls."""
+    conds = [expand_cond(c, b) for c, b in zip(conds, batches)]
+    if all(c is None or not c for c in conds):
+        return None
+    keys = [set(c or {}) - {"text_mask"} for c in conds]
+    if any(k != keys[0] for k in keys):
+        raise NoisecraftError(f"cannot batch conditions with different keys: {[sorted(k) for k in keys]}")
+    out = {}
+    for key in sorted(keys[0]):
+        if key == "text_tokens":
+            length = max(c["text_tokens"].shape[1] for c in conds)
+            padded = [pad_tokens(c["text_tokens"], c.get("text_mask"), length) for c in conds]
+            out["text_tokens"] = torch.cat([p[0] for p in padded])
+            out["text_mask"] = torch.cat([p[1] for p in padded])
+        else:
+            out[key] = torch.cat([c[key] for c in conds])
+    return out
+
+
+def slice_cond(cond: dict | None, index) -> dict | None:
+    """cond restricted to the samples `index` (a slice, an index tensor or a bool mask) of the batch."""
+    return None if cond is None else {k: v[index] for k, v in cond.items()}
+
+
+# ------------------------------------------------------------------------------------------ modules
+class CondEmbedding(nn.Module):
+    """The global conditioning added to the time embedding: class embedding (null label = num_classes,
+    Ho & Salimans 2022) + Linear(text_pooled) + Linear(vector). Returns a (B, E) tensor or 0."""
+
+    def __init__(self, spec: CondSpec, emb_dim: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.pooled_proj = nn.Linear(spec.pooled_dim, emb_dim) if spec.pooled_dim > 0 else None
+        self.vector_proj = nn.Linear(spec.vector_dim, emb_dim) if spec.vector_dim > 0 else None
+
+    def forward(self, cond: dict, dtype: torch.dtype) -> Tensor | float:
+        out = 0.0
+        if self.pooled_proj is not None and cond.get("text_pooled") is not None:
+            out = out + self.pooled_proj(cond["text_pooled"].to(dtype))
+        if self.vector_proj is not None and cond.get("vector") is not None:
+            out = out + self.vector_proj(cond["vector"].to(dtype))
+        return out
+
+
+def null_labels(labels: Tensor | None, batch: int, num_classes: int, device) -> Tensor:
+    """The given labels, or the null label `num_classes` for all `batch` samples."""
+    if labels is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    return labels
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention from (B, L, C) queries to (B, T, D_ctx) context tokens (Vaswani et al. 2017;
+    the conditioning mechanism of Rombach et al. 2022, sec. 3.3): W_o softmax(Q K^T / sqrt(d) + mask) V with
+    Q = W_q h, K = W_k ctx, V = W_v ctx. Keys where mask is False are excluded; a row with no real key
+    outputs exactly 0 (it attends to nothing). W_o starts at zero, so the block is the identity at init."""
+
+    def __init__(self, channels: int, context_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
+        """h: (B, L, C) queries, context: (B, T, D_ctx), mask: (B, T) bool or None. Returns (B, L, C)."""
+        B, L, C = h.shape
+        d = C // self.heads
+        q = self.q(h).view(B, L, self.heads, d).transpose(1, 2)  # (B, heads, L, d)
+        k, v = self.kv(context.to(h.dtype)).view(B, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, T, d)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
+            return self.proj(out.transpose(1, 2).reshape(B, L, C))  # (B, L, C)
+        has_key = mask.any(dim=1)  # (B,)
+        safe = mask | ~has_key[:, None]  # rows without keys: attend anywhere, then zeroed below
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe[:, None, None, :])  # (B, heads, L, d)
+        out = self.proj(out.transpose(1, 2).reshape(B, L, C))  # (B, L, C)
+        return out * has_key.to(out.dtype)[:, None, None]  # exactly 0 for rows without keys

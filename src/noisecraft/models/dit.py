@@ -1,0 +1,302 @@
+"""Diffusion Transformer (DiT) backbone: Peebles & Xie 2023, "Scalable Diffusion Models with Transformers".
+
+    x (B, C, H, W) --patchify (p x p conv, sec. 3.2)--> tokens (B, N, h) + position embedding
+    c = t_emb + y_emb (+ Linear(text_pooled) + Linear(vector))            conditioning vector (B, h)
+    N blocks (adaLN-Zero, sec. 3.2 and Fig. 3):
+        (shift1, scale1, gate1, shift2, scale2, gate2) = Linear(SiLU(c)), Linear zero-initialised
+        x = x + gate1 * SelfAttn(LN(x) (1 + scale1) + shift1)
+        x = x + CrossAttn(LN(x), text_tokens, text_mask)     only with context_dim > 0 (as PixArt-alpha,
+                                                             Chen et al. 2023, sec. 2.3; proj zero-init)
+        x = x + gate2 * MLP(LN(x) (1 + scale2) + shift2)
+    final layer: LN(x) (1 + scale) + shift, Linear(h, p p C_out) (both zero-initialised), unpatchify
+
+Notation (shapes): B batch, C channels, H = W = input_size, p patch size, N = (H / p)^2 tokens,
+h = hidden_size, D_ctx context width. With the zero initialisation of the paper (adaLN modulation and
+the final linear layer start at 0), every block is the identity and the output is exactly 0 at init.
+
+Position embedding: "sincos" is the fixed 2-D sine-cosine embedding of MAE / DiT (a buffer, not saved in
+checkpoints); "learned" is a parameter initialised to the same values. Output: the fixed unpatchify
+rearrangement of the paper, or with `out_conv=True` followed by a learned 3x3 convolution (as U-ViT,
+Bao et al. 2023) that can smooth patch boundaries; that conv then starts at zero instead of the final linear.
+
+Conditioning follows the contract in `noisecraft.models.conditioning` (class_labels with null label
+`num_classes`, text_tokens/text_mask, text_pooled, vector).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from noisecraft.errors import ConfigError, NoisecraftError
+from noisecraft.models.conditioning import CondEmbedding, CondSpec, CrossAttention, check_cond, null_labels
+from noisecraft.models.unet import timestep_embedding
+
+POS_EMBEDS = ("sincos", "learned")
+_LN_EPS = 1e-6  # LayerNorm epsilon of the DiT reference code
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"DiTConfig.{field}: {message}")
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Hyper-parameters of `DiT`; every field is validated in `__post_init__`."""
+
+    in_channels: int = 1  # channels of the input x (1 for MNIST, 3 for RGB, 4 for SD latents)
+    out_channels: int | None = None  # channels of the output; None -> same as in_channels
+    input_size: int = 28  # H = W of the input (the trainer sets it from the data)
+    patch_size: int = 2  # p: the input is cut into (H / p)^2 patches of p x p pixels
+    hidden_size: int = 128  # token width h; divisible by 4 (2-D sin-cos) and by num_heads
+    depth: int = 6  # number of DiT blocks
+    num_heads: int = 4  # attention heads
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * hidden_size
+    pos_embed: str = "sincos"  # "sincos" (fixed 2-D sin-cos, as DiT) or "learned" (initialised to sin-cos)
+    out_conv: bool = False  # True: a learned 3x3 conv after the unpatchify (U-ViT); False: as DiT
+    freq_dim: int = 256  # width of the sinusoidal noise-level embedding fed to the time MLP
+    num_classes: int = 0  # >0: class embedding; label num_classes = null label (classifier-free guidance)
+    context_dim: int = 0  # >0: width D_ctx of cond["text_tokens"]; cross-attention in every block
+    pooled_dim: int = 0  # >0: width of cond["text_pooled"], added to c through a Linear
+    vector_dim: int = 0  # >0: width of cond["vector"], added to c through a Linear
+
+    def __post_init__(self) -> None:
+        ints = ("in_channels", "input_size", "patch_size", "hidden_size", "depth", "num_heads", "freq_dim",
+                "num_classes", "context_dim", "pooled_dim", "vector_dim")
+        for field in ints:
+            value = getattr(self, field)
+            _require(isinstance(value, int) and not isinstance(value, bool), field,
+                     f"expected an integer, got {value!r}")
+            low = 0 if field in ("num_classes", "context_dim", "pooled_dim", "vector_dim") else 1
+            _require(value >= low, field, f"must be >= {low}, got {value}")
+        _require(self.out_channels is None or (isinstance(self.out_channels, int) and self.out_channels >= 1),
+                 "out_channels", f"expected an integer >= 1 or None, got {self.out_channels!r}")
+        _require(isinstance(self.mlp_ratio, int | float) and not isinstance(self.mlp_ratio, bool)
+                 and self.mlp_ratio > 0, "mlp_ratio", f"must be a number > 0, got {self.mlp_ratio!r}")
+        _require(isinstance(self.out_conv, bool), "out_conv", f"expected true or false, got {self.out_conv!r}")
+        if self.pos_embed not in POS_EMBEDS:
+            raise ConfigError(f"DiTConfig.pos_embed: unknown position embedding {self.pos_embed!r}; "
+                              f"allowed: {', '.join(POS_EMBEDS)}")
+        _require(self.input_size % self.patch_size == 0, "patch_size",
+                 f"{self.patch_size} must divide input_size {self.input_size}")
+        _require(self.hidden_size % 4 == 0, "hidden_size", f"must be divisible by 4 (2-D sin-cos), got "
+                 f"{self.hidden_size}")
+        _require(self.hidden_size % self.num_heads == 0, "num_heads",
+                 f"{self.num_heads} must divide hidden_size {self.hidden_size}")
+        _require(self.freq_dim % 2 == 0, "freq_dim", f"must be even (cos/sin pairs), got {self.freq_dim}")
+
+    @property
+    def output_channels(self) -> int:
+        return self.in_channels if self.out_channels is None else self.out_channels
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    @property
+    def cond_spec(self) -> CondSpec:
+        return CondSpec(self.num_classes, self.context_dim, self.pooled_dim, self.vector_dim)
+
+
+# The four model sizes of Peebles & Xie 2023, Table 1 (hidden size, depth, heads).
+_DIT_SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    # ~50k parameters: unit tests and smoke runs (8x8 or 28x28 inputs, 4x4 patches).
+    "tiny": DiTConfig(patch_size=4, hidden_size=32, depth=2, num_heads=2),
+    # ~1.9M parameters: 28x28 MNIST with 2x2 patches (196 tokens); trains on a CPU.
+    "mnist": DiTConfig(in_channels=1, input_size=28, patch_size=2, hidden_size=128, depth=6, num_heads=4),
+    # The paper's models on 32x32x4 Stable Diffusion latents (256x256 images), patch sizes 2, 4, 8:
+    # "DiT-S/2" (33M parameters with num_classes=1000 and out_channels=8, as in the paper) ... "DiT-XL/2" (675M).
+    **{f"DiT-{name}/{p}": DiTConfig(in_channels=4, input_size=32, patch_size=p, hidden_size=h, depth=d,
+                                     num_heads=heads)
+       for name, (h, d, heads) in _DIT_SIZES.items() for p in (2, 4, 8)},
+}
+
+
+def sincos_pos_embed_2d(dim: int, grid_size: int) -> Tensor:
+    """The fixed 2-D sine-cosine position embedding of MAE (He et al. 2022) and DiT, (N, dim) float64 with
+    N = grid_size^2 tokens in row-major (row, column) order. Half the channels encode the column and half
+    the row, each as [sin(pos w_i), cos(pos w_i)] with w_i = 10000^(-i / (dim / 4)), i < dim / 4 (as the
+    reference code, whose meshgrid puts the column coordinate first)."""
+    pos = torch.arange(grid_size, dtype=torch.float64)
+    row, col = torch.meshgrid(pos, pos, indexing="ij")  # (g, g) each
+
+    def embed_1d(coord: Tensor) -> Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))  # (dim/4,)
+        out = coord.reshape(-1, 1) * omega  # (N, dim/4)
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)  # (N, dim/2)
+
+    return torch.cat([embed_1d(col), embed_1d(row)], dim=1)  # (N, dim)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN: x (1 + scale) + shift, with (B, h) shift/scale broadcast over the N tokens of x (B, N, h)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over tokens: W_o softmax(Q K^T / sqrt(d)) V, [Q, K, V] = W_qkv x."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, h = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)  # (B, heads, N, d)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        return self.proj(out.transpose(1, 2).reshape(B, N, h))  # (B, N, h)
+
+
+class DiTBlock(nn.Module):
+    """One adaLN-Zero transformer block (Peebles & Xie 2023, sec. 3.2, Fig. 3), optionally with
+    cross-attention to text tokens between self-attention and MLP."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.norm1 = nn.LayerNorm(h, elementwise_affine=False, eps=_LN_EPS)
+        self.attn = SelfAttention(h, cfg.num_heads)
+        if cfg.context_dim:
+            self.norm_cross = nn.LayerNorm(h, eps=_LN_EPS)
+            self.cross = CrossAttention(h, cfg.context_dim, cfg.num_heads)
+        else:
+            self.cross = None
+        self.norm2 = nn.LayerNorm(h, elementwise_affine=False, eps=_LN_EPS)
+        hidden = int(h * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(h, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, h))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
+
+    def forward(self, x: Tensor, c: Tensor, context=None) -> Tensor:
+        """x: (B, N, h) tokens, c: (B, h) conditioning, context: (tokens, mask) or None -> (B, N, h)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)  # (B, h) each
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        if self.cross is not None and context is not None:
+            x = x + self.cross(self.norm_cross(x), *context)
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm and a Linear to p * p * C_out values per token (DiT's final layer)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        h, p = cfg.hidden_size, cfg.patch_size
+        self.norm = nn.LayerNorm(h, elementwise_affine=False, eps=_LN_EPS)
+        self.linear = nn.Linear(h, p * p * cfg.output_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 2 * h))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))  # (B, N, p p C_out)
+
+
+class DiT(nn.Module):
+    """Diffusion Transformer: forward(x, c_noise, cond) with x: (B, in_channels, input_size, input_size),
+    c_noise: (B,) real-valued noise condition, cond: None or a conditioning dict. Returns
+    (B, out_channels, input_size, input_size), exactly 0 at initialisation (adaLN-Zero)."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, DiTConfig):
+            raise ConfigError(f"DiT expects a DiTConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        h = cfg.hidden_size
+        self.x_embedder = nn.Conv2d(cfg.in_channels, h, cfg.patch_size, stride=cfg.patch_size)
+        pos = sincos_pos_embed_2d(h, cfg.grid_size).float()[None]  # (1, N, h)
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(pos)
+        else:
+            self.register_buffer("pos_embed", pos, persistent=False)
+        self.t_embedder = nn.Sequential(nn.Linear(cfg.freq_dim, h), nn.SiLU(), nn.Linear(h, h))
+        self.y_embedder = nn.Embedding(cfg.num_classes + 1, h) if cfg.num_classes > 0 else None
+        self.cond_emb = CondEmbedding(cfg.cond_spec, h)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.final_layer = FinalLayer(cfg)
+        c_out = cfg.output_channels
+        self.out_conv = nn.Conv2d(c_out, c_out, 3, padding=1) if cfg.out_conv else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """As the DiT reference code: Xavier-uniform Linear layers with zero bias, the patch embedding as a
+        Linear, N(0, 0.02) time MLP and class table, then adaLN modulation and the output layer at zero."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.x_embedder.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.bias)
+        for layer in (self.t_embedder[0], self.t_embedder[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.weight, std=0.02)
+        zeroed = [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1]]
+        zeroed += [b.cross.proj for b in self.blocks if b.cross is not None]
+        zeroed.append(self.out_conv if self.out_conv is not None else self.final_layer.linear)
+        for m in zeroed:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor, c_noise: Tensor, cond: dict | None = None) -> Tensor:
+        c_noise = self._check_input(x, c_noise)
+        B = x.shape[0]
+        cond = check_cond(cond, B, self.config.cond_spec, "DiT")
+        tokens = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, h)
+        c = self._embed(c_noise, cond, B)  # (B, h)
+        context = None if cond.get("text_tokens") is None else (cond["text_tokens"], cond.get("text_mask"))
+        for block in self.blocks:
+            tokens = block(tokens, c, context)
+        out = self.unpatchify(self.final_layer(tokens, c))  # (B, C_out, H, W)
+        return out if self.out_conv is None else self.out_conv(out)
+
+    def _embed(self, c_noise: Tensor, cond: dict, batch: int) -> Tensor:
+        """c = MLP(sinusoid(c_noise)) + class embedding (null label when absent) + pooled/vector projections."""
+        dtype = self.x_embedder.weight.dtype
+        c = self.t_embedder(timestep_embedding(c_noise, self.config.freq_dim).to(dtype))  # (B, h)
+        if self.y_embedder is not None:
+            c = c + self.y_embedder(null_labels(cond.get("class_labels"), batch, self.config.num_classes,
+                                                c.device))
+        return c + self.cond_emb(cond, dtype)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """(B, N, p p C) tokens -> (B, C, H, W) image: token (i, j) fills pixels [i p:(i+1) p, j p:(j+1) p]."""
+        cfg = self.config
+        g, p, C = cfg.grid_size, cfg.patch_size, cfg.output_channels
+        x = x.reshape(x.shape[0], g, g, p, p, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], C, g * p, g * p)
+
+    def _check_input(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        cfg = self.config
+        expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise NoisecraftError(f"DiT input x: expected shape (B, {', '.join(map(str, expected))}), got "
+                                  f"{tuple(x.shape)} (set DiTConfig.input_size / in_channels to the data)")
+        c_noise = torch.as_tensor(c_noise, device=x.device)
+        if c_noise.ndim == 0:
+            c_noise = c_noise.expand(x.shape[0])
+        if c_noise.shape != (x.shape[0],):
+            raise NoisecraftError(f"DiT c_noise: expected shape ({x.shape[0]},), got {tuple(c_noise.shape)}")
+        return c_noise
+
+
+def dit_for_data(config: DiTConfig, data_shape: tuple) -> DiTConfig:
+    """`config` with in_channels and input_size taken from the data shape (C, H, W); H must equal W."""
+    if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+        raise ConfigError(f"the DiT backbone needs square images (C, S, S); the data has shape {tuple(data_shape)}")
+    return replace(config, in_channels=data_shape[0], input_size=data_shape[1])
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["DIT_PRESETS", "DiT", "DiTBlock", "DiTConfig", "POS_EMBEDS", "count_parameters", "dit_for_data",
+           "modulate", "sincos_pos_embed_2d"]
