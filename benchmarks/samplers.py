@@ -95,6 +95,22 @@ class Problem:
     z: torch.Tensor  # (N, d) unit noise, float32
     cache: dict
 
+    def eps_net(self) -> EpsNet:
+        """A fresh call-counting eps-prediction VP network (what diffusers' schedulers drive)."""
+        return EpsNet(self.mixture, self.schedule)
+
+    def denoiser(self):
+        """(denoiser for our samplers, the object whose `.calls` counts its network calls)."""
+        net = self.eps_net()
+        return Denoiser(net, self.schedule, Prediction("eps")), net
+
+    def fit_noise(self, batch: int) -> torch.Tensor:
+        """A separate unit-noise batch (seed 4321) for fitting optimised schedules."""
+        return torch.randn(batch, *self.z.shape[1:], generator=torch.Generator().manual_seed(4321))
+
+    def fit_reference(self, x_T: torch.Tensor, sigma: float) -> torch.Tensor:
+        return exact_solution(self.mixture, x_T, sigma)
+
     def reference(self, x_start: torch.Tensor, sigma_start: float) -> torch.Tensor:
         scale = float(x_start[0, 0] / self.z[0, 0])
         key = (round(sigma_start, 9), round(scale, 9))
@@ -120,7 +136,7 @@ def make_problem(dim: int, samples: int, cache_dir: Path | None) -> Problem:
     if cache_dir is not None:
         path = cache_dir / f"samplers_reference_d{dim}_n{samples}.pt"
         if path.exists():
-            cache = torch.load(path)
+            cache = torch.load(path, weights_only=True)
     return Problem(dim, benchmark_mixture(dim, 8, seed=0), schedule, z, cache), path
 
 
@@ -154,21 +170,21 @@ def steps_for(nfe: int, per_step: int) -> int:
 
 
 def run_ours(problem: Problem, sampler: str, sigmas: torch.Tensor, opts: dict, z=None):
-    net = EpsNet(problem.mixture, problem.schedule)
-    D = Denoiser(net, problem.schedule, Prediction("eps"))
+    D, counter = problem.denoiser()
     z = problem.z if z is None else z
     x_T = float(sigmas[0]) * z
-    out = get(sampler)(D, x_T, sigmas, **opts)
-    return out, x_T, net.calls
+    with torch.no_grad():
+        out = get(sampler)(D, x_T, sigmas, **opts)
+    return out, x_T, counter.calls
 
 
-def ours_table(problem: Problem, nfes, optimised: dict) -> list[dict]:
+def ours_table(problem: Problem, nfes, optimised: dict, methods=None, schedules=SCHEDULES) -> list[dict]:
     rows = []
-    for (label, sampler, opts, per_step), nfe in itertools.product(OURS, nfes):
+    for (label, sampler, opts, per_step), nfe in itertools.product(methods or OURS, nfes):
         n = steps_for(nfe, per_step)
         default = options(sampler).get("final", "denoise")
         finals = [default] + (["extrapolate"] if sampler in EXTRAPOLATE and "final" in options(sampler) else [])
-        kinds = list(SCHEDULES) + [k for k in optimised if k[0] == label and k[1] == n]
+        kinds = list(schedules) + [k for k in optimised if k[0] == label and k[1] == n]
         for kind, final in itertools.product(kinds, finals):
             sigmas = optimised[kind] if isinstance(kind, tuple) else get_sigmas(problem.schedule, n, kind)
             o = dict(opts, **({"final": final} if final != default else {}))
@@ -186,25 +202,25 @@ OPTIMISE = [("expint-2", "denoise"), ("expint-3", "denoise"), ("unipc-3 bh2", "d
             ("unipc-3 bh2", "extrapolate"), ("deis", "extrapolate")]
 
 
-def optimise_schedules(problem: Problem, nfes, batch: int, log) -> dict:
+def optimise_schedules(problem: Problem, nfes, batch: int, log, targets=OPTIMISE, max_evaluations=None) -> dict:
     """Optimised schedules per (method, steps, final), fitted on a separate noise batch (seed 4321) by
     differential evolution seeded with the Karras, exponential and uniform-t schedules, then polished."""
-    z_fit = torch.randn(batch, problem.dim, generator=torch.Generator().manual_seed(4321))
-    x_T = problem.schedule.sigma_max * z_fit
-    ref = exact_solution(problem.mixture, x_T, problem.schedule.sigma_max)
+    x_T = problem.schedule.sigma_max * problem.fit_noise(batch)
+    ref = problem.fit_reference(x_T, problem.schedule.sigma_max)
     methods = {o[0]: o for o in OURS}
     result = {}
-    for (label, final), nfe in itertools.product(OPTIMISE, nfes):
+    for (label, final), nfe in itertools.product(targets, nfes):
         _, sampler, opts, per_step = methods[label]
         n = steps_for(nfe, per_step)
         if n < 2:
             continue
         inits = [get_sigmas(problem.schedule, n, k) for k in ("karras", "exponential", "uniform")]
-        D = Denoiser(EpsNet(problem.mixture, problem.schedule), problem.schedule, Prediction("eps"))
+        D, _ = problem.denoiser()
         o = dict(opts, **({"final": final} if final != "denoise" else {}))
         t0 = time.perf_counter()
-        res = optimize_sigmas(D, get(sampler), inits, x_T, ref, sigma_min=problem.schedule.sigma_min, options=o,
-                              max_evaluations=min(1500, 20000 // nfe))
+        with torch.no_grad():
+            res = optimize_sigmas(D, get(sampler), inits, x_T, ref, sigma_min=problem.schedule.sigma_min, options=o,
+                                  max_evaluations=max_evaluations or min(1500, 20000 // nfe))
         log(f"  optimised {label} {final} n={n}: rmse {math.sqrt(res.initial_loss):.3e} -> "
             f"{math.sqrt(res.loss):.3e} ({res.evaluations} runs, {time.perf_counter() - t0:.0f} s)")
         result[(label, n, final)] = torch.tensor(res.sigmas, dtype=torch.float64)
@@ -276,7 +292,7 @@ def run_diffusers(problem: Problem, cls, config: dict, n: int, oracle: bool):
 
     sched = cls(**config)
     sched.set_timesteps(n)
-    net = EpsNet(problem.mixture, problem.schedule)
+    net = problem.eps_net()
     if oracle:
         def current_sigma():
             if hasattr(sched, "sigmas") and getattr(sched, "step_index", None) is not None:
@@ -305,15 +321,19 @@ def run_diffusers(problem: Problem, cls, config: dict, n: int, oracle: bool):
     return x, x_start, sigma0, net.calls
 
 
-def diffusers_table(problem: Problem, nfes, quick: bool, log) -> list[dict]:
+def diffusers_table(problem: Problem, nfes, quick: bool, log, oracles=(False, True), keep=None) -> list[dict]:
+    """Every diffusers configuration (`keep(label, config)` filters) at every budget; per configuration the
+    better of the timestep-conditioned and the oracle-sigma network among `oracles`."""
     rows = []
     for label, cls, config in diffusers_configs(quick):
+        if keep is not None and not keep(label, config):
+            continue
         for nfe in nfes:
             n = _steps_within(cls, config, nfe)
             if n is None:
                 continue
             best = None
-            for oracle in (False, True):
+            for oracle in oracles:
                 try:
                     out, x_start, sigma0, calls = run_diffusers(problem, cls, config, n, oracle)
                 except Exception as e:  # noqa: BLE001 - record diffusers' failures, do not hide them
@@ -521,7 +541,8 @@ def plot(results: dict, path: Path) -> None:
         if pts:
             ax.loglog(sorted(pts), [pts[b] for b in sorted(pts)], "-.",
                       label="diffusers DPM++ 2M Karras (best options)")
-        ax.set_title(f"d = {dim}: RMSE to the exact ODE solution")
+        ax.set_title(f"d = {dim}: RMSE to the exact ODE solution" if isinstance(dim, int)
+                     else f"{dim}: RMSE to the reference ODE solution")
         ax.set_xlabel("NFE")
         ax.set_ylabel("RMSE")
         ax.grid(True, which="both", alpha=0.3)
