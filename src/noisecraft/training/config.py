@@ -15,6 +15,7 @@ from noisecraft.models.mlp import MLPConfig
 from noisecraft.models.unet import UNetConfig
 from noisecraft.schedules.steps import STEP_SCHEDULES
 from noisecraft.schedules.training import SCHEDULES
+from noisecraft.text.config import ConditioningConfig, TextConfig
 from noisecraft.training.losses import WEIGHTINGS
 
 
@@ -138,6 +139,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    text: TextConfig = field(default_factory=TextConfig)                       # text encoder (text-to-image)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)  # condition dropout, text routes
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:

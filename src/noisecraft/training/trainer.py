@@ -22,7 +22,6 @@ from noisecraft.config import from_dict, to_dict
 from noisecraft.core.denoiser import Denoiser
 from noisecraft.core.prediction import Prediction
 from noisecraft.errors import CheckpointError, DataError, TrainingDiverged
-from noisecraft.models import build_model
 from noisecraft.schedules.training import build_schedule
 from noisecraft.training.checkpoint import (
     CHECKPOINT_FILE,
@@ -32,6 +31,7 @@ from noisecraft.training.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
+from noisecraft.training.conditioning import Conditioner, adapt_network_to_text, build_network
 from noisecraft.training.config import RunConfig
 from noisecraft.training.losses import denoising_loss
 
@@ -39,7 +39,7 @@ from noisecraft.training.losses import denoising_loss
 def build_denoiser(config: RunConfig, net: torch.nn.Module | None = None) -> Denoiser:
     """Network + schedule + prediction of a run config, as a sigma-space denoiser."""
     d = config.diffusion
-    net = net if net is not None else build_model(config.model, config.network)
+    net = net if net is not None else build_network(config)  # with text.encoder=trainable: + its encoder
     schedule = build_schedule(d.schedule, **d.schedule_options())
     return Denoiser(net, schedule, Prediction(d.prediction, sigma_data=d.sigma_data))
 
@@ -83,7 +83,7 @@ class Trainer:
         if ckpt is not None:
             config = self._resumed_config(ckpt, config)
         self.data = load_data(config)
-        self.config = adapt_network_to_data(config, self.data.data_shape)
+        self.config = adapt_network_to_text(adapt_network_to_data(config, self.data.data_shape))
         if self.config.train.threads:
             torch.set_num_threads(self.config.train.threads)
         self._build()
@@ -105,6 +105,7 @@ class Trainer:
                                            weight_decay=t.weight_decay, fused=fused or None)
         self.images = self.data.images.to(self.device)
         self.labels = None if self.data.labels is None else self.data.labels.to(self.device)
+        self.conditioner = Conditioner(self.config, self.data, self.net, self.device, self.progress)
 
     def _evaluator(self):
         e = self.config.eval
@@ -161,8 +162,7 @@ class Trainer:
         if self.config.data.hflip:
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x0 = torch.where(flip.to(self.device).reshape(-1, *[1] * (x0.ndim - 1)), x0.flip(-1), x0)
-        cond = None if self.labels is None or self.config.network.num_classes == 0 else \
-            {"class_labels": self.labels[idx]}
+        cond = self.conditioner(idx, gen)  # labels / caption embeddings, with condition dropout drawn from gen
         return x0, cond
 
     def loss(self, step: int) -> torch.Tensor:

