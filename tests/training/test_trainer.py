@@ -77,7 +77,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     t.save()
     good = {k: v.clone() for k, v in t.net.state_dict().items()}
     original = Trainer.loss
-    monkeypatch.setattr(Trainer, "loss", lambda self, step: original(self, step) * float("nan"))
+    monkeypatch.setattr(Trainer, "loss", lambda self, *a: original(self, *a) * float("nan"))
     t.train_step()
     t.train_step()
     assert t.bad_steps == 2 and t.step == 3

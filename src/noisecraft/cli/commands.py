@@ -33,11 +33,16 @@ def _run_config(args) -> RunConfig:
 
 # ------------------------------------------------------------------------------------------- train
 def _train(config: RunConfig, out: str, *, resume: bool, device: str) -> dict:
+    from noisecraft.training.distributed import teardown
     from noisecraft.training.trainer import Trainer
 
-    trainer = Trainer(config, out, resume=resume, device=device)
-    result = trainer.run()
-    _after_training(trainer)
+    try:  # under torchrun / accelerate launch the Trainer joins the process group
+        trainer = Trainer(config, out, resume=resume, device=device)
+        result = trainer.run()
+        if trainer.dist.is_main:
+            _after_training(trainer)
+    finally:
+        teardown()
     return result
 
 

@@ -2,19 +2,24 @@
 
 Layout of a run directory DIR (itself a valid `--checkpoint`):
 
-    DIR/checkpoint.safetensors   tensors "model.*", "ema.*", "optim.<i>.<key>"; metadata (all JSON strings):
-                                 format, version, config (the RunConfig), state (step, counters, data
-                                 position, RNG scheme), optim_groups (AdamW hyper-parameters)
+    DIR/checkpoint.safetensors   tensors "model.*", "ema.*", "optim.<i>.<key>", "phema.<k>.*" (post-hoc EMA
+                                 profiles); metadata (all JSON strings): format, version, config (the
+                                 RunConfig), state (step, counters, data position, RNG scheme),
+                                 optim_groups (AdamW hyper-parameters), sha256 (digest of all the rest)
     DIR/config.json              the same RunConfig, for people and tools
 
 A checkpoint is written to a temporary file in DIR, flushed and fsync'ed, then moved over the old one
 with os.replace (atomic on POSIX and Windows): a crash at any point leaves either the previous or the
-new checkpoint, never a partial one. Loading accepts only this format: a pickle file is refused without
-being opened by pickle, and any safetensors error becomes a CheckpointError.
+new checkpoint, never a partial one; the directory is fsync'ed after the rename, and temp files left by
+an earlier killed save are removed after a successful one. Loading accepts only this format: a pickle
+file is refused without being opened by pickle, any safetensors error becomes a CheckpointError, and a
+SHA-256 digest over the tensors (name, dtype, shape, bytes) and metadata catches bit flips that still
+parse.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -40,10 +45,12 @@ class Checkpoint:
     optim: dict[str, torch.Tensor]    # flattened AdamW state (see `flatten_optimizer`)
     optim_groups: list[dict]
     path: Path
+    phema: dict[str, dict[str, torch.Tensor]] | None = None  # profile index -> state dict (post-hoc EMA)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file in the same directory + fsync + os.replace)."""
+    """Write `data` to `path` atomically (temp file in the same directory + fsync + os.replace + fsync of
+    the directory). Temp files of `path` left by an earlier killed write are removed afterwards."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -58,6 +65,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # from a save killed before its rename
+        stale.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -81,23 +105,40 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) ->
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(run_dir: Path, *, config: dict, state: dict, model: dict, ema: dict, optimizer: dict) -> Path:
-    """Write DIR/checkpoint.safetensors atomically. `optimizer` is a torch optimizer state_dict."""
+def save_checkpoint(run_dir: Path, *, config: dict, state: dict, model: dict, ema: dict, optimizer: dict,
+                    phema: list[dict] | None = None) -> Path:
+    """Write DIR/checkpoint.safetensors atomically. `optimizer` is a torch optimizer state_dict; `phema`
+    the state dicts of the post-hoc EMA profiles. Non-finite weights are refused (CheckpointError)."""
     from safetensors.torch import save
 
     optim_tensors, groups = flatten_optimizer(optimizer)
     tensors = {f"model.{k}": v for k, v in model.items()}
     tensors.update({f"ema.{k}": v for k, v in ema.items()})
     tensors.update(optim_tensors)
+    for k, sd in enumerate(phema or []):
+        tensors.update({f"phema.{k}.{name}": v for name, v in sd.items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"refusing to save a checkpoint with non-finite values in {name}")
     metadata = {"format": FORMAT, "version": VERSION, "config": json.dumps(config), "state": json.dumps(state),
                 "optim_groups": json.dumps(groups)}
+    metadata["sha256"] = content_digest(tensors, metadata)
     path = Path(run_dir) / CHECKPOINT_FILE
     atomic_write_bytes(path, save(tensors, metadata=metadata))
     return path
+
+
+def content_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over the metadata (except the digest) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in metadata if k != "sha256"):
+        h.update(json.dumps([key, metadata[key]]).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
@@ -119,9 +160,33 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a noisecraft checkpoint (run directory or file). Raises CheckpointError on anything else."""
+    path = resolve_checkpoint_path(path)
+    meta, tensors = _read_verified(path)
+    try:
+        config, state, groups = (json.loads(meta[k]) for k in ("config", "state", "optim_groups"))
+    except Exception as e:  # JSON or key errors: a corrupt file
+        raise CheckpointError(f"{path} is corrupt or unreadable: {type(e).__name__}: {e}") from None
+    if not (isinstance(config, dict) and isinstance(state, dict) and isinstance(groups, list)
+            and all(isinstance(g, dict) for g in groups)):
+        raise CheckpointError(f"{path} is corrupt: config/state/optim_groups metadata of the wrong type")
+    parts: dict[str, dict] = {"model": {}, "ema": {}, "optim": {}, "phema": {}}
+    for name, t in tensors.items():
+        prefix, _, rest = name.partition(".")
+        if prefix not in parts:
+            raise CheckpointError(f"{path}: unexpected tensor {name!r}")
+        if prefix == "phema":
+            k, _, rest = rest.partition(".")
+            parts["phema"].setdefault(k, {})[rest] = t
+        else:
+            parts[prefix][rest if prefix != "optim" else name] = t
+    return Checkpoint(config=config, state=state, model=parts["model"], ema=parts["ema"], optim=parts["optim"],
+                      optim_groups=groups, path=path, phema=parts["phema"] or None)
+
+
+def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a noisecraft safetensors file whose digest matches; else CheckpointError."""
     from safetensors import safe_open
 
-    path = resolve_checkpoint_path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -131,16 +196,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 raise CheckpointError(f"{path}: checkpoint version {meta.get('version')!r} unsupported; "
                                       f"this noisecraft reads version {VERSION}")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        config, state, groups = (json.loads(meta[k]) for k in ("config", "state", "optim_groups"))
+        digest = meta.get("sha256")
+        if digest is not None and digest != content_digest(tensors, meta):
+            raise CheckpointError(f"{path} is corrupt: its content does not match the SHA-256 digest stored in it")
     except CheckpointError:
         raise
-    except Exception as e:  # SafetensorError, OSError, JSON/Key errors: a corrupt file
+    except Exception as e:  # SafetensorError, OSError, ...: a corrupt file
         raise CheckpointError(f"{path} is corrupt or unreadable: {type(e).__name__}: {e}") from None
-    parts: dict[str, dict] = {"model": {}, "ema": {}, "optim": {}}
-    for name, t in tensors.items():
-        prefix, _, rest = name.partition(".")
-        if prefix not in parts:
-            raise CheckpointError(f"{path}: unexpected tensor {name!r}")
-        parts[prefix][rest if prefix != "optim" else name] = t
-    return Checkpoint(config=config, state=state, model=parts["model"], ema=parts["ema"], optim=parts["optim"],
-                      optim_groups=groups, path=path)
+    return meta, tensors

@@ -84,10 +84,26 @@ class TrainConfig:
     log_every: int = 25             # log the loss every this many steps
     max_bad_steps: int = 5          # stop after this many consecutive non-finite losses/gradients
     threads: int | None = None      # torch CPU threads (None: torch's default)
+    # --- scale and speed (docs: README "Scaling out"; benchmarks/train_speed.md) ---
+    grad_accum: int = 1             # micro-batches per process per step; batch_size stays the global batch
+    fp16: bool = False              # float16 autocast with a dynamic grad scaler (skipped steps are logged)
+    compile: bool = False           # torch.compile the network's forward (nn.Module.compile)
+    grad_checkpointing: bool = False  # recompute each network block's activations in backward (less memory)
+    fused_adam: bool | None = None  # fused AdamW kernel (None: where the device is CUDA; true: any device)
+    fsdp: bool = False              # FSDP2 fully_shard the network under torchrun (else DDP when world > 1)
+    oom_retry: bool = True          # on out-of-memory halve the micro-batch (doubling grad_accum) and retry
+    phema_sigma_rels: tuple[float, ...] = ()  # post-hoc EMA (Karras et al. 2024): track these sigma_rel
+    phema_every: int = 0            # post-hoc EMA snapshot interval in steps (0: checkpoint_every)
 
     def __post_init__(self):
-        for name in ("batch_size", "steps", "checkpoint_every", "log_every", "max_bad_steps"):
+        for name in ("batch_size", "steps", "checkpoint_every", "log_every", "max_bad_steps", "grad_accum"):
             _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.batch_size % self.grad_accum == 0, "train.grad_accum",
+               f"must divide train.batch_size={self.batch_size}, got {self.grad_accum}")
+        _check(not (self.bf16 and self.fp16), "train.bf16/fp16", "choose at most one autocast dtype")
+        _check(all(0 < s < 12 ** -0.5 for s in self.phema_sigma_rels), "train.phema_sigma_rels",
+               f"each sigma_rel must be in (0, 12^-1/2 = 0.2887) (exponent gamma > 0), got {self.phema_sigma_rels}")
+        _check(self.phema_every >= 0, "train.phema_every", f"must be >= 0, got {self.phema_every}")
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
