@@ -11,6 +11,16 @@ ODE dx/dsigma = (x - D) / sigma has the closed-form solution
     x(sigma) = mu + sqrt(s^2 + sigma^2) / sqrt(s^2 + sigma_0^2) (x(sigma_0) - mu).
 
 For several components `ode_solution` integrates the ODE with a high-order adaptive solver in float64.
+
+Classes (for conditioning and guidance): each component k belongs to a class c(k) (by default its own).
+Given the class y the data is the mixture of y's components, so
+
+    p(y | x, sigma) = sum_{k: c(k) = y} p(k | x, sigma)                        (the exact class posterior)
+    E[x0 | x, y]    = sum_{k: c(k) = y} p(k | x, y) (mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k))
+
+with p(k | x, y) = p(k | x) / p(y | x) on y's components: the exact conditional denoiser (for one component
+per class, the k-th component's posterior mean). By Tweedie, D(x, sigma | y) = D(x, sigma) + sigma^2
+grad_x log p(y | x, sigma) - the identity classifier guidance relies on.
 """
 
 from __future__ import annotations
@@ -21,12 +31,13 @@ import torch
 
 
 class GaussianMixture:
-    def __init__(self, means, stds, weights=None):
+    def __init__(self, means, stds, weights=None, classes=None):
         self.means = torch.as_tensor(means, dtype=torch.float64)  # (K, d)
         self.stds = torch.as_tensor(stds, dtype=torch.float64).reshape(-1)  # (K,)
         K = self.means.shape[0]
         w = torch.ones(K, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.weights = w / w.sum()
+        self.classes = torch.arange(K) if classes is None else torch.as_tensor(classes, dtype=torch.long)  # (K,)
 
     @property
     def dim(self) -> int:
@@ -39,11 +50,54 @@ class GaussianMixture:
 
     def posterior(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """p(k | x) at noise level sigma, (B, K)."""
+        return torch.softmax(self.log_joint(x, sigma), dim=1)
+
+    def log_joint(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """log w_k N(x; mu_k, (s_k^2 + sigma^2) I), (B, K); differentiable in x."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)  # (B or 1, 1)
         var = self.stds[None] ** 2 + sigma**2  # (B, K)
         sq = ((x[:, None, :] - self.means[None]) ** 2).sum(-1)  # (B, K)
-        logp = self.weights.log()[None] - 0.5 * sq / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
-        return torch.softmax(logp, dim=1)
+        return self.weights.log()[None] - 0.5 * sq / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
+
+    # ------------------------------------------------------------------------ classes / conditioning
+    @property
+    def num_classes(self) -> int:
+        return int(self.classes.max()) + 1
+
+    def _class_matrix(self) -> torch.Tensor:
+        """(K, C) one-hot membership of each component in its class."""
+        return torch.nn.functional.one_hot(self.classes, self.num_classes).to(torch.float64)
+
+    def class_log_posterior(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """log p(y | x, sigma) for every class y, (B, C), in closed form (logsumexp over y's components);
+        differentiable in x (float64)."""
+        lj = self.log_joint(x.to(torch.float64), sigma)  # (B, K)
+        member = self._class_matrix().T  # (C, K)
+        per_class = torch.logsumexp(lj[:, None, :] + member.log()[None], dim=2)  # (B, C)
+        return per_class - torch.logsumexp(lj, dim=1, keepdim=True)
+
+    def denoise_class(self, x: torch.Tensor, sigma, labels: torch.Tensor) -> torch.Tensor:
+        """E[x0 | x, y] (the exact conditional denoiser); label num_classes means unconditional (null label)."""
+        xd = x.to(torch.float64)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
+        lj = self.log_joint(xd, sigma)  # (B, K)
+        labels = torch.as_tensor(labels).reshape(-1)
+        allowed = (self.classes[None] == labels[:, None]) | (labels[:, None] == self.num_classes)  # (B, K)
+        post = torch.softmax(lj.masked_fill(~allowed, -math.inf), dim=1)  # p(k | x, y)
+        shrink = self.stds[None] ** 2 / (self.stds[None] ** 2 + sigma**2)  # (B, K)
+        comp = self.means[None] + shrink[..., None] * (xd[:, None, :] - self.means[None])  # (B, K, d)
+        return (post[..., None] * comp).sum(1).to(x.dtype)
+
+    def conditional_denoiser(self) -> ConditionalMixtureDenoiser:
+        """The exact class-conditional denoiser as denoiser(x, sigma, cond), cond = {"class_labels": (B,)}."""
+        return ConditionalMixtureDenoiser(self)
+
+    def sample_class(self, n: int, label: int, generator=None) -> torch.Tensor:
+        """n draws from the data distribution of class `label`."""
+        w = self.weights * (self.classes == label)
+        k = torch.multinomial(w / w.sum(), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self.means[k] + self.stds[k, None] * z
 
     def denoise(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         """E[x0 | x] at noise level sigma (scalar or (B,)), computed in float64, returned in x's dtype."""
@@ -78,3 +132,26 @@ class GaussianMixture:
         sol = solve_ivp(rhs, (math.log(sigma_start), math.log(lo)), y0, method="DOP853", rtol=rtol, atol=atol)
         x = torch.from_numpy(sol.y[:, -1]).reshape(shape)
         return self.denoise(x, lo) if sigma_end == 0 else x
+
+
+class ConditionalMixtureDenoiser:
+    """The mixture's exact conditional denoiser, callable as denoiser(x, sigma, cond=None): cond None or a
+    null label gives the unconditional E[x0 | x]; it says what it accepts through `cond_spec` (a
+    noisecraft CondSpec with num_classes), as the U-Net and DiT do. `calls` counts invocations and
+    `batch_sizes` records each call's batch size (to check that guidance batches its evaluations)."""
+
+    def __init__(self, mixture: GaussianMixture):
+        from noisecraft.models.conditioning import CondSpec
+
+        self.mixture = mixture
+        self.cond_spec = CondSpec(num_classes=mixture.num_classes)
+        self.calls, self.batch_sizes = 0, []
+
+    def __call__(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+        self.calls += 1
+        self.batch_sizes.append(x.shape[0])
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        labels = (cond or {}).get("class_labels")
+        if labels is None:
+            labels = torch.full((x.shape[0],), self.mixture.num_classes)
+        return self.mixture.denoise_class(x, sigma, labels)
