@@ -73,5 +73,21 @@ def generate(denoiser, sigmas: torch.Tensor, data_shape, *, num: int, seed: int,
         n = min(batch_size, num - start)
         gens = make_generators(seed + start, n)
         x = randn_like(torch.empty(n, *data_shape, device=device), gens) * float(sigmas[0])
-        out.append(fn(denoiser, x, sigmas, cond=cond, generator=gens, callback=callback, **sampler_options).cpu())
+        try:
+            out.append(fn(denoiser, x, sigmas, cond=cond, generator=gens, callback=callback, **sampler_options).cpu())
+        except torch.OutOfMemoryError:
+            x = out = None  # let go of the batch, then report outside the except block (its frames hold tensors)
+            break
+    if out is None:
+        _free_device_memory(device)
+        raise NoisecraftError(f"out of memory sampling a batch of {n} on {device}; use a smaller batch size "
+                              f"(batch_size={max(1, n // 2)}, or --batch-size {max(1, n // 2)} on the command line)")
     return torch.cat(out).float()
+
+
+def _free_device_memory(device) -> None:
+    import gc
+
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()

@@ -207,3 +207,21 @@ def _read_header(path: Path) -> dict:
     except Exception as e:
         raise CheckpointError(f"{path} is corrupt or unreadable: {type(e).__name__}: {e}") from None
 
+
+
+def write_posthoc_checkpoint(run_dir, out_dir, sigma_rel: float, step: int | None = None) -> dict:
+    """A normal checkpoint in `out_dir`: run_dir's checkpoint with its EMA weights replaced by the post-hoc
+    reconstruction for `sigma_rel` (its state records the snapshots and coefficients used)."""
+    from noisecraft.training.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint, unflatten_optimizer
+
+    ckpt = load_checkpoint(run_dir)  # refuses anything but a noisecraft safetensors checkpoint
+    ema, info = reconstruct(Path(ckpt.path).parent, sigma_rel, step)
+    if set(ema) != set(ckpt.ema) or any(ema[k].shape != ckpt.ema[k].shape for k in ema):
+        raise CheckpointError(f"the post-hoc EMA snapshots in {run_dir} do not fit its checkpoint's network")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {**ckpt.state, "posthoc_ema": info}
+    save_checkpoint(out_dir, config=ckpt.config, state=state, model=ckpt.model, ema=ema,
+                    optimizer=unflatten_optimizer(ckpt.optim, ckpt.optim_groups))
+    atomic_write_json(out_dir / "config.json", ckpt.config)
+    return info
