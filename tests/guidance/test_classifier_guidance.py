@@ -187,3 +187,15 @@ def test_classifier_files_and_config_errors(tmp_path):
         train_noisy_classifier(torch.zeros(4, 1, 8, 8), build_schedule("edm"), progress=False)
     with pytest.raises(NoisecraftError, match=r"expected shape \(B, 1, S, S\)"):
         NoisyClassifier(TINY)(torch.zeros(2, 1, 7, 7), 1.0)
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0])
+def test_exact_classifier_guidance_equals_exact_classifier_free_guidance(scale):
+    """Ho & Salimans 2022, sec. 3: with exact models, D_c - D_u = sigma^2 grad log p(y | x, sigma), so CFG at
+    scale w and classifier guidance at scale w (on the unconditional model) are the same denoiser."""
+    from noisecraft.guidance import ClassifierFreeGuidance
+
+    x, sigma, labels = _batch()
+    cg = ClassifierGuidance(MIX.denoise, exact_classifier, scale)(x, sigma, {"class_labels": labels})
+    cfg = ClassifierFreeGuidance(MIX.conditional_denoiser(), scale)(x, sigma, {"class_labels": labels})
+    torch.testing.assert_close(cg, cfg, rtol=1e-9, atol=1e-9)

@@ -89,7 +89,7 @@ def in_interval(sigma: Tensor, interval: tuple[float, float] | None) -> Tensor:
 
 def _per_sample_std(v: Tensor) -> Tensor:
     """Standard deviation over all but the batch axis, shaped (B, 1, ..., 1)."""
-    return v.flatten(1).std(dim=1).reshape(-1, *([1] * (v.ndim - 1)))
+    return v.flatten(1).std(dim=1, correction=0).reshape(-1, *([1] * (v.ndim - 1)))  # (B, 1, ..., 1)
 
 
 def rescale_guidance(d_cfg: Tensor, d_cond: Tensor, phi: float, *, x: Tensor | None = None,
