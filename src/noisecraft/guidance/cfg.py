@@ -38,12 +38,17 @@ RESCALE_SPACES = ("x0", "eps")
 
 
 def cond_spec_of(denoiser) -> CondSpec | None:
-    """The conditioning a denoiser accepts, when it says so: `denoiser.cond_spec`, or the `cond_spec` of
-    the config of `denoiser.net` / `denoiser` (U-Net, DiT). None when unknown (a plain function)."""
+    """The conditioning a denoiser accepts, when it says so: `denoiser.cond_spec`, or that of the config of
+    `denoiser.net` / `denoiser` (U-Net, DiT: `config.cond_spec`; other configs: their `num_classes` etc.).
+    None when unknown (a plain function)."""
     for obj in (denoiser, getattr(denoiser, "net", None)):
-        spec = getattr(obj, "cond_spec", None) or getattr(getattr(obj, "config", None), "cond_spec", None)
+        config = getattr(obj, "config", None)
+        spec = getattr(obj, "cond_spec", None) or getattr(config, "cond_spec", None)
         if isinstance(spec, CondSpec):
             return spec
+        if isinstance(getattr(config, "num_classes", None), int):
+            return CondSpec(*(getattr(config, f, 0) for f in ("num_classes", "context_dim", "pooled_dim",
+                                                                "vector_dim")))
     return None
 
 
