@@ -324,9 +324,12 @@ class Trainer:
         counted in scaler_skipped); any other non-finite loss or gradient is a bad step."""
         t = self.config.train
         self.scaler.unscale_(self.optimizer)  # (no-op without fp16)
-        norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), t.grad_clip or math.inf)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
-        finite_loss, finite_grad = bool(torch.isfinite(loss)), bool(torch.isfinite(norm))
+        params = [p for p in self.net.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        full = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
+        finite_loss, finite_grad = bool(torch.isfinite(loss)), bool(torch.isfinite(full))
+        if finite_grad and t.grad_clip:  # (clipping by a non-finite norm would turn every gradient NaN)
+            torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip, norm)
         if finite_loss and not finite_grad and self.scaler.is_enabled():
             self.scaler.step(self.optimizer)  # finds the inf and skips
             self.scaler.update()  # lowers the scale
