@@ -10,9 +10,12 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "core", "schedules", "samplers", "models", "training", "data", "viz", "errors", "config",
 }
+_FUNCTIONS = {"load_autoencoder": "noisecraft.autoencoder"}  # name -> module, imported on first use
 
 
 def __getattr__(name):
     if name in _SUBMODULES:
         return import_module(f"noisecraft.{name}")
+    if name in _FUNCTIONS:
+        return getattr(import_module(_FUNCTIONS[name]), name)
     raise AttributeError(f"module 'noisecraft' has no attribute {name!r}")

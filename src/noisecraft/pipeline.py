@@ -23,6 +23,15 @@ class Loaded:
     config: RunConfig
     data_shape: tuple[int, ...]
     step: int
+    autoencoder: object | None = None  # latent diffusion: decodes the samples (noisecraft.autoencoder)
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples -> images: a latent model's samples are decoded through its autoencoder; others unchanged."""
+        if self.autoencoder is None:
+            return x
+        from noisecraft.autoencoder.latents import decode_latents
+
+        return decode_latents(self.autoencoder, x)
 
 
 def load_denoiser(path, *, use_ema: bool = True, device: str = "cpu") -> Loaded:
@@ -47,7 +56,12 @@ def load_denoiser(path, *, use_ema: bool = True, device: str = "cpu") -> Loaded:
         shape = (config.dit.in_channels, config.dit.input_size, config.dit.input_size)
     else:
         shape = (config.mlp.data_dim,)
-    return Loaded(denoiser, config, shape, int(ckpt.state.get("step", 0)))
+    autoencoder = None
+    if config.data.autoencoder:  # latent diffusion: the samples are latents (decoded by Loaded.to_images)
+        from noisecraft.autoencoder.latents import load_run_autoencoder
+
+        autoencoder, shape = load_run_autoencoder(config, ckpt.path, shape)
+    return Loaded(denoiser, config, shape, int(ckpt.state.get("step", 0)), autoencoder)
 
 
 def _data_side(config: RunConfig) -> int:

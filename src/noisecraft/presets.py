@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from noisecraft.errors import unknown_name
 from noisecraft.models.mlp import MLP_PRESETS
-from noisecraft.models.unet import UNET_PRESETS
+from noisecraft.models.unet import UNET_PRESETS, UNetConfig
 from noisecraft.training.config import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig
 
 # The quickstart: a 1.2M-parameter U-Net (the "mnist" U-Net with one residual block per level) on the
@@ -22,6 +22,27 @@ _MNIST = RunConfig(
     train=TrainConfig(batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.999, steps=100_000, minutes=8.0,
                       checkpoint_every=250),
     sample=SampleConfig(sampler="heun", steps=18, step_schedule="karras", num=64),
+)
+
+# The latent-vs-pixel study on 64x64 emoji (benchmarks/latent_vs_pixel.md): the same EDM recipe, sampler and
+# budget, in pixel space (64x64x3, U-Net levels 64/32/16/8) and in the latent space of the `ae-64` autoencoder
+# (16x16x4 scaled to unit std, hence sigma_data = 1; U-Net levels 16/8).
+_EMOJI_64 = RunConfig(
+    name="emoji-64", model="unet",
+    unet=UNetConfig(in_channels=3, base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
+                    attention_levels=(3,), head_channels=32, norm_groups=8),
+    diffusion=DiffusionConfig(schedule="edm", prediction="edm", weighting="simple", sigma_data=0.5),
+    data=DataConfig(dataset="emoji", split="train"),
+    train=TrainConfig(batch_size=32, lr=1e-3, warmup_steps=50, ema_decay=0.999, steps=1_000_000, minutes=10.0,
+                      checkpoint_every=100),
+    sample=SampleConfig(sampler="heun", steps=18, step_schedule="karras", num=64),
+)
+_LDM_64 = replace(
+    _EMOJI_64, name="ldm-64",
+    unet=UNetConfig(in_channels=4, base_channels=64, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+                    head_channels=32, norm_groups=8),
+    diffusion=replace(_EMOJI_64.diffusion, sigma_data=1.0),
+    data=DataConfig(dataset="emoji", split="train", autoencoder="runs/ae-64"),  # from train-autoencoder --preset ae-64
 )
 
 PRESETS: dict[str, RunConfig] = {
@@ -59,6 +80,11 @@ PRESETS: dict[str, RunConfig] = {
                       log_every=5),
         sample=SampleConfig(sampler="heun", steps=4, step_schedule="karras", num=4),
     ),
+    # Pixel-space diffusion on 64x64 emoji (the baseline of the latent-vs-pixel study).
+    "emoji-64": _EMOJI_64,
+    # Latent diffusion on 64x64 emoji: train the autoencoder first (noisecraft train-autoencoder --preset ae-64
+    # --out runs/ae-64), or point data.autoencoder at another one (a diffusers AutoencoderKL folder works too).
+    "ldm-64": _LDM_64,
 }
 
 

@@ -114,13 +114,14 @@ def _write_samples(checkpoint, out: Path, *, num: int, seed: int, sampler=None, 
     name, kind, sigmas = _sampling_plan(loaded, sampler, steps, schedule)
     images = generate(loaded.denoiser, sigmas, loaded.data_shape, num=num, seed=seed, sampler=name,
                       batch_size=batch_size, callback=callback, device=device, **(options or {}))
+    images = loaded.to_images(images)  # latent models: decoded through their autoencoder
     info = {"sampler": name, "steps": len(sigmas) - 1, "step_schedule": kind, "seed": seed, "num": num,
             "model": loaded.config.name, "model_step": loaded.step, "ema": use_ema, "options": options or {}}
     if len(loaded.data_shape) == 1:
         save_points(images, out, title=f"{loaded.config.name}: {num} samples")
         return out
     params = (f"Steps: {info['steps']}, Sampler: {name}, Schedule type: {kind}, Seed: {seed}, "
-              f"Size: {loaded.data_shape[-1]}x{loaded.data_shape[-2]}, Model: {loaded.config.name}, "
+              f"Size: {images.shape[-1]}x{images.shape[-2]}, Model: {loaded.config.name}, "
               f"Model step: {loaded.step}")
     out = Path(out)
     if out.suffix.lower() == ".png":

@@ -64,7 +64,8 @@ def _add_forward(sub) -> None:
 
 # Commands defined in their own modules: each has add_parser(subparsers) and run(args) -> int, and
 # imports nothing heavy at module level.
-PLUGIN_MODULES = ("noisecraft.cli.schedule_cmd", "noisecraft.cli.eval_cmd", "noisecraft.cli.ema_cmd")
+PLUGIN_MODULES = ("noisecraft.cli.schedule_cmd", "noisecraft.cli.eval_cmd", "noisecraft.cli.autoencoder_cmd",
+                  "noisecraft.cli.ema_cmd")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:

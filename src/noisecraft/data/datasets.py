@@ -11,6 +11,8 @@ glyphs         letters and digits rendered from matplotlib's fonts: 5208 images 
                character, captions such as "bold serif capital letter G" (`noisecraft.data.glyphs`).
 scenes         procedural one- or two-shape scenes: 8000 images (3, 32, 32) with captions such as
                "a small red circle left of a blue square" and exact attributes (`noisecraft.data.scenes`).
+emoji          Twemoji from npm emoji-datasource-twitter (fetched with `npm pack` on first use, CC-BY 4.0):
+               3786 images (3, 64, 64) on white, labels = category, captions = names (`noisecraft.data.emoji`).
 8gaussians,    2-D point distributions (N, 2), `limit` points (default 10000), drawn from
 moons,         numpy.random.default_rng(seed); see `noisecraft.data.toy` for their formulas
 swissroll,     and scales.
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from noisecraft.data.base import SPLITS, ImageDataset, count_nonfinite, split_indices, uint8_to_float
+from noisecraft.data.emoji import load_emoji
 from noisecraft.data.glyphs import load_glyphs
 from noisecraft.data.images import IMAGE_EXTENSIONS, check_image_options, find_image_files, read_image_uint8
 from noisecraft.data.scenes import load_scenes
@@ -138,6 +141,7 @@ def load_folder(*, root=None, resolution=None, channels=None, split="all", limit
 
 DATASETS = {
     "digits": load_digits,
+    "emoji": load_emoji,
     "folder": load_folder,
     "mnist": load_mnist,
     "glyphs": load_glyphs,

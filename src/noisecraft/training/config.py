@@ -65,6 +65,7 @@ class DataConfig:
     split: str = "train"            # all, train or test
     limit: int | None = None        # use only the first `limit` items
     hflip: bool = False             # random horizontal flips (not for digits/glyphs)
+    autoencoder: str | None = None  # latent diffusion: an autoencoder checkpoint dir or diffusers AutoencoderKL folder
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,10 @@ def load_data(config: RunConfig):
     c = config.data
     ds = load_dataset(c.dataset, root=c.root, resolution=c.resolution, channels=c.channels, split=c.split,
                       limit=c.limit, seed=config.train.seed)
+    if c.autoencoder:  # latent diffusion: cached scaled latents of the images (noisecraft.autoencoder.latents)
+        from noisecraft.autoencoder.latents import encode_dataset, resolve_autoencoder_path
+
+        ds = encode_dataset(ds, resolve_autoencoder_path(c.autoencoder))
     if len(ds) < config.train.batch_size:
         raise DataError(f"dataset {c.dataset!r} has {len(ds)} items, fewer than train.batch_size="
                         f"{config.train.batch_size}; lower the batch size")
