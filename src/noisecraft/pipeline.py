@@ -73,6 +73,19 @@ def _data_side(config: RunConfig) -> int:
     return ds.data_shape[-1]
 
 
+def batch_cond(cond: dict | None, start: int, n: int, num: int) -> dict | None:
+    """The condition of images start .. start + n - 1 of `num`: per-image entries (first dimension num) are
+    sliced, batch-1 entries broadcast (one prompt or class for every image)."""
+    if cond is None:
+        return None
+    out = {}
+    for key, v in cond.items():
+        if v.shape[0] not in (1, num):
+            raise NoisecraftError(f"cond[{key!r}] has batch size {v.shape[0]}; give 1 or one per image ({num})")
+        out[key] = v[start:start + n] if v.shape[0] == num else v.expand(n, *v.shape[1:])
+    return out
+
+
 def generate(denoiser, sigmas: torch.Tensor, data_shape, *, num: int, seed: int, sampler: str = "heun",
              batch_size: int = 64, cond=None, callback=None, device: str = "cpu", **sampler_options) -> torch.Tensor:
     """`num` samples, drawn in batches; sample i uses its own generator seeded seed + i, so it is the
@@ -88,7 +101,8 @@ def generate(denoiser, sigmas: torch.Tensor, data_shape, *, num: int, seed: int,
         gens = make_generators(seed + start, n)
         x = randn_like(torch.empty(n, *data_shape, device=device), gens) * float(sigmas[0])
         try:
-            out.append(fn(denoiser, x, sigmas, cond=cond, generator=gens, callback=callback, **sampler_options).cpu())
+            out.append(fn(denoiser, x, sigmas, cond=batch_cond(cond, start, n, num), generator=gens, callback=callback,
+                          **sampler_options).cpu())
         except torch.OutOfMemoryError:
             x = out = None  # let go of the batch, then report outside the except block (its frames hold tensors)
             break

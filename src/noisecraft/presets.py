@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from noisecraft.errors import unknown_name
+from noisecraft.models.dit import DIT_PRESETS
 from noisecraft.models.mlp import MLP_PRESETS
 from noisecraft.models.unet import UNET_PRESETS, UNetConfig
+from noisecraft.text.config import ConditioningConfig, TextConfig
 from noisecraft.training.config import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig
 
 # The quickstart: a 1.2M-parameter U-Net (the "mnist" U-Net with one residual block per level) on the
@@ -86,6 +88,34 @@ PRESETS: dict[str, RunConfig] = {
     # --out runs/ae-64), or point data.autoencoder at another one (a diffusers AutoencoderKL folder works too).
     "ldm-64": _LDM_64,
 }
+
+# Conditional generation (classifier-free guidance needs the null condition: conditioning.cond_dropout = 0.1).
+# Text presets use the bundled all-MiniLM-L6-v2: its 384-d tokens through cross-attention at 8x8 and its pooled
+# sentence vector added to the time embedding; the U-Net has 16/32/64 channels at 32/16/8 px, which is what a
+# CPU can train in well under an hour (measured in benchmarks/guidance.md).
+_TEXT_UNET = replace(_MNIST.unet, base_channels=16, channel_mult=(1, 2, 4), norm_groups=8, attention_levels=(2,))
+_TEXT = dict(text=TextConfig(encoder="minilm", max_tokens=32), conditioning=ConditioningConfig(cond_dropout=0.1),
+             sample=SampleConfig(sampler="heun", steps=18, step_schedule="karras", num=64))
+PRESETS.update({
+    # Class-conditional MNIST: the quickstart U-Net with a class embedding (label 10 = null).
+    "mnist-class": replace(_MNIST, name="mnist-class", unet=replace(_MNIST.unet, num_classes=10),
+                           conditioning=ConditioningConfig(cond_dropout=0.1),
+                           train=replace(_MNIST.train, minutes=20.0)),
+    # Class-conditional MNIST with the DiT backbone (Peebles & Xie 2023): 4x4 patches (49 tokens), 6 blocks.
+    "mnist-dit": replace(_MNIST, name="mnist-dit", model="dit",
+                         dit=replace(DIT_PRESETS["mnist"], patch_size=4, hidden_size=128, depth=6, num_heads=4,
+                                     num_classes=10),
+                         conditioning=ConditioningConfig(cond_dropout=0.1),
+                         train=replace(_MNIST.train, minutes=20.0)),
+    # Text-to-image on glyphs ("bold serif capital letter G"), 32x32 grey.
+    "glyphs-text": replace(_MNIST, name="glyphs-text", unet=_TEXT_UNET,
+                           data=DataConfig(dataset="glyphs", split="train"),
+                           train=replace(_MNIST.train, minutes=30.0), **_TEXT),
+    # Text-to-image on the compositional scenes ("a small red circle left of a large blue square"), 32x32 RGB.
+    "scenes-text": replace(_MNIST, name="scenes-text", unet=_TEXT_UNET,
+                           data=DataConfig(dataset="scenes", split="train"),
+                           train=replace(_MNIST.train, minutes=30.0), **_TEXT),
+})
 
 
 def get_preset(name: str) -> RunConfig:

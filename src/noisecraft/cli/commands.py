@@ -53,7 +53,11 @@ def _after_training(trainer) -> None:
     out = trainer.out_dir
     if trainer.log:
         plot_loss(trainer.log, out / "loss.png", title=f"{trainer.config.name}: training loss")
-    _write_samples(out, out / "samples.png", num=trainer.config.sample.num, seed=0)
+    from noisecraft.prompting import preview_request
+
+    num = trainer.config.sample.num
+    request = preview_request(trainer.config, trainer.data, num)  # conditional models: classes / captions
+    _write_samples(out, out / "samples.png", num=num, seed=0, request=request)
 
 
 def quickstart(args) -> int:
@@ -106,23 +110,32 @@ def _sampling_plan(loaded, sampler=None, steps=None, schedule=None):
 
 def _write_samples(checkpoint, out: Path, *, num: int, seed: int, sampler=None, steps=None, schedule=None,
                    batch_size: int = 64, options: dict | None = None, use_ema: bool = True, device: str = "cpu",
-                   callback=None) -> Path:
+                   callback=None, request=None) -> Path:
     from noisecraft.pipeline import generate, load_denoiser
+    from noisecraft.prompting import Request, conditioned, describe_request
     from noisecraft.viz import save_grid, save_points
 
     loaded = load_denoiser(checkpoint, use_ema=use_ema, device=device)
     name, kind, sigmas = _sampling_plan(loaded, sampler, steps, schedule)
-    images = generate(loaded.denoiser, sigmas, loaded.data_shape, num=num, seed=seed, sampler=name,
+    request = request or Request()
+    denoiser, cond = conditioned(loaded, request, num)  # (classifier-free guided) denoiser and per-image cond
+    images = generate(denoiser, sigmas, loaded.data_shape, num=num, seed=seed, sampler=name, cond=cond,
                       batch_size=batch_size, callback=callback, device=device, **(options or {}))
     images = loaded.to_images(images)  # latent models: decoded through their autoencoder
     info = {"sampler": name, "steps": len(sigmas) - 1, "step_schedule": kind, "seed": seed, "num": num,
-            "model": loaded.config.name, "model_step": loaded.step, "ema": use_ema, "options": options or {}}
+            "model": loaded.config.name, "model_step": loaded.step, "ema": use_ema, "options": options or {},
+            "conditioning": describe_request(request)}
     if len(loaded.data_shape) == 1:
         save_points(images, out, title=f"{loaded.config.name}: {num} samples")
         return out
     params = (f"Steps: {info['steps']}, Sampler: {name}, Schedule type: {kind}, Seed: {seed}, "
               f"Size: {images.shape[-1]}x{images.shape[-2]}, Model: {loaded.config.name}, "
               f"Model step: {loaded.step}")
+    if request.prompts:  # A1111 layout: prompt, negative prompt, then the settings line
+        negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
+        params = f"{request.prompts[0]}{negative}\n{params}"
+    if request.guidance is not None:
+        params += f", CFG scale: {request.guidance:g}"
     out = Path(out)
     if out.suffix.lower() == ".png":
         save_grid(images, out, parameters=params, info=info)
@@ -140,10 +153,16 @@ def sample(args) -> int:
     def record(info):
         frames.append((info["sigma"], info["x"][0].float().cpu(), info["denoised"][0].float().cpu()))
 
+    from noisecraft.prompting import Request
+
+    request = Request(prompts=None if args.prompt is None else (args.prompt,), negative_prompt=args.negative_prompt,
+                      class_ids=None if args.class_ids is None else tuple(args.class_ids), guidance=args.guidance,
+                      guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval),
+                      guidance_rescale=args.guidance_rescale)
     out = _write_samples(args.checkpoint, Path(args.out), num=args.num, seed=args.seed, sampler=args.sampler,
                          steps=args.steps, schedule=args.schedule, batch_size=args.batch_size, options=options,
                          use_ema=not args.no_ema, device=args.device,
-                         callback=record if args.trajectory else None)
+                         callback=record if args.trajectory else None, request=request)
     print(f"wrote {out}")
     if args.trajectory:
         from noisecraft.viz import save_trajectory

@@ -34,6 +34,20 @@ def _add_train(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
 
 
+def _add_conditioning(p) -> None:
+    g = p.add_argument_group("conditioning and guidance")
+    g.add_argument("--prompt", help="text prompt (text-to-image models, e.g. the scenes-text preset)")
+    g.add_argument("--negative-prompt", help="guide away from this text instead of the empty prompt")
+    g.add_argument("--class", dest="class_ids", type=int, nargs="+", metavar="N",
+                   help="class id(s) of a class-conditional model: one for all images or one per image")
+    g.add_argument("--guidance", type=float, metavar="S",
+                   help="classifier-free guidance scale (1 = the conditional model, 0 = unconditional)")
+    g.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="guide only while sigma is in [LO, HI] (Kynkaanniemi et al. 2024)")
+    g.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
+                   help="guidance rescale phi in [0, 1] (Lin et al. 2024; default 0 = off)")
+
+
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate images from a trained run")
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint.safetensors")
@@ -47,6 +61,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--eta", type=float, default=None, help="stochasticity for ddim / ancestral samplers")
     p.add_argument("--trajectory", help="also write the reverse process of image 0 (.png strip or .gif)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    _add_conditioning(p)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 

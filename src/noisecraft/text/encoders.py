@@ -175,11 +175,18 @@ class HFTextEncoder(TextEncoder):
 
             cls = {"t5": T5EncoderModel, "mt5": T5EncoderModel, "umt5": T5EncoderModel, "clip": CLIPTextModel,
                    "clip_text_model": CLIPTextModel}.get(self.model_type, AutoModel)
+            from transformers.utils import logging as hf_logging
+
+            bar = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # keep stderr to noisecraft's own lines
             try:
                 model = cls.from_pretrained(self.path, local_files_only=True)
             except (OSError, ValueError) as e:
                 raise ConfigError(f"cannot load a text encoder from {str(self.path)!r}: "
                                   f"{str(e).splitlines()[0]}") from None
+            finally:
+                if bar:
+                    hf_logging.enable_progress_bar()
             self._model = model.eval().requires_grad_(False)
         return self._model
 
