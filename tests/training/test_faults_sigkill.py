@@ -99,3 +99,25 @@ def test_sigkill_then_resume_is_identical(seed, tmp_path, reference):
 @pytest.mark.parametrize("seed", range(2, 12))
 def test_sigkill_then_resume_is_identical_many(seed, tmp_path, reference):
     _trial(seed, tmp_path, reference)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path, reference):
+    """SIGINT in the middle of a step: the step completes, a checkpoint is written, KeyboardInterrupt is
+    raised; resuming from it ends identical to the uninterrupted run."""
+    t = Trainer(_config(), tmp_path, progress=False)
+    real_step = Trainer.train_step
+
+    def step_with_interrupt(self):
+        if self.step == 37:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives during the step
+        return real_step(self)
+
+    t.train_step = step_with_interrupt.__get__(t)
+    with pytest.raises(KeyboardInterrupt):
+        t.run()
+    assert load_checkpoint(tmp_path).state["step"] == 38
+    Trainer(_config(), tmp_path, resume=True, progress=False).run()
+    final = load_checkpoint(tmp_path)
+    assert final.state["data_hash"] == reference.state["data_hash"]
+    for k, v in reference.model.items():
+        assert torch.equal(final.model[k], v), k

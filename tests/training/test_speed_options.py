@@ -92,3 +92,15 @@ def test_compile_matches_the_plain_run(tmp_path):
     t = _train(replace(cfg, train=replace(cfg.train, compile=True)), tmp_path / "compiled")
     _compare(t, (ref, {k: v.clone() for k, v in start.net.state_dict().items()}), atol_loss=1e-5, rtol_update=1e-3)
     assert set(t.net.state_dict()) == set(ref.net.state_dict())  # compiling leaves the checkpoint keys alone
+
+
+def test_config_checks_of_the_scale_fields():
+    from noisecraft.errors import ConfigError
+    from noisecraft.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="grad_accum.*must divide train.batch_size=8"):
+        TrainConfig(batch_size=8, grad_accum=3)
+    with pytest.raises(ConfigError, match="at most one autocast"):
+        TrainConfig(bf16=True, fp16=True)
+    with pytest.raises(ConfigError, match="phema_sigma_rels"):
+        TrainConfig(phema_sigma_rels=(0.05, 0.3))
