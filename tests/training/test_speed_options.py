@@ -104,3 +104,19 @@ def test_config_checks_of_the_scale_fields():
         TrainConfig(bf16=True, fp16=True)
     with pytest.raises(ConfigError, match="phema_sigma_rels"):
         TrainConfig(phema_sigma_rels=(0.05, 0.3))
+
+
+def test_accumulation_slices_class_labels_and_condition_dropout(tmp_path):
+    """Class-conditional with condition dropout: labels and dropout are drawn for the global batch and
+    sliced per micro-batch, so 4 micro-batches equal one batch to float rounding."""
+    from noisecraft.training.config import ConditioningConfig
+
+    runs = []
+    for accum in (1, 4):
+        cfg = tiny(unet={"num_classes": 10}, grad_accum=accum)
+        cfg = replace(cfg, conditioning=ConditioningConfig(cond_dropout=0.3))
+        runs.append(_train(cfg, tmp_path / str(accum)))
+    a, b = runs
+    assert [r["loss"] for r in a.log] == pytest.approx([r["loss"] for r in b.log], abs=1e-6)
+    for k, v in a.net.state_dict().items():
+        torch.testing.assert_close(b.net.state_dict()[k], v, rtol=0, atol=1e-6)

@@ -510,8 +510,12 @@ def _rows(cond, rows: slice, batch: int):
     """The micro-batch `rows` of a conditioning dict (per-sample entries: tensors/lists of length batch)."""
     if cond is None:
         return None
-    return {k: v[rows] if isinstance(v, torch.Tensor | list | tuple) and len(v) == batch else v
-            for k, v in cond.items()}
+    def per_sample(v) -> bool:
+        if isinstance(v, torch.Tensor):
+            return v.ndim > 0 and v.shape[0] == batch
+        return isinstance(v, list | tuple) and len(v) == batch
+
+    return {k: v[rows] if per_sample(v) else v for k, v in cond.items()}
 
 
 @contextlib.contextmanager
