@@ -209,7 +209,8 @@ def train_noisy_classifier(dataset, schedule, *, config: ClassifierConfig | None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     start, losses = time.monotonic(), []
-    bar = tqdm(range(steps), desc="noisy classifier", disable=not progress)
+    bar = tqdm(range(steps), desc="noisy classifier", disable=not progress,
+               total=steps if minutes is None else None)  # a time limit makes the step count open-ended
     for step in bar:
         idx = torch.randint(0, len(images), (batch_size,), generator=gen)
         sigma = schedule.sample_sigma(batch_size, gen)  # (B,) float64
