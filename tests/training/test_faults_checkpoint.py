@@ -136,12 +136,12 @@ def test_successful_save_sweeps_stale_temp_files(good, tmp_path):
 
 
 # ------------------------------------------------------------------------------ (3) damaged files
-def _load_expect_error(path: Path) -> None:
+def _load_expect_error(path: Path, what: str = "") -> None:
     try:
         load_checkpoint(path)
     except CheckpointError:
         return
-    raise AssertionError(f"{path} loaded although damaged")
+    raise AssertionError(f"{path} loaded although damaged ({what})")
 
 
 def test_truncated_files_raise_checkpoint_error(good, tmp_path):
@@ -171,7 +171,8 @@ def test_every_bit_flip_is_detected(good, tmp_path, flips):
         bit = 1 << int(rng.integers(0, 8))
         data[pos] ^= bit
         path.write_bytes(bytes(data))
-        _load_expect_error(path)
+        _load_expect_error(path, f"bit {bit} at byte {pos} of {len(data)}, header {header}: "
+                                 f"{bytes(data[max(0, pos - 40):pos + 8])!r}")
         data[pos] ^= bit
     path.write_bytes(bytes(data))
     load_checkpoint(path)  # and the undamaged file still loads

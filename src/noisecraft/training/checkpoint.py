@@ -33,6 +33,7 @@ from noisecraft.errors import CheckpointError
 FORMAT = "noisecraft.checkpoint"
 VERSION = "1"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+METADATA_KEYS = {"format", "version", "config", "state", "optim_groups", "sha256"}
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 
 
@@ -196,6 +197,9 @@ def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]
                 raise CheckpointError(f"{path}: checkpoint version {meta.get('version')!r} unsupported; "
                                       f"this noisecraft reads version {VERSION}")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+        unknown = sorted(set(meta) - METADATA_KEYS)
+        if unknown:  # (also catches a damaged key name, e.g. of the digest)
+            raise CheckpointError(f"{path} is corrupt: unexpected metadata {unknown}")
         digest = meta.get("sha256")
         if digest is not None and digest != content_digest(tensors, meta):
             raise CheckpointError(f"{path} is corrupt: its content does not match the SHA-256 digest stored in it")
