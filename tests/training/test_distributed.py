@@ -105,6 +105,7 @@ def load_checkpoint_log(run_dir):
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~40 s on the loaded 2-core machine (two spawned processes); run with -m slow
 def test_fsdp2_two_ranks_save_one_consolidated_checkpoint(tmp_path):
     """fully_shard over 2 ranks trains like 1 process (<= 1e-6) and writes one ordinary checkpoint that a
     single process resumes from."""
