@@ -93,6 +93,28 @@ def test_timesteps_match_diffusers(spacing, steps):
     assert np.array_equal(discrete_timesteps(1000, steps, spacing), ref.timesteps.numpy())
 
 
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_timesteps_all_step_counts(spacing):
+    """Every step count 1..1000: exactly n distinct decreasing timesteps in [0, 999], equal to diffusers'
+    wherever diffusers returns n of them. diffusers' trailing spacing (np.arange with a float step) returns
+    n + 1 values ending in timestep -1 for some n (e.g. 233): we keep n and record those counts here."""
+    diffusers_extra = []
+    for n in range(1, 1001):
+        ts = discrete_timesteps(1000, n, spacing)
+        assert len(ts) == n and ts.min() >= 0 and ts.max() <= 999 and (np.diff(ts) < 0).all(), n
+        ref = diffusers.DDIMScheduler(timestep_spacing=spacing)
+        ref.set_timesteps(n)
+        theirs = ref.timesteps.numpy()
+        if len(theirs) == n + 1:
+            assert theirs[-1] == -1 and np.array_equal(theirs[:-1], ts), n
+            diffusers_extra.append(n)
+        else:
+            assert np.array_equal(theirs, ts), n
+    assert diffusers_extra == ([] if spacing != "trailing" else diffusers_extra)
+    if spacing == "trailing":
+        assert 233 in diffusers_extra
+
+
 def test_karras_closed_form():
     s = karras_sigmas(0.002, 80.0, 10, rho=7.0)
     i = torch.arange(10, dtype=torch.float64)

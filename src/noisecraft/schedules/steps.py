@@ -24,7 +24,13 @@ AYS_SD15 = (14.6146, 6.4745, 3.8636, 2.6946, 1.8841, 1.3943, 0.9642, 0.6523, 0.3
 
 
 def discrete_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", offset: int = 0) -> np.ndarray:
-    """Integer timesteps, decreasing, as diffusers' `set_timesteps` computes them."""
+    """Integer timesteps, decreasing, as diffusers' `set_timesteps` computes them.
+
+    "trailing" is round(T - i T / n) - 1 for i = 0 .. n - 1, exactly n values (with T / n rounded as
+    numpy's arange rounds it, so that ties round as in diffusers). diffusers computes it as
+    np.arange(T, 0, -T / n), which for some n (e.g. T = 1000, n = 233) yields one element too many from
+    float rounding: a final timestep -1, i.e. an index that wraps around to sigma_max. Elsewhere the two
+    are identical (tests/core/test_schedules.py)."""
     if spacing == "linspace":
         ts = np.linspace(0, num_timesteps - 1, steps).round()[::-1]
     elif spacing == "leading":
@@ -32,7 +38,8 @@ def discrete_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing"
         ts = (np.arange(0, steps) * ratio).round()[::-1] + offset
     elif spacing == "trailing":
         ratio = num_timesteps / steps
-        ts = np.round(np.arange(num_timesteps, 0, -ratio)) - 1
+        delta = (num_timesteps - ratio) - num_timesteps  # the step np.arange really uses (ties round alike)
+        ts = np.round(num_timesteps + np.arange(steps) * delta) - 1
     else:
         raise unknown_name("timestep spacing", spacing, DISCRETE_SPACINGS)
     return ts.astype(np.int64)
