@@ -48,8 +48,11 @@ def test_sample_with_class_and_guidance(runs, tmp_path):
     meta = json.loads(Image.open(out).text["noisecraft"])
     assert meta["conditioning"] == {"class_ids": [3], "guidance": 2.0, "guidance_interval": [0.1, 10.0]}
     assert "CFG scale: 2" in Image.open(out).text["parameters"]
-    assert main(["sample", "--checkpoint", str(runs["mnist-dit"]), "--class", "1", "7", "--guidance", "1.5",
-                 "--steps", "2", "--num", "2", "--out", str(tmp_path / "d.png")]) == 0
+    for batch in ("1", "2"):  # per-image classes are sliced per batch: image i does not depend on the batch size
+        assert main(["sample", "--checkpoint", str(runs["mnist-dit"]), "--class", "1", "7", "--guidance", "1.5",
+                     "--steps", "2", "--num", "2", "--batch-size", batch, "--out", str(tmp_path / batch)]) == 0
+    for name in ("000000.png", "000001.png"):
+        assert Image.open(tmp_path / "1" / name).tobytes() == Image.open(tmp_path / "2" / name).tobytes()
 
 
 def test_sample_with_prompt_negative_prompt_and_rescale(runs, tmp_path):
