@@ -3,9 +3,10 @@
 The companion of `benchmarks/samplers.py` (the exact Gaussian mixture): the same comparison with a trained
 U-Net, where no closed-form solution exists.
 
-Model: a noisecraft MNIST checkpoint (EDM preconditioning, continuous in sigma), e.g. made by
+Model: a noisecraft MNIST checkpoint (EDM preconditioning, continuous in sigma). The recorded results
+(samplers_mnist.md) use the quickstart U-Net trained for 2210 steps at batch 32 (loss 0.163):
 
-    noisecraft train --preset mnist --steps 2200 --out runs/mnist-2200 train.threads=1
+    noisecraft train --preset mnist --steps 2210 --out runs/mnist-2210 train.threads=1 train.batch_size=32
 
 Problem: the model's probability-flow ODE from sigma_max = 14.61 (Stable Diffusion's scaled-linear table,
 beta 0.00085 .. 0.012, T = 1000, so every diffusers scheduler applies unchanged) to 0, from fixed unit
@@ -52,7 +53,7 @@ NFES = (5, 8, 10, 15, 20)
 METHODS = [m for m in base.OURS if m[0] in (
     "ddim", "euler", "heun", "lms", "deis", "dpm_solver_2", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc-3 bh2",
     "expint-2", "expint-3")]
-SCHEDULES = ("karras", "exponential", "uniform", "trailing", "ays")
+SCHEDULES = ("karras", "exponential", "uniform", "ays")
 OPTIMISE = [("expint-2", "denoise"), ("expint-3", "denoise")]
 
 
@@ -206,6 +207,21 @@ def main(argv=None) -> int:
     return 0
 
 
+NOTES = """How to read this (2026-11-23 run: 32 samples because the 2-core machine was shared with four
+training jobs, load average ~8; ~75 min in all):
+
+- The goal of issue 3 (noisecraft's best at most half of diffusers' best RMSE at NFE 5 and 10) is not met on
+  the trained model: ratios 0.95 (NFE 5), 0.63 (NFE 10), 0.89 (NFE 20). On the analytic mixtures
+  (samplers.md) it is met except at d = 64, NFE 5.
+- Per method the two libraries agree where they implement the same algorithm; our lead comes from the
+  schedule/last-step options (AYS levels, `final="extrapolate"`) and `expint` at NFE 10. The optimised
+  schedules (fitted here with only 60 sampler runs on 16 separate noise samples, against 1500 runs on 1024
+  samples for the mixtures) did not beat the closed-form schedules on this model.
+- 32 samples make the flip counts coarse (one flip is 3%); the RMSE ranking at NFE 10 and 20 was the same
+  in an 8-sample trial run.
+"""
+
+
 def write(data: dict, args) -> None:
     rows = data["results"]["mnist"]
     ref = data["reference"]
@@ -226,7 +242,7 @@ def write(data: dict, args) -> None:
                      f"{base.fmt(t)} | {o['rmse'] / t['rmse']:.3f} |")
     n = rows[0]["samples"] if rows else 0
     lines += ["", f"RMSE in pixel units of [-1, 1] over {n} samples x 784 pixels; flips = samples the MNIST "
-              "classifier labels differently from the reference.", "",
+              "classifier labels differently from the reference.", "", NOTES, "",
               "<details><summary>All configurations (best schedule per method and budget)</summary>", "",
               "| library | method | schedule | budget | RMSE | flips | RMSE rest | NFE |",
               "|---|---|---|---|---|---|---|---|"]
