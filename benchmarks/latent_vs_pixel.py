@@ -158,7 +158,13 @@ def autoencoder_stats(ae_dir: Path) -> dict:
     with safe_open(str(ae_dir / "checkpoint.safetensors"), framework="pt") as f:
         state = json.loads(f.metadata()["state"])
     cfg = json.loads((ae_dir / "config.json").read_text())
-    return {"steps": state["step"], "train_seconds": train[-1]["time"] if train else None,
+    seconds, last = 0.0, None  # a resumed run restarts the clock: sum the last time of each stage
+    for r in train:
+        if last is not None and r["time"] < last["time"]:
+            seconds += last["time"]
+        last = r
+    seconds += last["time"] if last else 0.0
+    return {"steps": state["step"], "train_seconds": seconds,
             "batch_size": cfg["train"]["batch_size"], "metrics": state["metrics"],
             "scaling_factor": state["scaling_factor"], "config": cfg["autoencoder"]}
 
