@@ -26,6 +26,7 @@ from noisecraft.errors import CheckpointError, DataError
 LATENT_CACHE_VERSION = "1"
 ENCODE_BATCH = 64
 TILE, TILE_OVERLAP = 64, 16  # latent tile side / overlap for decoding large samples
+HFLIP_KEY = "latents_hflip"  # attribute of a latent dataset: latents of the flipped images (data.hflip)
 
 
 def latent_cache_dir() -> Path:
@@ -70,12 +71,14 @@ def encode_images(ae, images: torch.Tensor, *, progress: bool = True) -> torch.T
     return torch.cat(out)
 
 
-def encode_dataset(ds, ae_path, *, progress: bool = True):
-    """An ImageDataset of images -> the same dataset with `images` replaced by cached scaled latents."""
-    from safetensors.torch import load_file, save
+def encode_dataset(ds, ae_path, *, hflip: bool = False, progress: bool = True):
+    """An ImageDataset of images -> the same dataset with `images` replaced by cached scaled latents.
 
+    hflip=True (data.hflip of a latent run) also encodes the horizontally flipped images and keeps their latents
+    as attributes[HFLIP_KEY]: flipping is an augmentation of the pixels, and the latent of a flipped image is not
+    the flipped latent (the encoder is not equivariant to flips), so the trainer draws E(flip(x)) from there. The
+    flipped latents are cached under their own key (the key hashes the image bytes)."""
     from noisecraft.autoencoder import load_autoencoder
-    from noisecraft.training.checkpoint import atomic_write_bytes
 
     if ds.is_points or ds.images.ndim != 4:
         raise DataError(f"data.autoencoder needs 2-D images (N, C, H, W); dataset {ds.name!r} has shape "
@@ -88,21 +91,32 @@ def encode_dataset(ds, ae_path, *, progress: bool = True):
     if ds.images.shape[-1] % f or ds.images.shape[-2] % f:
         raise DataError(f"image size {ds.images.shape[-2]}x{ds.images.shape[-1]} of {ds.name!r} is not divisible by "
                         f"the autoencoder's factor f={f}; set data.resolution to a multiple of {f}")
-    key = latent_cache_key(Path(ae_path), ds.images, ae)
-    path = latent_cache_dir() / f"latents-{ds.name}-{key}.safetensors"
-    latents = None
+    latents = _cached_latents(ae, Path(ae_path), ds.images, ds.name, progress)
+    attributes = ds.attributes
+    if hflip:
+        flipped = _cached_latents(ae, Path(ae_path), ds.images.flip(-1), f"{ds.name}-hflip", progress)
+        attributes = {**(attributes or {}), HFLIP_KEY: flipped}
+    return dataclasses.replace(ds, name=f"{ds.name}-latents", images=latents, attributes=attributes)
+
+
+def _cached_latents(ae, ae_path: Path, images: torch.Tensor, name: str, progress: bool) -> torch.Tensor:
+    from safetensors.torch import load_file, save
+
+    from noisecraft.training.checkpoint import atomic_write_bytes
+
+    key = latent_cache_key(ae_path, images, ae)
+    path = latent_cache_dir() / f"latents-{name}-{key}.safetensors"
     if path.is_file():
         try:
-            latents = load_file(str(path))["latents"]
+            return load_file(str(path))["latents"]
         except Exception:  # unreadable cache: recompute and replace
-            latents = None
-    if latents is None:
-        latents = encode_images(ae, ds.images, progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"autoencoder": str(ae_path), "dataset": ds.name, "num": len(latents), "key": key,
-                "scaling_factor": ae.scaling_factor, "shift_factor": ae.shift_factor}
-        atomic_write_bytes(path, save({"latents": latents}, metadata={"noisecraft": json.dumps(meta)}))
-    return dataclasses.replace(ds, name=f"{ds.name}-latents", images=latents)
+            pass
+    latents = encode_images(ae, images, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"autoencoder": str(ae_path), "dataset": name, "num": len(latents), "key": key,
+            "scaling_factor": ae.scaling_factor, "shift_factor": ae.shift_factor}
+    atomic_write_bytes(path, save({"latents": latents}, metadata={"noisecraft": json.dumps(meta)}))
+    return latents
 
 
 @torch.no_grad()

@@ -119,6 +119,8 @@ def _write_samples(checkpoint, out: Path, *, num: int, seed: int, sampler=None, 
     name, kind, sigmas = _sampling_plan(loaded, sampler, steps, schedule)
     request = request or Request()
     denoiser, cond = conditioned(loaded, request, num)  # (classifier-free guided) denoiser and per-image cond
+    if callback is not None and loaded.autoencoder is not None:  # latent models: trajectory frames as images
+        callback = _decoding_callback(loaded, callback)
     images = generate(denoiser, sigmas, loaded.data_shape, num=num, seed=seed, sampler=name, cond=cond,
                       batch_size=batch_size, callback=callback, device=device, **(options or {}))
     images = loaded.to_images(images)  # latent models: decoded through their autoencoder
@@ -171,6 +173,18 @@ def sample(args) -> int:
         save_trajectory(_first_batch(first), args.trajectory)
         print(f"wrote {args.trajectory}")
     return 0
+
+
+def _decoding_callback(loaded, callback):
+    """Latent diffusion: pass the callback x_t and the x0 estimate of each batch's first sample decoded through
+    the autoencoder (the only one a trajectory shows), so trajectory frames are images, not latents. x_t is
+    decoded at unit scale, x_t / sqrt(1 + sigma^2), and scaled back, as viz.trajectory_frames divides by it."""
+    def decoded(info):
+        s = (1 + info["sigma"] ** 2) ** 0.5
+        x = loaded.to_images(info["x"][:1].float() / s) * s
+        callback({**info, "x": x, "denoised": loaded.to_images(info["denoised"][:1].float())})
+
+    return decoded
 
 
 def _first_batch(frames):

@@ -14,7 +14,9 @@ seconds), re-draws out_dir/metrics.png (each metric against step), and returns t
 direction). Sample i always uses seed + i, so successive evaluations see the same noise and the curve
 shows the model changing, not the noise. Samples are clipped to [-1, 1] (NaN -> 0) as when saved as
 pictures, so an early, still wild model gets poor scores rather than an error. Records at or after the
-evaluated step are dropped first, so a resumed run rewrites its history consistently.
+evaluated step are dropped first, so a resumed run rewrites its history consistently. A latent diffusion run
+(data.autoencoder set) has its samples decoded through its autoencoder first, and they are scored against the
+reference statistics of the pixel dataset.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class TrainingEvaluator:
         self.steps, self.step_schedule = steps or s.steps, step_schedule or implied or s.step_schedule
         self.batch_size, self.device, self.inception_weights = batch_size, device, inception_weights
         self.primary = PRIMARY[self.metrics[0]]
-        self._extractor = self._reference = None
+        self._extractor = self._reference = self._autoencoder = None
 
     # ------------------------------------------------------------------------------------------ API
     def maybe_evaluate(self, step: int, denoiser_ema, data_shape) -> dict | None:
@@ -144,9 +146,23 @@ class TrainingEvaluator:
             with torch.no_grad():
                 x = generate(den, sigmas, data_shape, num=self.num_samples, seed=self.seed, sampler=self.sampler,
                              batch_size=self.batch_size, device=self.device)
+                x = self._decode(x)
             return x.nan_to_num(0.0).clamp(-1.0, 1.0)  # as saved pictures: clipped to the pixel range
         finally:
             den.train(was_training)
+
+    def _decode(self, x):
+        """Latent diffusion (data.autoencoder set): the samples are scaled latents; decode them through the run's
+        autoencoder so they are scored as images against the pixel dataset's reference statistics."""
+        if not self.config.data.autoencoder:
+            return x
+        from noisecraft.autoencoder import load_autoencoder
+        from noisecraft.autoencoder.latents import decode_latents, resolve_autoencoder_path
+
+        if self._autoencoder is None:
+            path = resolve_autoencoder_path(self.config.data.autoencoder, self.out_dir)
+            self._autoencoder = load_autoencoder(path).to(self.device).eval().requires_grad_(False)
+        return decode_latents(self._autoencoder, x.nan_to_num(0.0), batch_size=self.batch_size)
 
     def _score(self, images) -> dict:
         from noisecraft.eval.evaluation import memorization_metrics

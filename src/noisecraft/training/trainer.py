@@ -66,7 +66,7 @@ def load_data(config: RunConfig):
     if c.autoencoder:  # latent diffusion: cached scaled latents of the images (noisecraft.autoencoder.latents)
         from noisecraft.autoencoder.latents import encode_dataset, resolve_autoencoder_path
 
-        ds = encode_dataset(ds, resolve_autoencoder_path(c.autoencoder))
+        ds = encode_dataset(ds, resolve_autoencoder_path(c.autoencoder), hflip=c.hflip)  # + flipped images' latents
     if len(ds) < config.train.batch_size:
         raise DataError(f"dataset {c.dataset!r} has {len(ds)} items, fewer than train.batch_size="
                         f"{config.train.batch_size}; lower the batch size")
@@ -132,6 +132,8 @@ class Trainer:
                                            weight_decay=t.weight_decay, fused=self._fused_adam())
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.fp16)
         self.images = self.data.images.to(self.device)
+        flipped = (self.data.attributes or {}).get("latents_hflip")  # latent runs: E(flip(x)), not flip(E(x))
+        self.images_hflip = None if flipped is None else flipped.to(self.device)
         self.labels = None if self.data.labels is None else self.data.labels.to(self.device)
         self.conditioner = Conditioner(self.config, self.data, self.net, self.device, self.progress)
 
@@ -237,7 +239,8 @@ class Trainer:
         x0 = self.images[idx]
         if self.config.data.hflip:
             flip = torch.rand(len(idx), generator=gen) < 0.5
-            x0 = torch.where(flip.to(self.device).reshape(-1, *[1] * (x0.ndim - 1)), x0.flip(-1), x0)
+            flipped = x0.flip(-1) if self.images_hflip is None else self.images_hflip[idx]
+            x0 = torch.where(flip.to(self.device).reshape(-1, *[1] * (x0.ndim - 1)), flipped, x0)
         cond = self.conditioner(idx, gen)  # labels / caption embeddings, with condition dropout drawn from gen
         return x0, cond
 
