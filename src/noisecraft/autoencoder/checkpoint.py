@@ -23,10 +23,12 @@ import torch
 from noisecraft.errors import CheckpointError
 from noisecraft.training.checkpoint import (
     CHECKPOINT_FILE,
-    atomic_write_bytes,
+    METADATA_KEYS,
     flatten_optimizer,
+    read_verified,
     resolve_checkpoint_path,
     unflatten_optimizer,
+    write_verified,
 )
 
 FORMAT = "noisecraft.autoencoder"
@@ -53,7 +55,6 @@ class AECheckpoint:
 def save_ae_checkpoint(run_dir: Path, *, config: dict, state: dict, model: dict, disc: dict | None,
                        optimizers: dict[str, dict]) -> Path:
     """Write DIR/checkpoint.safetensors atomically; `optimizers` maps "optim_ae"/"optim_disc" to state_dicts."""
-    from safetensors.torch import save
 
     tensors = {f"model.{k}": v for k, v in model.items()}
     tensors.update({f"disc.{k}": v for k, v in (disc or {}).items()})
@@ -61,15 +62,9 @@ def save_ae_checkpoint(run_dir: Path, *, config: dict, state: dict, model: dict,
     for part, sd in optimizers.items():
         flat, groups[part] = flatten_optimizer(sd)
         tensors.update({f"{part}.{k.removeprefix('optim.')}": v for k, v in flat.items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    for name, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"refusing to save a checkpoint with non-finite values in {name}")
     metadata = {"format": FORMAT, "version": VERSION, "config": json.dumps(config), "state": json.dumps(state),
                 "optim_groups": json.dumps(groups)}
-    path = Path(run_dir) / CHECKPOINT_FILE
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
-    return path
+    return write_verified(Path(run_dir) / CHECKPOINT_FILE, tensors, metadata)
 
 
 def load_ae_checkpoint(path) -> AECheckpoint:
@@ -80,22 +75,16 @@ def load_ae_checkpoint(path) -> AECheckpoint:
     path = resolve_checkpoint_path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            fmt = meta.get("format")
-            if fmt == DIFFUSION_FORMAT:
-                raise CheckpointError(f"{path} is a diffusion model checkpoint, not an autoencoder; pass the "
-                                      f"directory of `noisecraft train-autoencoder` or a diffusers AutoencoderKL "
-                                      f"folder")
-            if fmt != FORMAT:
-                raise CheckpointError(f"{path} is not a noisecraft autoencoder checkpoint (format {fmt!r})")
-            if meta.get("version") != VERSION:
-                raise CheckpointError(f"{path}: autoencoder checkpoint version {meta.get('version')!r} "
-                                      f"unsupported; this noisecraft reads version {VERSION}")
-            raw = {k: f.get_tensor(k) for k in f.keys()}
+            fmt = (f.metadata() or {}).get("format")
+    except Exception as e:  # SafetensorError, OSError: a corrupt file
+        raise CheckpointError(f"{path} is corrupt or unreadable: {type(e).__name__}: {e}") from None
+    if fmt == DIFFUSION_FORMAT:
+        raise CheckpointError(f"{path} is a diffusion model checkpoint, not an autoencoder; pass the directory of "
+                              f"`noisecraft train-autoencoder` or a diffusers AutoencoderKL folder")
+    meta, raw = read_verified(path, FORMAT, VERSION, METADATA_KEYS, "noisecraft autoencoder checkpoint")
+    try:
         config, state, groups = (json.loads(meta[k]) for k in ("config", "state", "optim_groups"))
-    except CheckpointError:
-        raise
-    except Exception as e:  # SafetensorError, OSError, JSON/Key errors: a corrupt file
+    except Exception as e:  # JSON or key errors: a corrupt file
         raise CheckpointError(f"{path} is corrupt or unreadable: {type(e).__name__}: {e}") from None
     tensors: dict[str, dict] = {p: {} for p in _PARTS}
     for name, t in raw.items():

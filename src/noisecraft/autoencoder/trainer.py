@@ -45,6 +45,7 @@ from noisecraft.config import from_dict, to_dict
 from noisecraft.errors import CheckpointError, DataError, NoisecraftError, TrainingDiverged
 from noisecraft.models.autoencoder import Autoencoder
 from noisecraft.training.checkpoint import atomic_write_bytes, atomic_write_json
+from noisecraft.training.trainer import _advance, _out_of_time, _progress_bar, _read_log
 
 MAX_BAD_STEPS = 5
 
@@ -277,7 +278,7 @@ class AutoencoderTrainer:
         atomic_write_json(self.out_dir / "config.json", to_dict(self.config))
         t = self.config.train
         start, smooth = time.monotonic(), None
-        bar = _progress_bar(t, self.step, self.progress)
+        bar = _progress_bar(t, self.step, self.progress, desc="autoencoder")
         try:
             while self.step < t.steps and not _out_of_time(start, t.minutes):
                 rec = self.train_step()
@@ -334,32 +335,3 @@ def plot_ae_log(log: list[dict], out_dir: Path, *, title: str) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / "metrics.png", dpi=100)
     plt.close(fig)
-
-
-def _out_of_time(start: float, minutes: float | None) -> bool:
-    return minutes is not None and time.monotonic() - start >= minutes * 60
-
-
-def _progress_bar(t, step: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    if t.minutes is not None:
-        return tqdm(total=round(t.minutes * 60), unit="s", desc="autoencoder", disable=not enabled,
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f}s [{postfix}]")
-    return tqdm(total=t.steps, initial=step, unit="step", desc="autoencoder", disable=not enabled)
-
-
-def _advance(bar, step: int, start: float, t, loss) -> None:
-    if bar.disable:
-        return
-    bar.n = min(bar.total, time.monotonic() - start) if t.minutes is not None else step
-    if step % 10 == 0:
-        bar.set_postfix_str(f"step {step}, loss {loss:.4f}" if loss is not None else f"step {step}", refresh=False)
-    bar.refresh()
-
-
-def _read_log(out_dir: Path) -> list[dict]:
-    path = out_dir / "log.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -110,7 +110,6 @@ def save_checkpoint(run_dir: Path, *, config: dict, state: dict, model: dict, em
                     phema: list[dict] | None = None) -> Path:
     """Write DIR/checkpoint.safetensors atomically. `optimizer` is a torch optimizer state_dict; `phema`
     the state dicts of the post-hoc EMA profiles. Non-finite weights are refused (CheckpointError)."""
-    from safetensors.torch import save
 
     optim_tensors, groups = flatten_optimizer(optimizer)
     tensors = {f"model.{k}": v for k, v in model.items()}
@@ -118,16 +117,23 @@ def save_checkpoint(run_dir: Path, *, config: dict, state: dict, model: dict, em
     tensors.update(optim_tensors)
     for k, sd in enumerate(phema or []):
         tensors.update({f"phema.{k}.{name}": v for name, v in sd.items()})
+    metadata = {"format": FORMAT, "version": VERSION, "config": json.dumps(config), "state": json.dumps(state),
+                "optim_groups": json.dumps(groups)}
+    return write_verified(Path(run_dir) / CHECKPOINT_FILE, tensors, metadata)
+
+
+def write_verified(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write tensors + string metadata as safetensors, atomically, with a SHA-256 digest of both under
+    metadata["sha256"]. Non-finite floating-point values are refused (CheckpointError)."""
+    from safetensors.torch import save
+
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"refusing to save a checkpoint with non-finite values in {name}")
-    metadata = {"format": FORMAT, "version": VERSION, "config": json.dumps(config), "state": json.dumps(state),
-                "optim_groups": json.dumps(groups)}
-    metadata["sha256"] = content_digest(tensors, metadata)
-    path = Path(run_dir) / CHECKPOINT_FILE
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
-    return path
+    metadata = dict(metadata, sha256=content_digest(tensors, metadata))
+    atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
+    return Path(path)
 
 
 def content_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
@@ -162,7 +168,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a noisecraft checkpoint (run directory or file). Raises CheckpointError on anything else."""
     path = resolve_checkpoint_path(path)
-    meta, tensors = _read_verified(path)
+    meta, tensors = read_verified(path)
     try:
         config, state, groups = (json.loads(meta[k]) for k in ("config", "state", "optim_groups"))
     except Exception as e:  # JSON or key errors: a corrupt file
@@ -184,20 +190,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                       optim_groups=groups, path=path, phema=parts["phema"] or None)
 
 
-def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Metadata and tensors of a noisecraft safetensors file whose digest matches; else CheckpointError."""
+def read_verified(path: Path, fmt: str = FORMAT, version: str = VERSION, keys=METADATA_KEYS,
+                   what: str = "noisecraft checkpoint") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a safetensors file of format `fmt` whose digest matches; else CheckpointError."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise CheckpointError(f"{path} is not a noisecraft checkpoint (format metadata missing or foreign)")
-            if meta.get("version") != VERSION:
-                raise CheckpointError(f"{path}: checkpoint version {meta.get('version')!r} unsupported; "
-                                      f"this noisecraft reads version {VERSION}")
+            if meta.get("format") != fmt:
+                raise CheckpointError(f"{path} is not a {what} (format metadata missing or foreign)")
+            if meta.get("version") != version:
+                raise CheckpointError(f"{path}: {what} version {meta.get('version')!r} unsupported; "
+                                      f"this noisecraft reads version {version}")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        unknown = sorted(set(meta) - METADATA_KEYS)
+        unknown = sorted(set(meta) - set(keys))
         if unknown:  # (also catches a damaged key name, e.g. of the digest)
             raise CheckpointError(f"{path} is corrupt: unexpected metadata {unknown}")
         digest = meta.get("sha256")

@@ -546,13 +546,14 @@ def _out_of_time(start: float, minutes: float | None) -> bool:
     return minutes is not None and time.monotonic() - start >= minutes * 60
 
 
-def _progress_bar(t, step: int, enabled: bool):
+def _progress_bar(t, step: int, enabled: bool, desc: str = "training"):
+    """A tqdm bar over seconds (when t.minutes is set) or steps; shared with the autoencoder trainer."""
     from tqdm.auto import tqdm
 
     if t.minutes is not None:
-        return tqdm(total=round(t.minutes * 60), unit="s", desc="training", disable=not enabled,
+        return tqdm(total=round(t.minutes * 60), unit="s", desc=desc, disable=not enabled,
                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f}s [{postfix}]")
-    return tqdm(total=t.steps, initial=step, unit="step", desc="training", disable=not enabled)
+    return tqdm(total=t.steps, initial=step, unit="step", desc=desc, disable=not enabled)
 
 
 def _advance(bar, step: int, start: float, t, loss) -> None:
