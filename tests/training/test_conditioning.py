@@ -44,7 +44,8 @@ def tiny(steps=6, dataset="scenes", **sections):
 def test_condition_dropout_is_joint_per_sample_and_from_the_generator(t5_dir, tmp_path):
     n = 400
     ds = ImageDataset("x", torch.zeros(n, 1, 4, 4), torch.arange(n) % 3, ("a", "b", "c"),
-                      captions=tuple(["sans digit 7", "serif digit 1", "mono capital letter G"][i % 3] for i in range(n)))
+                      captions=tuple(["sans digit 7", "serif digit 1", "mono capital letter G"][i % 3]
+                                     for i in range(n)))
     cfg = tiny(text=TextConfig(encoder="hf", path=str(t5_dir), cache_dir=str(tmp_path)),
                conditioning=ConditioningConfig(cond_dropout=0.25))
     cfg = adapt_network_to_text(replace(cfg, unet=replace(cfg.unet, num_classes=3)))
