@@ -30,7 +30,8 @@ def _sample(run: Path, request, num: int):
     denoiser, cond = conditioned(loaded, request, num)
     sigmas = get_sigmas(loaded.denoiser.schedule, 20, "karras")
     with torch.no_grad():
-        return generate(denoiser, sigmas, loaded.data_shape, num=num, seed=0, sampler="dpmpp_2m", cond=cond)
+        images = generate(denoiser, sigmas, loaded.data_shape, num=num, seed=0, sampler="dpmpp_2m", cond=cond)
+    return images.clamp(-1, 1)
 
 
 @pytest.mark.skipif(not (MNIST_RUN / "checkpoint.safetensors").is_file(), reason=f"no run in {MNIST_RUN}")
