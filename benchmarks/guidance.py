@@ -102,7 +102,7 @@ def bench_mnist(run: str, args) -> dict:
                      "seconds": round(seconds, 1)})
         grid.append(images[:GRID_COLUMNS])
         print(f"mnist {rows[-1]['label']}: accuracy {rows[-1]['accuracy']:.4f}, FD {rows[-1]['fd']:.3f}", flush=True)
-    _save_grid(grid, HERE / "guidance_mnist.png", [r["label"] for r in rows])
+    _save_grid(grid, args.out / "guidance_mnist.png", [r["label"] for r in rows])
     return {"run": run, "model_step": loaded.step, "config": loaded.config.name, "rows": rows}
 
 
@@ -135,7 +135,7 @@ def bench_scenes(run: str, args) -> dict:
         grid.append(images[:GRID_COLUMNS])
         print(f"scenes {rows[-1]['label']}: adherence {rows[-1]['adherence']:.4f} {result['per_attribute']}, "
               f"FD {rows[-1]['fd']:.3f}", flush=True)
-    _save_grid(grid, HERE / "guidance_scenes.png", [r["label"] for r in rows[1:]])
+    _save_grid(grid, args.out / "guidance_scenes.png", [r["label"] for r in rows[1:]])
     return {"run": run, "model_step": loaded.step, "config": loaded.config.name, "rows": rows,
             "grid_prompts": list(prompts[:GRID_COLUMNS]), "prompt_seed": args.prompt_seed}
 
@@ -227,10 +227,14 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--from-json", help="re-render the markdown and plot from a results file")
+    p.add_argument("--out", type=Path, default=HERE,
+                   help="where the .md, .png and results/guidance.json go (default: benchmarks/; a scratch "
+                        "directory for comparisons that should not replace the recorded results)")
     args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    raw = HERE / "results" / "guidance.json"
+    raw = args.out / "results" / "guidance.json"
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
     else:  # a part measured now replaces that part of the recorded results; the other part is kept
@@ -245,9 +249,9 @@ def main(argv=None) -> int:
             results["scenes"] = {**bench_scenes(args.scenes, args), "meta": meta}
         raw.parent.mkdir(exist_ok=True)
         raw.write_text(json.dumps(results, indent=1))
-    plot(results, HERE / "guidance.png")
-    (HERE / "guidance.md").write_text(render(results) + "\n")
-    print(f"wrote {HERE / 'guidance.md'}")
+    plot(results, args.out / "guidance.png")
+    (args.out / "guidance.md").write_text(render(results) + "\n")
+    print(f"wrote {args.out / 'guidance.md'}")
     return 0
 
 

@@ -1,14 +1,16 @@
-"""Latent vs pixel diffusion on 64x64 emoji at matched wall-clock (results: benchmarks/latent_vs_pixel.md).
+"""Latent vs pixel diffusion on 64x64 images at matched wall-clock (results: benchmarks/latent_vs_pixel.md).
 
-    python benchmarks/latent_vs_pixel.py --autoencoder runs/ae-64 --work runs/lvp --minutes 10 --num 256
+    python benchmarks/latent_vs_pixel.py --dataset glyphs --autoencoder runs/ae-glyphs-64 --work runs/lvp-g \
+        --minutes 30 --num 512
+    python benchmarks/latent_vs_pixel.py --dataset emoji --autoencoder runs/ae-64 --work runs/lvp --minutes 10
 
-1. Reference features: EfficientNet-Lite0 ("effnet") features of every 3rd image of the emoji train split
-   (cached in WORK/reference_effnet.npy).
+1. Reference features: EfficientNet-Lite0 ("effnet") features of every 3rd image of the dataset's train split
+   at 64x64 (cached in WORK/reference_effnet.npy).
 2. Two `noisecraft train` processes run *at the same time* (so they share whatever load the machine has), with
-   train.threads=1: the pixel model (preset emoji-64) and the latent model (preset ldm-64 with
-   data.autoencoder=AUTOENCODER). Stage 1 trains for minutes * fraction, stage 2 resumes both (exact resume)
-   for the remaining minutes; after each stage both are evaluated, so FD is known at 1/3 and at all of the
-   compute.
+   train.threads=1: the pixel model (preset emoji-64 / glyphs-64) and the latent model (preset ldm-64 /
+   ldm-glyphs-64 with data.autoencoder=AUTOENCODER). Stage 1 trains for minutes * fraction, stage 2 resumes
+   both (exact resume) for the remaining minutes; after each stage both are evaluated, so FD is known at 1/3
+   and at all of the compute.
 3. Evaluation of a run: `noisecraft sample` (same sampler, steps, seeds for both; a latent model's samples are
    decoded through its autoencoder) in its own process, timed; then FD of the samples' effnet features against
    the reference.
@@ -35,6 +37,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+# dataset -> (pixel preset, latent preset, load_dataset keyword arguments of its 64x64 train split)
+STUDIES = {
+    "emoji": ("emoji-64", "ldm-64", {"split": "train"}),
+    "glyphs": ("glyphs-64", "ldm-glyphs-64", {"split": "train", "resolution": 64}),
+}
 
 
 class PeakRSS:
@@ -93,14 +100,14 @@ def run_concurrently(cmds: dict[str, list[str]], work: Path, tag: str) -> dict:
     return out
 
 
-def reference_features(work: Path) -> np.ndarray:
+def reference_features(work: Path, dataset: str) -> np.ndarray:
     path = work / "reference_effnet.npy"
     if path.is_file():
         return np.load(path)
     from noisecraft.data import load_dataset
     from noisecraft.eval import get_extractor
 
-    images = load_dataset("emoji", split="train").images[::3]
+    images = load_dataset(dataset, **STUDIES[dataset][2]).images[::3]
     feats = get_extractor("effnet")(images)
     np.save(path, feats)
     return feats
@@ -142,7 +149,7 @@ def evaluate(run: Path, work: Path, tag: str, args, ref: np.ndarray) -> dict:
     import torch
 
     files = sorted(out_dir.glob("*.png"))
-    images = torch.stack([load_image(f) for f in files])  # (N, 3, 64, 64)
+    images = torch.stack([load_image(f) for f in files])  # (N, C, 64, 64)
     from noisecraft.viz import save_grid
 
     save_grid(images[:64], work / f"{tag}.png", nrow=8)
@@ -177,7 +184,8 @@ def train_cmd(preset: str, out: Path, minutes: float, resume: bool, extra: list[
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--autoencoder", required=True, help="the ae-64 run directory")
+    p.add_argument("--dataset", choices=sorted(STUDIES), default="emoji", help="the 64x64 data (default emoji)")
+    p.add_argument("--autoencoder", required=True, help="the autoencoder run directory (ae-64 / ae-glyphs-64)")
     p.add_argument("--work", required=True, help="working directory for the runs")
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per model (default 10)")
     p.add_argument("--fraction", type=float, default=1 / 3, help="first evaluation after this share of it")
@@ -192,19 +200,21 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     ae = Path(args.autoencoder).resolve()
-    runs = {"pixel": (work / "pixel", "emoji-64", []),
-            "latent": (work / "latent", "ldm-64", [f"data.autoencoder={ae}"])}
-    results = {"conditions": {"cpu_threads_per_process": 1, "cpus": os.cpu_count(), "num": args.num,
+    pixel_preset, latent_preset, data_kwargs = STUDIES[args.dataset]
+    runs = {"pixel": (work / "pixel", pixel_preset, []),
+            "latent": (work / "latent", latent_preset, [f"data.autoencoder={ae}"])}
+    results = {"conditions": {"dataset": args.dataset, "cpu_threads_per_process": 1, "cpus": os.cpu_count(),
+                              "num": args.num,
                               "sampler": args.sampler, "sampling_steps": args.steps, "minutes": args.minutes,
                               "fraction": args.fraction, "load_avg_start": os.getloadavg()},
                "autoencoder": autoencoder_stats(ae)}
-    ref = reference_features(work)
+    ref = reference_features(work, args.dataset)
     results["conditions"]["num_reference"] = len(ref)
     t_enc = time.monotonic()
     from noisecraft.autoencoder.latents import encode_dataset
     from noisecraft.data import load_dataset
 
-    encode_dataset(load_dataset("emoji", split="train"), ae)  # fills the latent cache (timed: one-time cost)
+    encode_dataset(load_dataset(args.dataset, **data_kwargs), ae)  # fills the latent cache (timed: one-time cost)
     results["autoencoder"]["encode_dataset_seconds"] = time.monotonic() - t_enc
     for stage, minutes in ((1, args.minutes * args.fraction), (2, args.minutes * (1 - args.fraction))):
         cmds = {name: train_cmd(preset, out, minutes, stage == 2, extra) for name, (out, preset, extra) in runs.items()}
@@ -217,11 +227,13 @@ def main(argv=None) -> int:
         (work / "results.json").write_text(json.dumps(results, indent=2))
     if args.publish:
         RESULTS.mkdir(exist_ok=True)
-        for name in runs:
-            shutil.copy(work / f"{name}-stage2.png", RESULTS / f"latent_vs_pixel_{name}_samples.png")
-        shutil.copy(ae / "reconstructions.png", RESULTS / "latent_vs_pixel_reconstructions.png")
-        shutil.copy(ae / "metrics.png", RESULTS / "latent_vs_pixel_ae_metrics.png")
-        shutil.copy(work / "results.json", RESULTS / "latent_vs_pixel.json")
+        prefix = "latent_vs_pixel" + ("" if args.dataset == "emoji" else f"_{args.dataset}")
+        for name in runs:  # after all of the budget, and after its first part
+            shutil.copy(work / f"{name}-stage2.png", RESULTS / f"{prefix}_{name}_samples.png")
+            shutil.copy(work / f"{name}-stage1.png", RESULTS / f"{prefix}_{name}_stage1_samples.png")
+        shutil.copy(ae / "reconstructions.png", RESULTS / f"{prefix}_reconstructions.png")
+        shutil.copy(ae / "metrics.png", RESULTS / f"{prefix}_ae_metrics.png")
+        shutil.copy(work / "results.json", RESULTS / f"{prefix}.json")
     return 0
 
 

@@ -47,6 +47,14 @@ _LDM_64 = replace(
     data=DataConfig(dataset="emoji", split="train", autoencoder="runs/ae-64"),  # from train-autoencoder --preset ae-64
 )
 
+# The same study on 64x64 glyphs rendered natively from matplotlib's fonts (grey; benchmarks/latent_vs_pixel.md
+# says why they replaced emoji there): pixel U-Net levels 64/32/16/8 on 64x64x1, latent U-Net levels 16/8 on the
+# 16x16x4 latents of `ae-glyphs-64`.
+_GLYPHS_64_DATA = DataConfig(dataset="glyphs", split="train", resolution=64)
+_GLYPHS_64 = replace(_EMOJI_64, name="glyphs-64", unet=replace(_EMOJI_64.unet, in_channels=1), data=_GLYPHS_64_DATA)
+_LDM_GLYPHS_64 = replace(_LDM_64, name="ldm-glyphs-64",
+                         data=replace(_GLYPHS_64_DATA, autoencoder="runs/ae-glyphs-64"))
+
 PRESETS: dict[str, RunConfig] = {
     "mnist": _MNIST,
     # The classic DDPM recipe on MNIST: linear betas, eps prediction, L_simple (Ho et al. 2020).
@@ -87,6 +95,10 @@ PRESETS: dict[str, RunConfig] = {
     # Latent diffusion on 64x64 emoji: train the autoencoder first (noisecraft train-autoencoder --preset ae-64
     # --out runs/ae-64), or point data.autoencoder at another one (a diffusers AutoencoderKL folder works too).
     "ldm-64": _LDM_64,
+    # Pixel-space and latent diffusion on 64x64 glyphs (the latent-vs-pixel study; train-autoencoder --preset
+    # ae-glyphs-64 --out runs/ae-glyphs-64 first, or point data.autoencoder elsewhere).
+    "glyphs-64": _GLYPHS_64,
+    "ldm-glyphs-64": _LDM_GLYPHS_64,
 }
 
 # Conditional generation (classifier-free guidance needs the null condition: conditioning.cond_dropout = 0.1).

@@ -6,7 +6,7 @@ import torch
 
 from noisecraft.data import load_dataset
 from noisecraft.data.base import ImageDataset
-from noisecraft.data.glyphs import CHARACTERS, FAMILIES, FONTS, STYLES, VARIANTS, WEIGHTS, caption
+from noisecraft.data.glyphs import CHARACTERS, FAMILIES, FONTS, STYLES, VARIANTS, WEIGHTS, caption, render_glyph
 from noisecraft.data.scenes import (
     COLOURS,
     GAP,
@@ -63,6 +63,26 @@ def test_glyphs_splits_and_determinism(glyphs):
     assert len(test) == len(CHARACTERS) * (VARIANTS * len(FONTS) // 10)
     again = load_dataset("glyphs", limit=10)
     assert torch.equal(again.images, glyphs.images[:10]) and again.captions == glyphs.captions[:10]
+
+
+@pytest.mark.parametrize("font", [FONTS[0][0], FONTS[5][0], FONTS[-1][0]])
+def test_glyphs_render_natively_at_a_larger_side(font):
+    """side=64 is the same layout drawn at twice the size (not an upsampled 32-px image): its 2x2 means are the
+    32-px glyph up to anti-aliasing, and it has edges no 2x upsampling of the 32-px image has."""
+    for ch, scale, shift in (("G", 1.0, (0.0, 0.0)), ("g", 0.9, (1.2, -0.7)), ("W", 0.95, (-1.5, 1.5))):
+        small = render_glyph(font, ch, scale, shift).astype(np.float64)
+        big = render_glyph(font, ch, scale, shift, side=64).astype(np.float64)
+        assert big.shape == (64, 64) and small.shape == (32, 32)
+        pooled = big.reshape(32, 2, 32, 2).mean(axis=(1, 3))
+        assert np.abs(pooled - small).mean() < 6.0  # of 255: font-size rounding, hinting and anti-aliasing
+        assert np.abs(pooled - small).max() < 128
+        assert np.abs(big - np.kron(small, np.ones((2, 2)))).mean() > 1.0  # finer detail than upsampling
+
+
+def test_glyphs_resolution_is_checked():
+    for bad in (4, 2000, 64.0, True, "64"):
+        with pytest.raises(DataError, match="resolution"):
+            load_dataset("glyphs", resolution=bad)
 
 
 # --------------------------------------------------------------------------------------------- scenes

@@ -37,7 +37,10 @@ def _dit(**fields):
     return _randomize(DiT(replace(DIT_PRESETS["tiny"], input_size=8, **fields)))
 
 
-BACKBONES = {"unet": _unet, "dit": _dit}
+REFINER = dict(context_refiner_layers=1, context_refiner_width=8, context_refiner_heads=2)
+# every contract test also runs with a token refiner in front of the cross-attention
+BACKBONES = {"unet": _unet, "dit": _dit,
+             "unet+refiner": lambda **f: _unet(**REFINER, **f), "dit+refiner": lambda **f: _dit(**REFINER, **f)}
 
 
 def _cond(seed=0, batch=B, tokens=T):
@@ -207,3 +210,32 @@ def test_both_backbones_train_and_sample_through_the_same_trainer_and_sampler(tm
         ref = samplers.get("heun")(loaded.denoiser, x, sigmas, cond={"class_labels": torch.tensor([3, 10])})
     assert out.shape == x.shape and torch.isfinite(out).all()
     torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_token_refiner_makes_word_order_matter(kind):
+    """Cross-attention alone is a set operation: permuting the tokens leaves the output unchanged, so a frozen
+    encoder's near bag-of-words tokens cannot bind "red" to "circle". The refiner's position embedding and
+    self-attention make the output depend on the order (and so on which word stands next to which)."""
+    x, t = _x()
+    cond = {"text_tokens": _cond()["text_tokens"]}
+    shuffled = {"text_tokens": cond["text_tokens"][:, [3, 0, 4, 1, 2]]}
+    plain = BACKBONES[kind](context_dim=D_CTX)
+    torch.testing.assert_close(plain(x, t, shuffled), plain(x, t, cond), rtol=1e-12, atol=1e-12)
+    refined = BACKBONES[f"{kind}+refiner"](context_dim=D_CTX)
+    assert (refined(x, t, shuffled) - refined(x, t, cond)).abs().amax(dim=(1, 2, 3)).min() > 1e-8
+
+
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_token_refiner_errors(kind):
+    from noisecraft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="context_refiner_width.*multiple of context_refiner_heads"):
+        BACKBONES[kind](context_dim=D_CTX, context_refiner_layers=1, context_refiner_width=10,
+                        context_refiner_heads=4)
+    with pytest.raises(ConfigError, match="context_refiner_layers: must be >= 0"):
+        BACKBONES[kind](context_dim=D_CTX, context_refiner_layers=-1)
+    model = BACKBONES[kind](context_dim=D_CTX, **dict(REFINER, context_refiner_max_tokens=4))
+    x, t = _x()
+    with pytest.raises(NoisecraftError, match="at most 4 tokens.*got 5"):
+        model(x, t, {"text_tokens": _cond()["text_tokens"]})

@@ -103,6 +103,12 @@ AE_PRESETS: dict[str, AERunConfig] = {
     "ae-64": _AE_64,
     # The same with f = 8, 4 latent channels (64x64x3 -> 8x8x4).
     "ae-64-f8": replace(_AE_64, name="ae-64-f8", autoencoder=AE_MODEL_PRESETS["f8-small"]),
+    # 64x64 grey glyphs rendered natively from matplotlib's fonts, f = 4, 4 latent channels (64x64x1 -> 16x16x4).
+    "ae-glyphs-64": replace(
+        _AE_64, name="ae-glyphs-64",
+        autoencoder=replace(AE_MODEL_PRESETS["f4-small"], in_channels=1),
+        data=DataConfig(dataset="glyphs", split="train", resolution=64),
+    ),
     # For tests and smoke runs: sklearn's digits as 16x16 RGB, a 20k-parameter f = 4 autoencoder, no effnet.
     "ae-tiny": AERunConfig(
         name="ae-tiny",

@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
                     "metrics.png (PSNR, SSIM, FD of reconstructions) and reconstructions.png. Overrides like "
                     "loss.kl_weight=1e-5 or autoencoder.latent_channels=4 follow as positional arguments.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="an autoencoder preset: ae-64, ae-64-f8, ae-tiny")
+    src.add_argument("--preset", help="an autoencoder preset: ae-64, ae-64-f8, ae-glyphs-64, ae-tiny")
     src.add_argument("--config", help="a .json, .toml or .yaml file of an AERunConfig")
     p.add_argument("--steps", type=positive_int, help="stop after this many steps")
     p.add_argument("--minutes", type=positive_float, help="stop after this much wall time")

@@ -72,20 +72,24 @@ def caption(character: str, family: str, weight: str, style: str) -> str:
     return " ".join([*words, family, kind, character])
 
 
-def render_glyph(font_file: str, character: str, scale: float = 1.0, shift=(0.0, 0.0)) -> np.ndarray:
-    """One character as a (SIDE, SIDE) uint8 array: baseline at BASELINE, centred on its ink."""
+def render_glyph(font_file: str, character: str, scale: float = 1.0, shift=(0.0, 0.0), side: int = SIDE) -> np.ndarray:
+    """One character as a (side, side) uint8 array: baseline at BASELINE, centred on its ink.
+
+    Every length (font size, baseline, margins, shift) is given at 32 px and scales with side / 32, so a
+    larger side is the same layout rendered natively (not an upsampled 32-px image)."""
     from PIL import Image, ImageDraw
 
-    s = SUPERSAMPLE
-    size = round(FONT_PX * scale * s)
+    s, k = SUPERSAMPLE, side / SIDE
+    size = round(FONT_PX * k * scale * s)
     font = _font(font_file, size)
     left, _, right, _ = font.getbbox(character, anchor="ls")
-    if right - left > (SIDE - 4) * s:  # wide glyphs (bold W, M) shrink to leave 2 px each side
-        font = _font(font_file, int(size * (SIDE - 4) * s / (right - left)))
+    room = (SIDE - 4) * k * s  # wide glyphs (bold W, M) shrink to leave 2 px (at 32 px) each side
+    if right - left > room:
+        font = _font(font_file, int(size * room / (right - left)))
         left, _, right, _ = font.getbbox(character, anchor="ls")
-    img = Image.new("L", (SIDE * s, SIDE * s), 0)
-    x = SIDE * s / 2 - (left + right) / 2 + shift[0] * s
-    ImageDraw.Draw(img).text((x, BASELINE * s + shift[1] * s), character, font=font, fill=255, anchor="ls")
+    img = Image.new("L", (side * s, side * s), 0)
+    x = side * s / 2 - (left + right) / 2 + shift[0] * k * s
+    ImageDraw.Draw(img).text((x, BASELINE * k * s + shift[1] * k * s), character, font=font, fill=255, anchor="ls")
     return np.asarray(img.reduce(s))
 
 
@@ -105,29 +109,33 @@ def _items() -> list[tuple[int, int, int]]:
 
 
 @functools.lru_cache(maxsize=2)
-def _render_all(seed: int) -> np.ndarray:
-    """(N, SIDE, SIDE) uint8 of every item (read-only)."""
+def _render_all(seed: int, side: int = SIDE) -> np.ndarray:
+    """(N, side, side) uint8 of every item (read-only); the jitter depends on the seed only, not the side."""
     items = _items()
     rng = np.random.default_rng(seed)
     jitter = np.column_stack([rng.uniform(0.85, 1.0, len(items)), rng.uniform(-1.5, 1.5, (len(items), 2))])
-    out = np.stack([render_glyph(FONTS[f][0], CHARACTERS[c], jitter[i, 0], jitter[i, 1:])
+    out = np.stack([render_glyph(FONTS[f][0], CHARACTERS[c], jitter[i, 0], jitter[i, 1:], side)
                     for i, (_, f, c) in enumerate(items)])
     out.setflags(write=False)
     return out
 
 
 def load_glyphs(*, root=None, resolution=None, channels=None, split="all", limit=None, seed=0) -> ImageDataset:
-    """The glyph set: 4 x 21 fonts x 62 characters = 5208 images (1, 32, 32), labels = character ids."""
-    from noisecraft.data.datasets import convert_channels, resize_images
+    """The glyph set: 4 x 21 fonts x 62 characters = 5208 images (1, 32, 32), labels = character ids.
+
+    `resolution` renders every glyph natively at that side (the same layout, drawn from the fonts at that
+    size; 64 for the latent-vs-pixel study), not by resampling the 32-px images."""
+    from noisecraft.data.datasets import convert_channels
 
     if root is not None:
         raise DataError(f"dataset 'glyphs' is rendered from bundled fonts; root does not apply, got root={root!r}")
     items = _items()
     labels = np.array([c for _, _, c in items], dtype=np.int64)
     idx = split_indices(labels, len(items), split)[:limit]
-    images = uint8_to_float(_render_all(seed)[idx])[:, None]  # (n, 1, 32, 32)
-    if resolution is not None:
-        images = resize_images(images, resolution)
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
+                                   or not 8 <= resolution <= 1024):
+        raise DataError(f"dataset 'glyphs': resolution must be an integer side in 8..1024, got {resolution!r}")
+    images = uint8_to_float(_render_all(seed, resolution or SIDE)[idx])[:, None]  # (n, 1, side, side)
     if channels is not None:
         images = convert_channels(images, channels)
     fonts = [FONTS[items[i][1]] for i in idx]

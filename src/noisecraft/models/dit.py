@@ -6,7 +6,9 @@
         (shift1, scale1, gate1, shift2, scale2, gate2) = Linear(SiLU(c)), Linear zero-initialised
         x = x + gate1 * SelfAttn(LN(x) (1 + scale1) + shift1)
         x = x + CrossAttn(LN(x), text_tokens, text_mask)     only with context_dim > 0 (as PixArt-alpha,
-                                                             Chen et al. 2023, sec. 2.3; proj zero-init)
+                                                             Chen et al. 2023, sec. 2.3; proj zero-init);
+                                                             context_refiner_layers > 0 refines the tokens
+                                                             first (`conditioning.TokenRefiner`)
         x = x + gate2 * MLP(LN(x) (1 + scale2) + shift2)
     final layer: LN(x) (1 + scale) + shift, Linear(h, p p C_out) (both zero-initialised), unpatchify
 
@@ -32,7 +34,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisecraft.errors import ConfigError, NoisecraftError
-from noisecraft.models.conditioning import CondEmbedding, CondSpec, CrossAttention, check_cond, null_labels
+from noisecraft.models.conditioning import (
+    REFINER_FIELDS,
+    CondEmbedding,
+    CondSpec,
+    CrossAttention,
+    build_refiner,
+    check_cond,
+    context_width,
+    null_labels,
+    refined_context,
+    refiner_problem,
+)
 from noisecraft.models.unet import timestep_embedding
 
 POS_EMBEDS = ("sincos", "learned")
@@ -63,15 +76,19 @@ class DiTConfig:
     context_dim: int = 0  # >0: width D_ctx of cond["text_tokens"]; cross-attention in every block
     pooled_dim: int = 0  # >0: width of cond["text_pooled"], added to c through a Linear
     vector_dim: int = 0  # >0: width of cond["vector"], added to c through a Linear
+    context_refiner_layers: int = 0  # >0: a trainable transformer of this many layers refines the text tokens
+    context_refiner_width: int = 128  # its width (the cross-attention keys/values then read this width)
+    context_refiner_heads: int = 4  # its attention heads (must divide context_refiner_width)
+    context_refiner_max_tokens: int = 77  # the longest token sequence it takes (learned position embedding)
 
     def __post_init__(self) -> None:
         ints = ("in_channels", "input_size", "patch_size", "hidden_size", "depth", "num_heads", "freq_dim",
-                "num_classes", "context_dim", "pooled_dim", "vector_dim")
+                "num_classes", "context_dim", "pooled_dim", "vector_dim", *REFINER_FIELDS)
         for field in ints:
             value = getattr(self, field)
             _require(isinstance(value, int) and not isinstance(value, bool), field,
                      f"expected an integer, got {value!r}")
-            low = 0 if field in ("num_classes", "context_dim", "pooled_dim", "vector_dim") else 1
+            low = 0 if field in ("num_classes", "context_dim", "pooled_dim", "vector_dim", *REFINER_FIELDS) else 1
             _require(value >= low, field, f"must be >= {low}, got {value}")
         _require(self.out_channels is None or (isinstance(self.out_channels, int) and self.out_channels >= 1),
                  "out_channels", f"expected an integer >= 1 or None, got {self.out_channels!r}")
@@ -88,6 +105,9 @@ class DiTConfig:
         _require(self.hidden_size % self.num_heads == 0, "num_heads",
                  f"{self.num_heads} must divide hidden_size {self.hidden_size}")
         _require(self.freq_dim % 2 == 0, "freq_dim", f"must be even (cos/sin pairs), got {self.freq_dim}")
+        problem = refiner_problem(self)
+        if problem is not None:
+            _require(False, *problem)
 
     @property
     def output_channels(self) -> int:
@@ -167,7 +187,7 @@ class DiTBlock(nn.Module):
         self.attn = SelfAttention(h, cfg.num_heads)
         if cfg.context_dim:
             self.norm_cross = nn.LayerNorm(h, eps=_LN_EPS)
-            self.cross = CrossAttention(h, cfg.context_dim, cfg.num_heads)
+            self.cross = CrossAttention(h, context_width(cfg), cfg.num_heads)
         else:
             self.cross = None
         self.norm2 = nn.LayerNorm(h, elementwise_affine=False, eps=_LN_EPS)
@@ -219,6 +239,7 @@ class DiT(nn.Module):
         self.t_embedder = nn.Sequential(nn.Linear(cfg.freq_dim, h), nn.SiLU(), nn.Linear(h, h))
         self.y_embedder = nn.Embedding(cfg.num_classes + 1, h) if cfg.num_classes > 0 else None
         self.cond_emb = CondEmbedding(cfg.cond_spec, h)
+        self.refiner = build_refiner(cfg)  # trainable transformer over the text tokens, or None
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg)
         c_out = cfg.output_channels
@@ -252,7 +273,7 @@ class DiT(nn.Module):
         cond = check_cond(cond, B, self.config.cond_spec, "DiT")
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, h)
         c = self._embed(c_noise, cond, B)  # (B, h)
-        context = None if cond.get("text_tokens") is None else (cond["text_tokens"], cond.get("text_mask"))
+        context = refined_context(self.refiner, cond)  # (tokens (B, T, D), mask) or None
         for block in self.blocks:
             tokens = block(tokens, c, context)
         out = self.unpatchify(self.final_layer(tokens, c))  # (B, C_out, H, W)

@@ -10,7 +10,9 @@ Conditioning (the contract in `noisecraft.models.conditioning`): class labels (w
 `text_pooled` and `vector` are added into the time embedding; with `context_dim > 0` every attention
 place (attention levels and the middle block) is followed by a `CrossAttentionBlock` - self-attention,
 then cross-attention to the text tokens, then a feed-forward layer, as in the transformer blocks of
-Rombach et al. 2022 (LDM, sec. 3.3). An unconditional config builds exactly the network it built before.
+Rombach et al. 2022 (LDM, sec. 3.3). With `context_refiner_layers > 0` the tokens first pass a small
+trainable transformer (`conditioning.TokenRefiner`) shared by every cross-attention. An unconditional config
+builds exactly the network it built before.
 
 Notation (shapes):
 
@@ -41,7 +43,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisecraft.errors import ConfigError, NoisecraftError
-from noisecraft.models.conditioning import CondEmbedding, CondSpec, CrossAttention, check_cond, null_labels
+from noisecraft.models.conditioning import (
+    REFINER_FIELDS,
+    CondEmbedding,
+    CondSpec,
+    CrossAttention,
+    build_refiner,
+    check_cond,
+    context_width,
+    null_labels,
+    refined_context,
+    refiner_problem,
+)
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _MEMORY_FORMAT = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d}
@@ -83,6 +96,10 @@ class UNetConfig:
     context_dim: int = 0  # >0: width D_ctx of cond["text_tokens"]; cross-attention at every attention place
     pooled_dim: int = 0  # >0: width of cond["text_pooled"], added to the time embedding through a Linear
     vector_dim: int = 0  # >0: width of cond["vector"], added to the time embedding through a Linear
+    context_refiner_layers: int = 0  # >0: a trainable transformer of this many layers refines the text tokens
+    context_refiner_width: int = 128  # its width (the cross-attention keys/values then read this width)
+    context_refiner_heads: int = 4  # its attention heads (must divide context_refiner_width)
+    context_refiner_max_tokens: int = 77  # the longest token sequence it takes (learned position embedding)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -91,7 +108,8 @@ class UNetConfig:
 
     def _check_types(self) -> None:
         for field in ("in_channels", "dims", "base_channels", "num_res_blocks", "head_channels",
-                      "norm_groups", "num_classes", "time_embed_mult", "context_dim", "pooled_dim", "vector_dim"):
+                      "norm_groups", "num_classes", "time_embed_mult", "context_dim", "pooled_dim", "vector_dim",
+                      *REFINER_FIELDS):
             _require(_is_int(getattr(self, field)), field, f"expected an integer, got {getattr(self, field)!r}")
         _require(self.out_channels is None or _is_int(self.out_channels), "out_channels",
                  f"expected an integer or None, got {self.out_channels!r}")
@@ -125,6 +143,9 @@ class UNetConfig:
             _require(getattr(self, field) >= 0, field, f"must be >= 0 (0 = off), got {getattr(self, field)}")
         _require(self.context_dim == 0 or self.attention_levels or self.mid_attention, "context_dim",
                  "cross-attention needs an attention place: set attention_levels or mid_attention = true")
+        problem = refiner_problem(self)
+        if problem is not None:
+            _require(False, *problem)
 
     def _check_widths(self) -> None:
         for level, width in enumerate(self.widths):
@@ -256,7 +277,7 @@ class CrossAttentionBlock(nn.Module):
     def __init__(self, channels: int, cfg: UNetConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(channels)
-        self.attn = CrossAttention(channels, cfg.context_dim, channels // cfg.head_channels)
+        self.attn = CrossAttention(channels, context_width(cfg), channels // cfg.head_channels)
         self.norm2 = nn.LayerNorm(channels)
         self.ff = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels))
 
@@ -370,6 +391,7 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(cfg.base_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_ch) if cfg.num_classes > 0 else None
         self.cond_emb = CondEmbedding(cfg.cond_spec, emb_ch)  # text_pooled / vector (no parameters when off)
+        self.refiner = build_refiner(cfg)  # trainable transformer over the text tokens, or None
         self.conv_in = _CONV[cfg.dims](cfg.in_channels, cfg.base_channels, 3, padding=1)
         skip_chs = self._build_down(emb_ch)
         self.mid = EmbedSequential(ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg),
@@ -427,8 +449,7 @@ class UNet(nn.Module):
         c_noise = self._check_input(x, c_noise)
         cond = check_cond(cond, x.shape[0], self.config.cond_spec, "UNet")
         emb_act = F.silu(self._embed(c_noise, cond, x.shape[0]))  # (B, E)
-        tokens = cond.get("text_tokens")
-        context = None if tokens is None else (tokens, cond.get("text_mask"))
+        context = refined_context(self.refiner, cond)  # (tokens (B, T, D), mask) or None
         h = self.conv_in(x.contiguous(memory_format=self.memory_format))  # (B, C_0, *S)
         skips = [h]
         for block in self.down:

@@ -1,0 +1,24 @@
+"""The latent-vs-pixel study presets fit together: the autoencoder preset, the pixel preset and the latent
+preset of one dataset read the same images, and the latent U-Net takes the autoencoder's latents."""
+
+from dataclasses import replace
+
+import pytest
+
+from noisecraft.autoencoder.config import get_ae_preset
+from noisecraft.models.autoencoder import latent_shape
+from noisecraft.presets import get_preset
+
+
+@pytest.mark.parametrize("ae_name,pixel_name,latent_name", [("ae-64", "emoji-64", "ldm-64"),
+                                                            ("ae-glyphs-64", "glyphs-64", "ldm-glyphs-64")])
+def test_study_presets_agree(ae_name, pixel_name, latent_name):
+    ae, pixel, latent = get_ae_preset(ae_name), get_preset(pixel_name), get_preset(latent_name)
+    assert ae.data == pixel.data == replace(latent.data, autoencoder=None)
+    assert latent.data.autoencoder == f"runs/{ae_name}"
+    assert pixel.unet.in_channels == ae.autoencoder.in_channels
+    channels, *spatial = latent_shape(ae.autoencoder, (ae.autoencoder.in_channels, 64, 64))
+    assert latent.unet.in_channels == channels and spatial == [16, 16]
+    # the same recipe on both sides of the comparison (only the data space and the network differ)
+    assert pixel.train == latent.train and pixel.sample == latent.sample
+    assert pixel.diffusion.prediction == latent.diffusion.prediction == "edm"
