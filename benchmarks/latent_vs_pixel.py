@@ -157,6 +157,24 @@ def evaluate(run: Path, work: Path, tag: str, args, ref: np.ndarray) -> dict:
             "sample_seconds": wall, "sample_images_per_s": len(files) / wall, "sample_maxrss_mib": rss}
 
 
+def floors(work: Path, dataset: str, ae_dir: Path, num: int, ref: np.ndarray) -> dict:
+    """FD at the samples' n of `num` held-out real images (test split), and of their reconstructions through
+    the autoencoder: what a perfect pixel model and a perfect latent model would score against the reference."""
+    import torch
+
+    from noisecraft.autoencoder import load_autoencoder
+    from noisecraft.data import load_dataset
+    from noisecraft.eval import fd, get_extractor
+
+    images = load_dataset(dataset, **{**STUDIES[dataset][2], "split": "test"}).images[:num]
+    ae = load_autoencoder(ae_dir)
+    with torch.no_grad():
+        recon = torch.cat([ae.decode(ae.encode(b)) for b in images.split(64)]).clamp(-1, 1)
+    extract = get_extractor("effnet")
+    return {"num": len(images), "fd_real_test": float(fd(extract(images), ref)),
+            "fd_autoencoder_reconstructions": float(fd(extract(recon), ref))}
+
+
 def autoencoder_stats(ae_dir: Path) -> dict:
     from safetensors import safe_open
 
@@ -193,6 +211,8 @@ def main(argv=None) -> int:
     p.add_argument("--sampler", default="heun")
     p.add_argument("--steps", type=int, default=10, help="sampling steps (default 10: 19 NFE with heun)")
     p.add_argument("--publish", action="store_true", help="copy grids and results.json to benchmarks/results/")
+    p.add_argument("--floors-only", action="store_true",
+                   help="only add the FD floors (held-out real images, their AE reconstructions) to WORK/results.json")
     args = p.parse_args(argv)
     import torch
 
@@ -200,6 +220,12 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     ae = Path(args.autoencoder).resolve()
+    if args.floors_only:
+        results = json.loads((work / "results.json").read_text())
+        results["floors"] = floors(work, args.dataset, ae, args.num, reference_features(work, args.dataset))
+        (work / "results.json").write_text(json.dumps(results, indent=2))
+        print("floors", json.dumps(results["floors"]))
+        return 0
     pixel_preset, latent_preset, data_kwargs = STUDIES[args.dataset]
     runs = {"pixel": (work / "pixel", pixel_preset, []),
             "latent": (work / "latent", latent_preset, [f"data.autoencoder={ae}"])}
@@ -210,6 +236,7 @@ def main(argv=None) -> int:
                "autoencoder": autoencoder_stats(ae)}
     ref = reference_features(work, args.dataset)
     results["conditions"]["num_reference"] = len(ref)
+    results["floors"] = floors(work, args.dataset, ae, args.num, ref)
     t_enc = time.monotonic()
     from noisecraft.autoencoder.latents import encode_dataset
     from noisecraft.data import load_dataset
