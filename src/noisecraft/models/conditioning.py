@@ -202,7 +202,8 @@ class TokenRefiner(nn.Module):
     - in all-MiniLM-L6-v2, the token "red" of "a small red circle left of a blue square" has cosine 0.992 to
     the "red" of "a small red square left of a blue circle" - so one cross-attention hop from a circle-shaped
     region cannot tell which colour belongs to it. The refiner lets each word read its neighbours ("red" next
-    to "circle") with weights learned from the diffusion loss.
+    to "circle") with weights learned from the diffusion loss. Measured on the scene set it did not improve
+    prompt adherence within 8000 CPU steps (benchmarks/scenes_text.md), so no preset turns it on.
 
     Masked (padding) tokens are keys for no one, so real tokens' outputs do not depend on them; a row with no
     real token attends everywhere here (finite garbage) and is masked again by the cross-attention."""
