@@ -210,10 +210,13 @@ class TokenRefiner(nn.Module):
 
     def __init__(self, context_dim: int, width: int, layers: int, heads: int, max_tokens: int) -> None:
         super().__init__()
-        self.heads, self.max_tokens = heads, max_tokens
+        self.max_tokens = max_tokens
         self.proj_in = nn.Linear(context_dim, width)
         self.pos = nn.Parameter(torch.randn(max_tokens, width) * 0.02)  # (T_max, W)
-        self.blocks = nn.ModuleList(_RefinerBlock(width, heads) for _ in range(layers))
+        # the same pre-norm encoder layers as the trainable text encoder (text/trainable.py)
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm_out = nn.LayerNorm(width)
 
     def forward(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
@@ -223,28 +226,8 @@ class TokenRefiner(nn.Module):
             raise NoisecraftError(f"text tokens: the token refiner takes at most {self.max_tokens} tokens "
                                   f"(context_refiner_max_tokens), got {T}")
         h = self.proj_in(tokens.to(self.pos.dtype)) + self.pos[:T]  # (B, T, W)
-        attn_mask = None
-        if mask is not None:
-            attn_mask = (mask | ~mask.any(dim=1, keepdim=True))[:, None, None, :]  # (B, 1, 1, T)
-        for block in self.blocks:
-            h = block(h, attn_mask)
-        return self.norm_out(h)
-
-
-class _RefinerBlock(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-
-    def forward(self, h: Tensor, attn_mask: Tensor | None) -> Tensor:
-        B, T, W = h.shape
-        q, k, v = self.qkv(self.norm1(h)).view(B, T, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, heads, T, d)
-        h = h + self.proj(out.transpose(1, 2).reshape(B, T, W))  # (B, T, W)
-        return h + self.mlp(self.norm2(h))
+        padding = None if mask is None else ~(mask | ~mask.any(dim=1, keepdim=True))  # (B, T) True = ignored
+        return self.norm_out(self.blocks(h, src_key_padding_mask=padding))
 
 
 REFINER_FIELDS = ("context_refiner_layers", "context_refiner_width", "context_refiner_heads",
