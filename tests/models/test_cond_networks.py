@@ -38,9 +38,15 @@ def _dit(**fields):
 
 
 REFINER = dict(context_refiner_layers=1, context_refiner_width=8, context_refiner_heads=2)
+# the n-gram refiner (a conv over the tokens, no transformer) with its pooled vector in the conditioning
+NGRAM = dict(context_refiner_kernel=3, context_refiner_width=8, context_refiner_pool=True)
+# both, added to the encoder's tokens through a zero-initialised projection
+RESIDUAL = dict(REFINER, context_refiner_kernel=3, context_refiner_pool=True, context_refiner_residual=True)
 # every contract test also runs with a token refiner in front of the cross-attention
 BACKBONES = {"unet": _unet, "dit": _dit,
-             "unet+refiner": lambda **f: _unet(**REFINER, **f), "dit+refiner": lambda **f: _dit(**REFINER, **f)}
+             "unet+refiner": lambda **f: _unet(**REFINER, **f), "dit+refiner": lambda **f: _dit(**REFINER, **f),
+             "unet+ngram": lambda **f: _unet(**NGRAM, **f), "dit+ngram": lambda **f: _dit(**NGRAM, **f),
+             "unet+residual": lambda **f: _unet(**RESIDUAL, **f), "dit+residual": lambda **f: _dit(**RESIDUAL, **f)}
 
 
 def _cond(seed=0, batch=B, tokens=T):
@@ -212,8 +218,9 @@ def test_both_backbones_train_and_sample_through_the_same_trainer_and_sampler(tm
     torch.testing.assert_close(out, ref)
 
 
+@pytest.mark.parametrize("refiner", ["refiner", "ngram", "residual"])
 @pytest.mark.parametrize("kind", ["unet", "dit"])
-def test_token_refiner_makes_word_order_matter(kind):
+def test_token_refiner_makes_word_order_matter(kind, refiner):
     """Cross-attention alone is a set operation: permuting the tokens leaves the output unchanged, so a frozen
     encoder's near bag-of-words tokens cannot bind "red" to "circle". The refiner's position embedding and
     self-attention make the output depend on the order (and so on which word stands next to which)."""
@@ -222,8 +229,52 @@ def test_token_refiner_makes_word_order_matter(kind):
     shuffled = {"text_tokens": cond["text_tokens"][:, [3, 0, 4, 1, 2]]}
     plain = BACKBONES[kind](context_dim=D_CTX)
     torch.testing.assert_close(plain(x, t, shuffled), plain(x, t, cond), rtol=1e-12, atol=1e-12)
-    refined = BACKBONES[f"{kind}+refiner"](context_dim=D_CTX)
+    refined = BACKBONES[f"{kind}+{refiner}"](context_dim=D_CTX)
     assert (refined(x, t, shuffled) - refined(x, t, cond)).abs().amax(dim=(1, 2, 3)).min() > 1e-8
+
+
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_residual_refiner_starts_as_the_network_without_one(kind):
+    """context_refiner_residual: ctx + W_res(refined) and the pooled projection start at zero, so a fresh
+    network's output is exactly that of the same weights without a refiner; the zero layers still get a
+    gradient (they are not dead)."""
+    build = UNet if kind == "unet" else DiT
+    base = UNET_PRESETS["tiny"] if kind == "unet" else replace(DIT_PRESETS["tiny"], input_size=8)
+    torch.manual_seed(0)
+    model = build(replace(base, context_dim=D_CTX, **RESIDUAL)).double()
+    x, t = _x()
+    cond = {"text_tokens": _cond()["text_tokens"], "text_mask": _cond()["text_mask"]}
+    with torch.no_grad():
+        for p in model.parameters():  # the networks' own zero layers (outputs) are made non-zero
+            if p.abs().max() == 0 and all(p is not q for m in model.refiner.zeroed() for q in m.parameters()):
+                p.normal_(std=0.1)
+    out = model(x, t, cond)
+    refiner, model.refiner = model.refiner, None
+    torch.testing.assert_close(out, model(x, t, cond), rtol=0, atol=0)
+    model.refiner = refiner
+    model(x, t, cond).square().sum().backward()
+    assert all(m.weight.grad.abs().max() > 0 for m in refiner.zeroed())
+
+
+def test_ngram_refiner_reads_exactly_its_neighbours_and_pools_word_order():
+    """Kernel k: a token's refined state depends on the tokens within (k - 1) / 2 places and on no other
+    (gradient support); the pooled vector of a swapped caption differs, while the mean of the unrefined tokens
+    (the frozen encoder's pooled vector) is the same for every order."""
+    from noisecraft.models.conditioning import TokenRefiner
+
+    torch.manual_seed(0)
+    refiner = TokenRefiner(D_CTX, 8, layers=0, heads=1, max_tokens=12, kernel=3, pool_dim=5).double()
+    torch.nn.init.normal_(refiner.pool_proj.weight)  # (zero at init)
+    tokens = torch.randn(1, 9, D_CTX, dtype=torch.float64, requires_grad=True)
+    (refiner(tokens, None)[0, 4] * torch.randn(8, dtype=torch.float64)).sum().backward()  # (a sum of LN is constant)
+    touched = tokens.grad[0].abs().sum(-1) > 0
+    assert touched.tolist() == [i in (3, 4, 5) for i in range(9)]
+    swapped = tokens.detach()[:, [0, 1, 5, 3, 4, 2, 6, 7, 8]]  # exchange two words
+    mask = torch.ones(1, 9, dtype=torch.bool)
+    torch.testing.assert_close(swapped.mean(1), tokens.detach().mean(1))
+    pooled = refiner.pooled(refiner(tokens.detach(), mask), mask)
+    assert pooled.shape == (1, 5)
+    assert (refiner.pooled(refiner(swapped, mask), mask) - pooled).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("kind", ["unet", "dit"])
@@ -235,6 +286,18 @@ def test_token_refiner_errors(kind):
                         context_refiner_heads=4)
     with pytest.raises(ConfigError, match="context_refiner_layers: must be >= 0"):
         BACKBONES[kind](context_dim=D_CTX, context_refiner_layers=-1)
+    with pytest.raises(ConfigError, match="context_refiner_kernel: must be 0 .off. or an odd number >= 1, got 4"):
+        BACKBONES[kind](context_dim=D_CTX, context_refiner_kernel=4)
+    with pytest.raises(ConfigError, match="context_refiner_kernel: must be .*got -1"):
+        BACKBONES[kind](context_dim=D_CTX, context_refiner_kernel=-1)
+    with pytest.raises(ConfigError, match="context_refiner_pool: pools the refined tokens: set "
+                                          "context_refiner_layers or context_refiner_kernel"):
+        BACKBONES[kind](context_dim=D_CTX, context_refiner_pool=True)
+    with pytest.raises(ConfigError, match="context_refiner_residual: adds the refined tokens to the encoder's: "
+                                          "set context_refiner_layers or context_refiner_kernel"):
+        BACKBONES[kind](context_dim=D_CTX, context_refiner_residual=True)
+    with pytest.raises(ConfigError, match="context_refiner_pool: expected true or false, got 1"):
+        BACKBONES[kind](context_dim=D_CTX, context_refiner_kernel=3, context_refiner_pool=1)
     model = BACKBONES[kind](context_dim=D_CTX, **dict(REFINER, context_refiner_max_tokens=4))
     x, t = _x()
     with pytest.raises(NoisecraftError, match="at most 4 tokens.*got 5"):

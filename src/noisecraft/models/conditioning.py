@@ -193,9 +193,11 @@ class CondEmbedding(nn.Module):
 
 
 class TokenRefiner(nn.Module):
-    """A small trainable transformer over the (frozen) text encoder's tokens, applied before cross-attention.
+    """Small trainable layers over the (frozen) text encoder's tokens, applied before cross-attention.
 
-    ctx' = LN(Block_L(... Block_1(W_in ctx + P[:T]))), Block(h) = h + SelfAttn(LN(h), mask) then h + MLP(LN(h))
+    h_0 = W_in ctx + P[:T];  with context_refiner_kernel = k: h_0 += W_2 GELU(Conv_k(LN(h_0))) over the token
+    axis, padding zeroed (an n-gram block: each token reads its k - 1 neighbours with per-offset weights);
+    ctx' = LN(Block_L(... Block_1(h_0))), Block(h) = h + SelfAttn(LN(h), mask) then h + MLP(LN(h))
     (pre-LN transformer encoder layers, Vaswani et al. 2017; the "token refiner" of HunyuanVideo, Kong et al.
     2024, and the trainable text adapters of eDiff-I / Kandinsky in the same role). P is a learned position
     embedding. Why: a frozen sentence encoder's last states are close to a bag of words for attribute binding
@@ -208,65 +210,136 @@ class TokenRefiner(nn.Module):
     Masked (padding) tokens are keys for no one, so real tokens' outputs do not depend on them; a row with no
     real token attends everywhere here (finite garbage) and is masked again by the cross-attention."""
 
-    def __init__(self, context_dim: int, width: int, layers: int, heads: int, max_tokens: int) -> None:
+    def __init__(self, context_dim: int, width: int, layers: int, heads: int, max_tokens: int,
+                 kernel: int = 0, pool_dim: int = 0, residual: bool = False) -> None:
         super().__init__()
         self.max_tokens = max_tokens
         self.proj_in = nn.Linear(context_dim, width)
         self.pos = nn.Parameter(torch.randn(max_tokens, width) * 0.02)  # (T_max, W)
+        # n-gram block: h + W_2 GELU(Conv_k(LN(h))) over the token axis (padding zeroed first)
+        self.conv = None
+        if kernel:
+            self.conv_norm = nn.LayerNorm(width)
+            self.conv = nn.Conv1d(width, 4 * width, kernel, padding=kernel // 2)
+            self.conv_out = nn.Linear(4 * width, width)
         # the same pre-norm encoder layers as the trainable text encoder (text/trainable.py)
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.blocks = None
+        if layers:
+            layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
+                                               activation="gelu", batch_first=True, norm_first=True)
+            self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm_out = nn.LayerNorm(width)
+        # residual: ctx + W_res ctx' (W_res zero at init, so the network starts as one without a refiner)
+        self.res_proj = nn.Linear(width, context_dim) if residual else None
+        self.pool_proj = nn.Linear(width, pool_dim) if pool_dim else None
+        self.zero_init_()
+
+    def zeroed(self) -> list[nn.Module]:
+        """The layers that start at zero: the residual and the pool projections (a network's own init calls
+        zero_init_ again after its blanket initialisation, e.g. DiT's Xavier pass)."""
+        return [m for m in (self.res_proj, self.pool_proj) if m is not None]
+
+    def zero_init_(self) -> None:
+        for m in self.zeroed():
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
 
     def forward(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
-        """tokens: (B, T, D_ctx), mask: (B, T) bool or None -> (B, T, W)."""
+        """tokens: (B, T, D_ctx), mask: (B, T) bool or None -> (B, T, W), or (B, T, D_ctx) when residual."""
         B, T, _ = tokens.shape
         if T > self.max_tokens:
             raise NoisecraftError(f"text tokens: the token refiner takes at most {self.max_tokens} tokens "
                                   f"(context_refiner_max_tokens), got {T}")
         h = self.proj_in(tokens.to(self.pos.dtype)) + self.pos[:T]  # (B, T, W)
-        padding = None if mask is None else ~(mask | ~mask.any(dim=1, keepdim=True))  # (B, T) True = ignored
-        return self.norm_out(self.blocks(h, src_key_padding_mask=padding))
+        if self.conv is not None:
+            x = self.conv_norm(h)
+            if mask is not None:
+                x = torch.where(mask.unsqueeze(-1), x, 0.0)  # padding is no one's neighbour
+            h = h + self.conv_out(F.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2)))
+        if self.blocks is not None:
+            padding = None if mask is None else ~(mask | ~mask.any(dim=1, keepdim=True))  # (B, T) True = ignored
+            h = self.blocks(h, src_key_padding_mask=padding)
+        return self.norm_out(h)
+
+    def refine(self, tokens: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(what cross-attention reads, the refined tokens that the pool averages)."""
+        h = self(tokens, mask)
+        return (h if self.res_proj is None else tokens.to(h.dtype) + self.res_proj(h)), h
+
+    def pooled(self, refined: Tensor, mask: Tensor | None) -> Tensor | float:
+        """W_pool (masked mean of the refined tokens): (B, pool_dim), or 0 without a pool projection.
+        Unlike the frozen encoder's mean-pooled vector this is not a bag of words: each refined token
+        carries its neighbours, so "red circle ... blue square" and "blue circle ... red square" differ."""
+        if self.pool_proj is None:
+            return 0.0
+        keep = torch.ones(refined.shape[:2], dtype=torch.bool, device=refined.device) if mask is None else mask
+        m = keep.unsqueeze(-1)
+        mean = torch.where(m, refined, 0.0).sum(1) / m.sum(1).clamp(min=1).to(refined.dtype)  # (B, W)
+        # a row without real tokens adds exactly nothing, as no tokens at all
+        return torch.where(keep.any(dim=1, keepdim=True), self.pool_proj(mean), 0.0)
 
 
 REFINER_FIELDS = ("context_refiner_layers", "context_refiner_width", "context_refiner_heads",
-                  "context_refiner_max_tokens")
+                  "context_refiner_max_tokens", "context_refiner_kernel")
+
+
+def refiner_on(config) -> bool:
+    return bool(config.context_refiner_layers or config.context_refiner_kernel)
 
 
 def refiner_problem(config) -> tuple[str, str] | None:
     """(field, message) for invalid token-refiner fields of a network config, else None (integers assumed)."""
-    layers, width, heads, max_tokens = (getattr(config, f) for f in REFINER_FIELDS)
+    layers, width, heads, max_tokens, kernel = (getattr(config, f) for f in REFINER_FIELDS)
+    for flag in ("context_refiner_pool", "context_refiner_residual"):
+        if not isinstance(getattr(config, flag), bool):
+            return flag, f"expected true or false, got {getattr(config, flag)!r}"
     if layers < 0:
         return "context_refiner_layers", f"must be >= 0 (0 = off), got {layers}"
+    if kernel < 0 or (kernel and kernel % 2 == 0):
+        return "context_refiner_kernel", f"must be 0 (off) or an odd number >= 1, got {kernel}"
     if layers and (heads < 1 or width < 1 or width % heads):
         return "context_refiner_width", (f"must be a positive multiple of context_refiner_heads; got width "
                                          f"{width}, heads {heads}")
-    if layers and max_tokens < 1:
-        return "context_refiner_max_tokens", f"must be >= 1, got {max_tokens}"
+    if refiner_on(config) and (width < 1 or max_tokens < 1):
+        field, value = ("context_refiner_width", width) if width < 1 else ("context_refiner_max_tokens", max_tokens)
+        return field, f"must be >= 1, got {value}"
+    for flag, what in (("context_refiner_pool", "pools the refined tokens"),
+                       ("context_refiner_residual", "adds the refined tokens to the encoder's")):
+        if getattr(config, flag) and not refiner_on(config):
+            return flag, f"{what}: set context_refiner_layers or context_refiner_kernel too"
     return None
 
 
 def context_width(config) -> int:
     """Width of the tokens that cross-attention reads: the refiner's, else the text encoder's (context_dim)."""
-    return config.context_refiner_width if config.context_refiner_layers else config.context_dim
+    if refiner_on(config) and not config.context_refiner_residual:
+        return config.context_refiner_width
+    return config.context_dim
 
 
-def build_refiner(config) -> TokenRefiner | None:
-    """The token refiner of a network config (fields context_dim, context_refiner_*), or None when off."""
-    if not config.context_dim or not config.context_refiner_layers:
+def build_refiner(config, emb_dim: int = 0) -> TokenRefiner | None:
+    """The token refiner of a network config (fields context_dim, context_refiner_*), or None when off;
+    with context_refiner_pool its pooled output has width emb_dim (the network's conditioning vector)."""
+    if not config.context_dim or not refiner_on(config):
         return None
     return TokenRefiner(config.context_dim, config.context_refiner_width, config.context_refiner_layers,
-                        config.context_refiner_heads, config.context_refiner_max_tokens)
+                        config.context_refiner_heads, config.context_refiner_max_tokens,
+                        config.context_refiner_kernel, emb_dim if config.context_refiner_pool else 0,
+                        config.context_refiner_residual)
 
 
-def refined_context(refiner: TokenRefiner | None, cond: dict) -> tuple[Tensor, Tensor | None] | None:
-    """(tokens, mask) for cross-attention from a checked cond: refined when the network has a refiner."""
+def refined_context(refiner: TokenRefiner | None, cond: dict) -> tuple[tuple[Tensor, Tensor | None] | None,
+                                                                          Tensor | float]:
+    """((tokens, mask) for cross-attention or None without tokens, the refiner's pooled vector for the
+    conditioning embedding or 0) from a checked cond; tokens are refined when the network has a refiner."""
     tokens = cond.get("text_tokens")
     if tokens is None:
-        return None
+        return None, 0.0
     mask = cond.get("text_mask")
-    return (tokens if refiner is None else refiner(tokens, mask)), mask
+    if refiner is None:
+        return (tokens, mask), 0.0
+    context, refined = refiner.refine(tokens, mask)
+    return (context, mask), refiner.pooled(refined, mask)
 
 
 def null_labels(labels: Tensor | None, batch: int, num_classes: int, device) -> Tensor:

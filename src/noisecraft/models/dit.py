@@ -80,6 +80,9 @@ class DiTConfig:
     context_refiner_width: int = 128  # its width (the cross-attention keys/values then read this width)
     context_refiner_heads: int = 4  # its attention heads (must divide context_refiner_width)
     context_refiner_max_tokens: int = 77  # the longest token sequence it takes (learned position embedding)
+    context_refiner_kernel: int = 0  # odd >0: an n-gram block (conv over this many tokens + MLP) in the refiner
+    context_refiner_pool: bool = False  # True: the mean refined token, projected, joins the conditioning vector
+    context_refiner_residual: bool = False  # True: tokens + zero-initialised projection of the refined ones
 
     def __post_init__(self) -> None:
         ints = ("in_channels", "input_size", "patch_size", "hidden_size", "depth", "num_heads", "freq_dim",
@@ -239,7 +242,7 @@ class DiT(nn.Module):
         self.t_embedder = nn.Sequential(nn.Linear(cfg.freq_dim, h), nn.SiLU(), nn.Linear(h, h))
         self.y_embedder = nn.Embedding(cfg.num_classes + 1, h) if cfg.num_classes > 0 else None
         self.cond_emb = CondEmbedding(cfg.cond_spec, h)
-        self.refiner = build_refiner(cfg)  # trainable transformer over the text tokens, or None
+        self.refiner = build_refiner(cfg, h)  # trainable n-gram/transformer layers over the text tokens, or None
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg)
         c_out = cfg.output_channels
@@ -263,6 +266,7 @@ class DiT(nn.Module):
         zeroed = [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1]]
         zeroed += [b.cross.proj for b in self.blocks if b.cross is not None]
         zeroed.append(self.out_conv if self.out_conv is not None else self.final_layer.linear)
+        zeroed += self.refiner.zeroed() if self.refiner is not None else []
         for m in zeroed:
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -272,8 +276,8 @@ class DiT(nn.Module):
         B = x.shape[0]
         cond = check_cond(cond, B, self.config.cond_spec, "DiT")
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, h)
-        c = self._embed(c_noise, cond, B)  # (B, h)
-        context = refined_context(self.refiner, cond)  # (tokens (B, T, D), mask) or None
+        context, pooled = refined_context(self.refiner, cond)  # (tokens (B, T, D), mask) or None; (B, h) or 0
+        c = self._embed(c_noise, cond, B) + pooled  # (B, h)
         for block in self.blocks:
             tokens = block(tokens, c, context)
         out = self.unpatchify(self.final_layer(tokens, c))  # (B, C_out, H, W)

@@ -100,6 +100,9 @@ class UNetConfig:
     context_refiner_width: int = 128  # its width (the cross-attention keys/values then read this width)
     context_refiner_heads: int = 4  # its attention heads (must divide context_refiner_width)
     context_refiner_max_tokens: int = 77  # the longest token sequence it takes (learned position embedding)
+    context_refiner_kernel: int = 0  # odd >0: an n-gram block (conv over this many tokens + MLP) in the refiner
+    context_refiner_pool: bool = False  # True: the mean refined token, projected, joins the conditioning vector
+    context_refiner_residual: bool = False  # True: tokens + zero-initialised projection of the refined ones
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -391,7 +394,7 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(cfg.base_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_ch) if cfg.num_classes > 0 else None
         self.cond_emb = CondEmbedding(cfg.cond_spec, emb_ch)  # text_pooled / vector (no parameters when off)
-        self.refiner = build_refiner(cfg)  # trainable transformer over the text tokens, or None
+        self.refiner = build_refiner(cfg, emb_ch)  # trainable n-gram/transformer layers over the text tokens, or None
         self.conv_in = _CONV[cfg.dims](cfg.in_channels, cfg.base_channels, 3, padding=1)
         skip_chs = self._build_down(emb_ch)
         self.mid = EmbedSequential(ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg),
@@ -441,6 +444,7 @@ class UNet(nn.Module):
         zeroed = [self.conv_out] + [m.conv2 for m in self.modules() if isinstance(m, ResBlock)]
         zeroed += [m.proj for m in self.modules() if isinstance(m, AttentionBlock)]
         zeroed += [m.ff[-1] for m in self.modules() if isinstance(m, CrossAttentionBlock)]
+        zeroed += self.refiner.zeroed() if self.refiner is not None else []
         for module in zeroed:
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
@@ -448,8 +452,9 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, c_noise: Tensor, cond: dict | None = None) -> Tensor:
         c_noise = self._check_input(x, c_noise)
         cond = check_cond(cond, x.shape[0], self.config.cond_spec, "UNet")
-        emb_act = F.silu(self._embed(c_noise, cond, x.shape[0]))  # (B, E)
-        context = refined_context(self.refiner, cond)  # (tokens (B, T, D), mask) or None
+        context, pooled = refined_context(self.refiner, cond)  # (tokens (B, T, D), mask) or None; (B, E) or 0
+        emb = self._embed(c_noise, cond, x.shape[0]) + pooled  # (B, E)
+        emb_act = F.silu(emb)
         h = self.conv_in(x.contiguous(memory_format=self.memory_format))  # (B, C_0, *S)
         skips = [h]
         for block in self.down:
