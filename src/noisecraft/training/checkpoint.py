@@ -190,20 +190,36 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                       optim_groups=groups, path=path, phema=parts["phema"] or None)
 
 
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """The "__metadata__" of a safetensors file's JSON header (8-byte little-endian length, then the JSON)."""
+    if len(data) < 8:
+        raise ValueError("the file is shorter than a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise ValueError(f"the safetensors header claims {size} bytes but the file has {len(data) - 8}")
+    meta = json.loads(data[8:8 + size]).get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("the safetensors metadata is not a string-to-string map")
+    return meta
+
+
 def read_verified(path: Path, fmt: str = FORMAT, version: str = VERSION, keys=METADATA_KEYS,
                    what: str = "noisecraft checkpoint") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Metadata and tensors of a safetensors file of format `fmt` whose digest matches; else CheckpointError."""
-    from safetensors import safe_open
+    from safetensors.torch import load
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != fmt:
-                raise CheckpointError(f"{path} is not a {what} (format metadata missing or foreign)")
-            if meta.get("version") != version:
-                raise CheckpointError(f"{path}: {what} version {meta.get('version')!r} unsupported; "
-                                      f"this noisecraft reads version {version}")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        # One read of the whole file, then parse from memory: safe_open maps tensors from the path lazily, so a
+        # checkpoint replaced (os.replace) by a live run between reading the metadata and the tensors gave the
+        # old digest with the new tensors - a spurious "corrupt" error for a reader of a training run.
+        data = Path(path).read_bytes()
+        meta = _header_metadata(data)
+        if meta.get("format") != fmt:
+            raise CheckpointError(f"{path} is not a {what} (format metadata missing or foreign)")
+        if meta.get("version") != version:
+            raise CheckpointError(f"{path}: {what} version {meta.get('version')!r} unsupported; "
+                                  f"this noisecraft reads version {version}")
+        tensors = load(data)
         unknown = sorted(set(meta) - set(keys))
         if unknown:  # (also catches a damaged key name, e.g. of the digest)
             raise CheckpointError(f"{path} is corrupt: unexpected metadata {unknown}")
