@@ -207,9 +207,9 @@ class TokenRefiner(nn.Module):
     to "circle") with weights learned from the diffusion loss. The n-gram block is a 1-D convolution over the
     token axis (as in Kim 2014's convolutional sentence encoder); the pooled vector (masked mean of the refined
     tokens, context_refiner_pool) joins the conditioning vector like a class embedding, and unlike the
-    encoder's mean-pooled vector it is not a bag of words. context_refiner_residual adds the refined tokens to
-    the encoder's through a zero-initialised projection (and the pool projection starts at zero too), so a
-    fresh network is exactly the one without a refiner (the zero-init of ControlNet / adaLN-Zero). Measured
+    encoder's mean-pooled vector it is not a bag of words; its projection starts at zero. context_refiner_residual
+    adds the refined tokens to the encoder's through a zero-initialised projection, so with it a fresh network
+    is exactly the one without a refiner (the zero-init of ControlNet / adaLN-Zero). Measured
     on the scene set (benchmarks/scenes_text.md): the transformer refiner replacing the tokens halved
     adherence at equal steps and stayed below the plain network; the residual n-gram refiner with pool
     matches the plain network early and passes it later, so the `scenes-text` preset uses it.
@@ -239,17 +239,14 @@ class TokenRefiner(nn.Module):
         # residual: ctx + W_res ctx' (W_res zero at init, so the network starts as one without a refiner)
         self.res_proj = nn.Linear(width, context_dim) if residual else None
         self.pool_proj = nn.Linear(width, pool_dim) if pool_dim else None
-        self.zero_init_()
-
-    def zeroed(self) -> list[nn.Module]:
-        """The layers that start at zero: the residual and the pool projections (a network's own init calls
-        zero_init_ again after its blanket initialisation, e.g. DiT's Xavier pass)."""
-        return [m for m in (self.res_proj, self.pool_proj) if m is not None]
-
-    def zero_init_(self) -> None:
         for m in self.zeroed():
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
+
+    def zeroed(self) -> list[nn.Module]:
+        """The layers that start at zero: the residual and the pool projections (the networks zero them again
+        after their own blanket initialisation, e.g. DiT's Xavier pass)."""
+        return [m for m in (self.res_proj, self.pool_proj) if m is not None]
 
     def forward(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
         """tokens: (B, T, D_ctx), mask: (B, T) bool or None -> (B, T, W), or (B, T, D_ctx) when residual."""
@@ -277,13 +274,13 @@ class TokenRefiner(nn.Module):
         """W_pool (masked mean of the refined tokens): (B, pool_dim), or 0 without a pool projection.
         Unlike the frozen encoder's mean-pooled vector this is not a bag of words: each refined token
         carries its neighbours, so "red circle ... blue square" and "blue circle ... red square" differ."""
+        from noisecraft.text.encoders import masked_mean
+
         if self.pool_proj is None:
             return 0.0
         keep = torch.ones(refined.shape[:2], dtype=torch.bool, device=refined.device) if mask is None else mask
-        m = keep.unsqueeze(-1)
-        mean = torch.where(m, refined, 0.0).sum(1) / m.sum(1).clamp(min=1).to(refined.dtype)  # (B, W)
         # a row without real tokens adds exactly nothing, as no tokens at all
-        return torch.where(keep.any(dim=1, keepdim=True), self.pool_proj(mean), 0.0)
+        return torch.where(keep.any(dim=1, keepdim=True), self.pool_proj(masked_mean(refined, keep)), 0.0)
 
 
 REFINER_FIELDS = ("context_refiner_layers", "context_refiner_width", "context_refiner_heads",

@@ -209,9 +209,9 @@ def read_verified(path: Path, fmt: str = FORMAT, version: str = VERSION, keys=ME
     from safetensors.torch import load
 
     try:
-        # One read of the whole file, then parse from memory: safe_open maps tensors from the path lazily, so a
-        # checkpoint replaced (os.replace) by a live run between reading the metadata and the tensors gave the
-        # old digest with the new tensors - a spurious "corrupt" error for a reader of a training run.
+        # One read of the whole file, then metadata and tensors parsed from that buffer: they come from one
+        # version of the file even when a live run replaces it (os.replace) while we read. (A reader polling a
+        # training run once saw a digest mismatch with per-tensor reads from the path; not reproduced on demand.)
         data = Path(path).read_bytes()
         meta = _header_metadata(data)
         if meta.get("format") != fmt:
