@@ -122,3 +122,22 @@ def test_conditioning_errors(tmp_path):
     with pytest.raises(ConfigError, match="both false"):
         adapt_network_to_text(replace(tiny(), text=TextConfig(encoder="trainable"),
                                       conditioning=ConditioningConfig(text_tokens=False, text_pooled=False)))
+
+
+def test_phrase_slots_train_and_sampling_encodes_prompts_as_training_did(t5_dir, tmp_path):
+    from noisecraft.prompting import text_cond
+
+    cfg = tiny(3, text=TextConfig(encoder="hf", path=str(t5_dir), cache_dir=str(tmp_path / "cache"), phrases=3))
+    t = Trainer(cfg, tmp_path / "run", progress=False)
+    assert t.config.unet.context_dim == 16 and t.config.unet.pooled_dim == 4 * 16  # prompt + 3 ordered phrase slots
+    t.run()
+    loaded = load_denoiser(tmp_path / "run")
+    assert loaded.config.text.phrases == 3
+    captions = [t.data.captions[i] for i in range(4)]
+    rows = t.conditioner.table.rows(captions)
+    fresh = text_cond(loaded, captions)
+    table = t.conditioner.table
+    T = int(fresh["text_mask"].shape[1])
+    torch.testing.assert_close(fresh["text_pooled"], table.pooled[rows], atol=1e-5, rtol=0)
+    torch.testing.assert_close(fresh["text_tokens"], table.tokens[rows, :T], atol=1e-5, rtol=0)
+    assert torch.equal(fresh["text_mask"], table.mask[rows, :T]) and not table.mask[rows, T:].any()

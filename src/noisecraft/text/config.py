@@ -23,6 +23,9 @@ class TextConfig:
     dim: int = 128                  # encoder "trainable": width of its embeddings and layers
     layers: int = 2                 # encoder "trainable": transformer layers
     heads: int = 4                  # encoder "trainable": attention heads
+    phrases: int = 0                # >0: encode up to this many phrases of each prompt on their own as well
+                                    # (noisecraft.text.phrases: phrase tokens + an ordered pooled vector)
+    phrase_separators: tuple[str, ...] | None = None  # words that cut a prompt into phrases (None: the default list)
 
     def __post_init__(self):
         if self.encoder not in TEXT_ENCODERS:
@@ -34,6 +37,11 @@ class TextConfig:
                f"must be >= 1, got {self.layers}, {self.heads}")
         _check(self.dim >= 1 and self.dim % self.heads == 0, "text.dim",
                f"must be a positive multiple of text.heads={self.heads}, got {self.dim}")
+        _check(self.phrases >= 0, "text.phrases", f"must be >= 0 (0: off), got {self.phrases}")
+        _check(self.phrases == 0 or self.encoder in ("minilm", "hf"), "text.phrases",
+               f"phrase slots need a frozen encoder (minilm or hf), got text.encoder={self.encoder!r}")
+        _check(self.phrase_separators is None or all(isinstance(s, str) and s.strip() for s in self.phrase_separators),
+               "text.phrase_separators", f"must be a list of non-empty strings, got {self.phrase_separators!r}")
 
 
 @dataclass(frozen=True)

@@ -231,10 +231,13 @@ def build_text_encoder(text) -> TextEncoder | None:
     """The encoder a `TextConfig` names (None for encoder 'none')."""
     if text.encoder == "none":
         return None
-    if text.encoder == "minilm":
-        return minilm_encoder(text.max_tokens)
-    if text.encoder == "hf":
-        return HFTextEncoder(text.path, text.max_tokens)
+    if text.encoder in ("minilm", "hf"):
+        enc = minilm_encoder(text.max_tokens) if text.encoder == "minilm" else HFTextEncoder(text.path, text.max_tokens)
+        if getattr(text, "phrases", 0) > 0:
+            from noisecraft.text.phrases import PhraseEncoder
+
+            enc = PhraseEncoder(enc, text.phrases, text.phrase_separators)
+        return enc
     from noisecraft.text.trainable import CharTextEncoder
 
     return CharTextEncoder(dim=text.dim, layers=text.layers, heads=text.heads, max_tokens=text.max_tokens)
