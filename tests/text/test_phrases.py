@@ -112,3 +112,20 @@ def test_identity_and_config_errors():
     frozen.identity = None
     with pytest.raises(ConfigError, match="frozen"):
         PhraseEncoder(frozen, 2)
+
+
+def test_phrase_only_mode_is_the_slots_alone():
+    base = WordEncoder()
+    add, only = PhraseEncoder(base, 3), PhraseEncoder(base, 3, mode="only")
+    prompts = ["a small red circle left of a large blue square", "a red circle"]
+    t_add, m_add, p_add = add.encode(prompts)
+    t, m, p = only.encode(prompts)
+    assert t.shape == (2, 3, 8) and p.shape == (2, 3 * 8) and only.pooled_dim == 24 and add.pooled_dim == 32
+    assert torch.equal(t, t_add[:, :3]) and torch.equal(m, m_add[:, :3]) and torch.equal(p, p_add[:, 8:])
+    t0, m0, p0 = only.null()  # the null text: no phrase, nothing to attend to, a zero vector
+    assert t0.shape == (1, 3, 8) and not m0.any() and torch.all(p0 == 0) and torch.all(t0 == 0)
+    assert only.identity != add.identity
+    with pytest.raises(ConfigError, match="phrase_mode"):
+        PhraseEncoder(base, 3, mode="replace")
+    with pytest.raises(Exception, match="phrase_mode"):
+        TextConfig(encoder="minilm", phrases=3, phrase_mode="replace")

@@ -26,6 +26,7 @@ class TextConfig:
     phrases: int = 0                # >0: encode up to this many phrases of each prompt on their own as well
                                     # (noisecraft.text.phrases: phrase tokens + an ordered pooled vector)
     phrase_separators: tuple[str, ...] | None = None  # words that cut a prompt into phrases (None: the default list)
+    phrase_mode: str = "add"        # add: phrase slots + the prompt's own tokens/pooled; only: the phrase slots alone
 
     def __post_init__(self):
         if self.encoder not in TEXT_ENCODERS:
@@ -40,6 +41,8 @@ class TextConfig:
         _check(self.phrases >= 0, "text.phrases", f"must be >= 0 (0: off), got {self.phrases}")
         _check(self.phrases == 0 or self.encoder in ("minilm", "hf"), "text.phrases",
                f"phrase slots need a frozen encoder (minilm or hf), got text.encoder={self.encoder!r}")
+        if self.phrase_mode not in ("add", "only"):
+            raise unknown_name("text.phrase_mode", self.phrase_mode, ("add", "only"))
         _check(self.phrase_separators is None or all(isinstance(s, str) and s.strip() for s in self.phrase_separators),
                "text.phrase_separators", f"must be a list of non-empty strings, got {self.phrase_separators!r}")
 

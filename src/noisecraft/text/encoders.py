@@ -236,7 +236,7 @@ def build_text_encoder(text) -> TextEncoder | None:
         if getattr(text, "phrases", 0) > 0:
             from noisecraft.text.phrases import PhraseEncoder
 
-            enc = PhraseEncoder(enc, text.phrases, text.phrase_separators)
+            enc = PhraseEncoder(enc, text.phrases, text.phrase_separators, text.phrase_mode)
         return enc
     from noisecraft.text.trainable import CharTextEncoder
 

@@ -14,6 +14,11 @@ so that a phrase's embedding holds only its own attributes. `PhraseEncoder` does
                                                          a slot k > n is padding (mask False, exactly 0)
     pooled   [pooled(prompt), pooled(p_1), ..., pooled(p_K)]   (B, (K + 1) P), slot k > n exactly 0
 
+With `mode="only"` (`text.phrase_mode=only`) the network sees the phrase slots alone - tokens [m(p_1) ..
+m(p_K)] and pooled [pooled(p_1) .. pooled(p_K)] - so no attribute reaches it apart from the phrase that it
+belongs to: the word tokens of the whole prompt are a bag-of-words shortcut (an attribute without its object)
+that a network can settle on instead of learning which phrase goes where.
+
 The phrase slots come first, so a prompt's encoding does not depend on the length of the other prompts in
 its batch (the word tokens are padded at the end as usual). The pooled vector is an *ordered* concatenation,
 not a mean: it changes completely when two phrases swap attributes, so it conditions the network (FiLM of
@@ -36,6 +41,7 @@ import torch
 from noisecraft.errors import ConfigError
 from noisecraft.text.encoders import TextEncoder, masked_mean
 
+PHRASE_MODES = ("add", "only")  # phrase slots added to the prompt's encoding, or instead of it
 DEFAULT_SEPARATORS = (
     "left of", "right of", "to the left of", "to the right of", "above", "below", "under", "over", "on top of",
     "next to", "beside", "behind", "in front of", "near", "on", "in", "with", "and",
@@ -78,8 +84,11 @@ class PhraseEncoder(TextEncoder):
     """A frozen `TextEncoder` with phrase slots (module docstring): K phrase tokens before the prompt's
     tokens, and the ordered concatenation of the prompt's and the K phrases' pooled vectors."""
 
-    def __init__(self, base: TextEncoder, max_phrases: int, separators: tuple[str, ...] | None = None):
+    def __init__(self, base: TextEncoder, max_phrases: int, separators: tuple[str, ...] | None = None,
+                 mode: str = "add"):
         super().__init__()
+        if mode not in PHRASE_MODES:
+            raise ConfigError(f"text.phrase_mode: unknown mode {mode!r}; allowed: {', '.join(PHRASE_MODES)}")
         if base.identity is None:
             raise ConfigError("text.phrases needs a frozen text encoder (minilm or hf); the trainable encoder "
                               "is trained with the network and has no phrase mode")
@@ -88,10 +97,11 @@ class PhraseEncoder(TextEncoder):
         self.base, self.max_phrases = base, int(max_phrases)
         self.separators = tuple(DEFAULT_SEPARATORS if separators is None else separators)
         self.token_dim = base.token_dim
-        self.pooled_dim = base.pooled_dim * (1 + self.max_phrases)
+        self.mode = mode
+        self.pooled_dim = base.pooled_dim * (self.max_phrases + (mode == "add"))
         self.max_tokens = base.max_tokens
         digest = hashlib.sha256("\n".join(self.separators).encode()).hexdigest()[:8]
-        self.identity = f"{base.identity}:phrases{self.max_phrases}:{digest}"
+        self.identity = f"{base.identity}:phrases{self.max_phrases}{'' if mode == 'add' else mode}:{digest}"
 
     def phrases(self, prompt: str) -> list[str]:
         return limit_phrases(split_phrases(prompt, self.separators), self.max_phrases)
@@ -112,5 +122,7 @@ class PhraseEncoder(TextEncoder):
                 n = len(phs)
                 slot_tokens[b, :n], slot_pooled[b, :n], slot_mask[b, :n] = means[i:i + n], p_pooled[i:i + n], True
                 i += n
+        if self.mode == "only":
+            return slot_tokens, slot_mask, slot_pooled.flatten(1)
         return (torch.cat([slot_tokens, tokens], 1), torch.cat([slot_mask, mask], 1),
                 torch.cat([pooled, slot_pooled.flatten(1)], 1))
