@@ -93,6 +93,7 @@ class UNetConfig:
     mid_attention: bool = True  # self-attention in the middle block (between its two res blocks)
     time_embed_mult: int = 4  # time-embedding width E = time_embed_mult * base_channels
     channels_last: bool = True  # keep 2-D/3-D activations channels-last (faster; same numbers)
+    coord_channels: bool = False  # True: the first conv also reads the pixel coordinates (CoordConv), see UNet
     context_dim: int = 0  # >0: width D_ctx of cond["text_tokens"]; cross-attention at every attention place
     pooled_dim: int = 0  # >0: width of cond["text_pooled"], added to the time embedding through a Linear
     vector_dim: int = 0  # >0: width of cond["vector"], added to the time embedding through a Linear
@@ -122,7 +123,7 @@ class UNetConfig:
                      f"expected a tuple of integers, got {value!r}")
         _require(isinstance(self.dropout, int | float) and not isinstance(self.dropout, bool), "dropout",
                  f"expected a number, got {self.dropout!r}")
-        for field in ("scale_shift_norm", "mid_attention", "channels_last"):
+        for field in ("scale_shift_norm", "mid_attention", "channels_last", "coord_channels"):
             _require(isinstance(getattr(self, field), bool), field,
                      f"expected true or false, got {getattr(self, field)!r}")
 
@@ -372,6 +373,13 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
+def coordinate_channels(x: Tensor) -> Tensor:
+    """(B, dims, *S): channel i holds the coordinate along spatial axis i, linspace(-1, 1, S_i)."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=x.device, dtype=x.dtype) for n in x.shape[2:]]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (dims, *S)
+    return grid.unsqueeze(0).expand(x.shape[0], *grid.shape)
+
+
 class UNet(nn.Module):
     """ADM-style U-Net (Ho et al. 2020; Dhariwal & Nichol 2021) predicting a tensor shaped like x.
 
@@ -381,6 +389,13 @@ class UNet(nn.Module):
     `num_classes` is the null label for classifier-free guidance (Ho & Salimans 2022).
     Output: (B, out_channels, *S). Residual convs, attention projections and the output conv start
     at zero (ADM), so the network outputs exactly 0 at initialisation.
+
+    coord_channels: the first conv reads x plus one channel per spatial axis holding the pixel coordinate,
+    linearly from -1 to 1 (CoordConv, Liu et al. 2018, "An intriguing failing of convolutional neural
+    networks and the CoordConv solution", Sec. 4). A convolution is translation-equivariant and knows where
+    it is only from the zero padding at the border; with the coordinates one FiLM scale can turn a global
+    condition into a position-dependent one ("the first-named object's colour on the left" for "A left of
+    B"), which the scene set needs (benchmarks/scenes_text.md).
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -395,7 +410,8 @@ class UNet(nn.Module):
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_ch) if cfg.num_classes > 0 else None
         self.cond_emb = CondEmbedding(cfg.cond_spec, emb_ch)  # text_pooled / vector (no parameters when off)
         self.refiner = build_refiner(cfg, emb_ch)  # trainable n-gram/transformer layers over the text tokens, or None
-        self.conv_in = _CONV[cfg.dims](cfg.in_channels, cfg.base_channels, 3, padding=1)
+        coords = cfg.dims if cfg.coord_channels else 0
+        self.conv_in = _CONV[cfg.dims](cfg.in_channels + coords, cfg.base_channels, 3, padding=1)
         skip_chs = self._build_down(emb_ch)
         self.mid = EmbedSequential(ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg),
                                    *(self._attention(cfg.widths[-1]) if cfg.mid_attention else []),
@@ -455,6 +471,8 @@ class UNet(nn.Module):
         context, pooled = refined_context(self.refiner, cond)  # (tokens (B, T, D), mask) or None; (B, E) or 0
         emb = self._embed(c_noise, cond, x.shape[0]) + pooled  # (B, E)
         emb_act = F.silu(emb)
+        if self.config.coord_channels:
+            x = torch.cat([x, coordinate_channels(x)], 1)  # (B, in_channels + dims, *S)
         h = self.conv_in(x.contiguous(memory_format=self.memory_format))  # (B, C_0, *S)
         skips = [h]
         for block in self.down:
