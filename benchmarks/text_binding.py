@@ -49,7 +49,8 @@ def main() -> int:
     _, _, slots = PhraseEncoder(enc, 3, mode="only").encode([a, b])  # (2, 3 * 384): the phrases' pooled vectors
     for k, what in ((0, "first object"), (2, "second object")):
         u, v = slots[:, k * 384:(k + 1) * 384]
-        print(f"| phrase slot of the {what} (`text.phrases=3`), the same pair | {float(F.cosine_similarity(u, v, 0)):.3f} |")
+        cos = float(F.cosine_similarity(u, v, 0))
+        print(f"| phrase slot of the {what} (`text.phrases=3`), the same pair | {cos:.3f} |")
     print(f"| ordered phrase slots (`text.phrase_mode=only` pooled vector), the same pair | "
           f"{float(F.cosine_similarity(slots[0], slots[1], 0)):.3f} |")
     return 0
