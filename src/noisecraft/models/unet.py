@@ -395,7 +395,7 @@ class UNet(nn.Module):
     networks and the CoordConv solution", Sec. 4). A convolution is translation-equivariant and knows where
     it is only from the zero padding at the border; with the coordinates one FiLM scale can turn a global
     condition into a position-dependent one ("the first-named object's colour on the left" for "A left of
-    B"), which the scene set needs (benchmarks/scenes_text.md).
+    B"). Measured on the scene set (benchmarks/scenes_text.md): no gain in prompt adherence at 3000 steps.
     """
 
     def __init__(self, config: UNetConfig) -> None:

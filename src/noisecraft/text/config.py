@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from noisecraft.errors import ConfigError, unknown_name
 
 TEXT_ENCODERS = ("none", "minilm", "hf", "trainable")
+PHRASE_MODES = ("add", "only")  # phrase slots added to the prompt's own encoding, or instead of it
 
 
 def _check(ok: bool, where: str, message: str) -> None:
@@ -41,8 +42,8 @@ class TextConfig:
         _check(self.phrases >= 0, "text.phrases", f"must be >= 0 (0: off), got {self.phrases}")
         _check(self.phrases == 0 or self.encoder in ("minilm", "hf"), "text.phrases",
                f"phrase slots need a frozen encoder (minilm or hf), got text.encoder={self.encoder!r}")
-        if self.phrase_mode not in ("add", "only"):
-            raise unknown_name("text.phrase_mode", self.phrase_mode, ("add", "only"))
+        if self.phrase_mode not in PHRASE_MODES:
+            raise unknown_name("text.phrase_mode", self.phrase_mode, PHRASE_MODES)
         _check(self.phrase_separators is None or all(isinstance(s, str) and s.strip() for s in self.phrase_separators),
                "text.phrase_separators", f"must be a list of non-empty strings, got {self.phrase_separators!r}")
 

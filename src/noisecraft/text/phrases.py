@@ -21,8 +21,10 @@ that a network can settle on instead of learning which phrase goes where.
 
 The phrase slots come first, so a prompt's encoding does not depend on the length of the other prompts in
 its batch (the word tokens are padded at the end as usual). The pooled vector is an *ordered* concatenation,
-not a mean: it changes completely when two phrases swap attributes, so it conditions the network (FiLM of
-every block) like a structured class label - object 1, relation, object 2 - instead of a bag of words.
+not a mean: its phrase slots change when two phrases swap attributes (MiniLM: cosine 0.75 per slot, 0.835
+for the whole vector, against 0.994 for the mean-pooled prompt), so it conditions the network (FiLM of every
+block) like a structured class label - object 1, relation, object 2 - instead of a bag of words. Measured on
+the scene set (benchmarks/scenes_text.md): no gain in prompt adherence over the preset at 1500 and 3000 steps.
 
 `split_phrases` is a rule-based chunker, not a parser: it cuts the prompt at relation words and
 connectives (`DEFAULT_SEPARATORS`: spatial prepositions, "with", "and") and at commas/semicolons; a cut word
@@ -39,9 +41,9 @@ import re
 import torch
 
 from noisecraft.errors import ConfigError
+from noisecraft.text.config import PHRASE_MODES
 from noisecraft.text.encoders import TextEncoder, masked_mean
 
-PHRASE_MODES = ("add", "only")  # phrase slots added to the prompt's encoding, or instead of it
 DEFAULT_SEPARATORS = (
     "left of", "right of", "to the left of", "to the right of", "above", "below", "under", "over", "on top of",
     "next to", "beside", "behind", "in front of", "near", "on", "in", "with", "and",
