@@ -10,7 +10,7 @@ two-object prompt whose image has two objects in the right layout (side by side 
     swapped      the two objects are right but in each other's place (the relation's direction is wrong)
     rebound      every attribute is drawn, as a multiset, but some attribute sits on the wrong object
                  (e.g. "a red circle left of a blue square" drawn as a blue circle left of a red square)
-    wrong        some prompted attribute value is missing from the image
+    wrong        some prompted attribute value is missing from the image (also counted per attribute)
 
 and one-object prompts are scored exactly (can the model draw a prompted object at all). With every attribute
 drawn but assigned to the objects at random, `exact` would be the product over the attributes in which the two
@@ -60,6 +60,7 @@ def analyse(run: str, args) -> dict:
     want = targets(specs)
     counts = {"exact": 0, "swapped": 0, "rebound": 0, "wrong": 0, "count or layout": 0}
     single = [0, 0]
+    missing = {"colour": 0, "shape": 0, "size": 0}
     chance = []
     for i, spec in enumerate(specs):
         if len(spec.objects) == 1:
@@ -69,12 +70,18 @@ def analyse(run: str, args) -> dict:
         if int(pred["count"][i]) != 1 or int(pred["layout"][i]) != int(want["layout"][i]):
             counts["count or layout"] += 1
             continue
-        counts[classify(pred, want, i)] += 1
+        kind = classify(pred, want, i)
+        counts[kind] += 1
+        if kind == "wrong":  # which attributes lack a prompted value (both objects given the same one, or another)
+            for a in ("colour", "shape", "size"):
+                drawn = sorted(int(pred[f"{a}{k}"][i]) for k in (0, 1))
+                missing[a] += int(drawn != sorted(int(want[f"{a}{k}"][i]) for k in (0, 1)))
         a, b = spec.objects
         chance.append(0.5 ** sum(x != y for x, y in ((a.colour, b.colour), (a.shape, b.shape), (a.size, b.size))))
     pairs = sum(counts.values())
     out = {"run": run, "step": loaded.step, "one_object_exact": single[0] / max(single[1], 1),
            "pairs": pairs, **{k: v / max(pairs, 1) for k, v in counts.items()},
+           "missing": {a: v / max(pairs, 1) for a, v in missing.items()},
            "exact_if_bound_at_random": float(np.mean(chance)) * (1 - counts["count or layout"] / max(pairs, 1))
            if chance else float("nan")}
     return out
@@ -99,6 +106,9 @@ def main(argv=None) -> int:
         print(f"| {r['run']} | {r['step']} | {r['one_object_exact']:.1%} | {r['exact']:.1%} | {r['swapped']:.1%} | "
               f"{r['rebound']:.1%} | {r['wrong']:.1%} | {r['count or layout']:.1%} | "
               f"{r['exact_if_bound_at_random']:.1%} |", flush=True)
+        m = r["missing"]
+        print(f"|   (a value missing, per attribute: colour {m['colour']:.1%}, shape {m['shape']:.1%}, "
+              f"size {m['size']:.1%} of the two-object prompts) | | | | | | | | |", flush=True)
     return 0
 
 
