@@ -30,18 +30,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def classify(pred: dict, want: dict, i: int) -> str:
-    """exact / swapped / rebound / wrong for item i of a two-object prompt (count and layout already right)."""
-    attrs = ("colour", "shape", "size")
-    p = [tuple(int(pred[f"{a}{k}"][i]) for a in attrs) for k in (0, 1)]
-    t = [tuple(int(want[f"{a}{k}"][i]) for a in attrs) for k in (0, 1)]
+ATTRS = ("colour", "shape", "size")
+
+
+def classify(pred: dict, want: dict, i: int) -> tuple[str, list[str]]:
+    """(exact / swapped / rebound / wrong, the attributes whose drawn pair of values is not the prompted pair)
+    for item i of a two-object prompt (count and layout already right)."""
+    p = [tuple(int(pred[f"{a}{k}"][i]) for a in ATTRS) for k in (0, 1)]
+    t = [tuple(int(want[f"{a}{k}"][i]) for a in ATTRS) for k in (0, 1)]
+    missing = [a for j, a in enumerate(ATTRS) if sorted((p[0][j], p[1][j])) != sorted((t[0][j], t[1][j]))]
     if p == t:
-        return "exact"
+        return "exact", missing
     if p == t[::-1]:
-        return "swapped"
-    if all(sorted((p[0][j], p[1][j])) == sorted((t[0][j], t[1][j])) for j in range(3)):
-        return "rebound"
-    return "wrong"
+        return "swapped", missing
+    return ("wrong" if missing else "rebound"), missing
 
 
 def analyse(run: str, args) -> dict:
@@ -60,7 +62,7 @@ def analyse(run: str, args) -> dict:
     want = targets(specs)
     counts = {"exact": 0, "swapped": 0, "rebound": 0, "wrong": 0, "count or layout": 0}
     single = [0, 0]
-    missing = {"colour": 0, "shape": 0, "size": 0}
+    missing = dict.fromkeys(ATTRS, 0)
     chance = []
     for i, spec in enumerate(specs):
         if len(spec.objects) == 1:
@@ -70,12 +72,10 @@ def analyse(run: str, args) -> dict:
         if int(pred["count"][i]) != 1 or int(pred["layout"][i]) != int(want["layout"][i]):
             counts["count or layout"] += 1
             continue
-        kind = classify(pred, want, i)
+        kind, lacking = classify(pred, want, i)
         counts[kind] += 1
-        if kind == "wrong":  # which attributes lack a prompted value (both objects given the same one, or another)
-            for a in ("colour", "shape", "size"):
-                drawn = sorted(int(pred[f"{a}{k}"][i]) for k in (0, 1))
-                missing[a] += int(drawn != sorted(int(want[f"{a}{k}"][i]) for k in (0, 1)))
+        for a in lacking:  # non-empty exactly for "wrong"
+            missing[a] += 1
         a, b = spec.objects
         chance.append(0.5 ** sum(x != y for x, y in ((a.colour, b.colour), (a.shape, b.shape), (a.size, b.size))))
     pairs = sum(counts.values())

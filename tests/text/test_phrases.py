@@ -79,7 +79,7 @@ def test_swapping_attributes_changes_the_ordered_pooled_vector():
     enc = PhraseEncoder(WordEncoder(), 3)
     a, b = "a small red circle left of a large blue square", "a small blue circle left of a large red square"
     _, _, p = enc.encode([a, b])
-    # the sum-pooled prompt vectors (a bag of words with positions) differ; the phrase slots differ per object
+    # slot 1 (the first object's phrase) changes with its colour; slot 2 (the relation "left of") does not
     assert not torch.allclose(p[0, 8:16], p[1, 8:16]) and torch.equal(p[0, 16:24], p[1, 16:24])
 
 

@@ -233,7 +233,7 @@ def build_text_encoder(text) -> TextEncoder | None:
         return None
     if text.encoder in ("minilm", "hf"):
         enc = minilm_encoder(text.max_tokens) if text.encoder == "minilm" else HFTextEncoder(text.path, text.max_tokens)
-        if getattr(text, "phrases", 0) > 0:
+        if text.phrases > 0:
             from noisecraft.text.phrases import PhraseEncoder
 
             enc = PhraseEncoder(enc, text.phrases, text.phrase_separators, text.phrase_mode)
