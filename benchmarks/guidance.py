@@ -55,6 +55,7 @@ def _generate(loaded, request, num: int, args) -> tuple[torch.Tensor, float]:
     with torch.no_grad():
         images = generate(denoiser, _sigmas(loaded, args.sampler, args.steps), loaded.data_shape, num=num,
                           seed=args.seed, sampler=args.sampler, batch_size=args.batch_size, cond=cond)
+        images = loaded.to_images(images)  # a latent model's samples are decoded (timed: part of generation)
     return images.clamp(-1, 1), time.monotonic() - t0  # as written to PNG (guided samples overshoot [-1, 1])
 
 
@@ -125,6 +126,14 @@ def bench_scenes(run: str, args) -> dict:
     ceiling = prompt_adherence(real.images, real.captions, net)
     rows = [{"label": "real scenes (train split)", "adherence": ceiling["adherence"],
              "per_attribute": ceiling["per_attribute"], "fd": fd(scene_features(real.images, net), ref)}]
+    if loaded.autoencoder is not None:  # a latent model cannot beat its autoencoder's reconstructions
+        from noisecraft.autoencoder.latents import encode_images
+
+        with torch.no_grad():
+            recon = loaded.to_images(encode_images(loaded.autoencoder, real.images, progress=False)).clamp(-1, 1)
+        score = prompt_adherence(recon, real.captions, net)
+        rows.append({"label": "autoencoder reconstructions of those scenes", "adherence": score["adherence"],
+                     "per_attribute": score["per_attribute"], "fd": fd(scene_features(recon, net), ref)})
     grid = []
     for setting in _settings(args.scales, args.extra):
         images, seconds = _generate(loaded, Request(prompts=prompts, **setting), args.num, args)
@@ -135,7 +144,7 @@ def bench_scenes(run: str, args) -> dict:
         grid.append(images[:GRID_COLUMNS])
         print(f"scenes {rows[-1]['label']}: adherence {rows[-1]['adherence']:.4f} {result['per_attribute']}, "
               f"FD {rows[-1]['fd']:.3f}", flush=True)
-    _save_grid(grid, args.out / "guidance_scenes.png", [r["label"] for r in rows[1:]])
+    _save_grid(grid, args.out / "guidance_scenes.png", [r["label"] for r in rows if "setting" in r])
     return {"run": run, "model_step": loaded.step, "config": loaded.config.name, "rows": rows,
             "grid_prompts": list(prompts[:GRID_COLUMNS]), "prompt_seed": args.prompt_seed}
 

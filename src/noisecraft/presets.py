@@ -106,7 +106,8 @@ PRESETS: dict[str, RunConfig] = {
 # sentence vector added to the time embedding; the U-Net has 16/32/64 channels at 32/16/8 px, which is what a
 # CPU can train in well under an hour (measured in benchmarks/guidance.md).
 _TEXT_UNET = replace(_MNIST.unet, base_channels=16, channel_mult=(1, 2, 4), norm_groups=8, attention_levels=(2,))
-_SCENES_UNET = replace(_TEXT_UNET, context_refiner_kernel=5, context_refiner_pool=True, context_refiner_residual=True)
+_SCENES_UNET = replace(_TEXT_UNET, in_channels=3, context_refiner_kernel=5, context_refiner_pool=True,
+                       context_refiner_residual=True)
 _TEXT = dict(text=TextConfig(encoder="minilm", max_tokens=32), conditioning=ConditioningConfig(cond_dropout=0.1),
              sample=SampleConfig(sampler="heun", steps=18, step_schedule="karras", num=64))
 PRESETS.update({
@@ -132,6 +133,16 @@ PRESETS.update({
     "scenes-text": replace(_MNIST, name="scenes-text", unet=_SCENES_UNET,
                            data=DataConfig(dataset="scenes", split="train"),
                            train=replace(_MNIST.train, minutes=30.0), **_TEXT),
+    # Latent text-to-image on the scenes (Rombach et al. 2022): the 8x8x4 latents of the `ae-scenes` autoencoder
+    # (train-autoencoder --preset ae-scenes --out runs/ae-scenes first), sigma_data = 1 (latents scaled to unit
+    # std), a U-Net of 64/128 channels at 8/4 latent px with self- and cross-attention at both levels (each
+    # latent cell sees every text token and every other cell), the same text path as `scenes-text`.
+    "ldm-scenes-text": replace(
+        _MNIST, name="ldm-scenes-text",
+        unet=replace(_SCENES_UNET, in_channels=4, base_channels=64, channel_mult=(1, 2), attention_levels=(0, 1)),
+        diffusion=replace(_MNIST.diffusion, sigma_data=1.0),
+        data=DataConfig(dataset="scenes", split="train", autoencoder="runs/ae-scenes"),
+        train=replace(_MNIST.train, minutes=30.0), **_TEXT),
 })
 
 

@@ -132,6 +132,23 @@ def test_scenes_deterministic_prefix_and_splits():
     assert set(SHAPES) and set(COLOURS) == set(RGB)
 
 
+def test_scenes_count_adds_training_draws_and_keeps_the_test_split():
+    default_test = load_dataset("scenes", split="test")
+    big_test = load_dataset("scenes", split="test", count=8010)
+    assert torch.equal(big_test.images, default_test.images) and big_test.captions == default_test.captions
+    train = load_dataset("scenes", split="train", count=8010)
+    assert len(train) == 7200 + 10  # draws 0..7199, then 8000..8009
+    extra = load_dataset("scenes", split="all", count=8010).subset(slice(8000, 8010))
+    assert torch.equal(train.images[7200:], extra.images) and train.captions[7200:] == extra.captions
+    assert torch.equal(train.images[:7200], load_dataset("scenes", split="train").images)
+    small = load_dataset("scenes", split="test", count=100)  # a smaller set: its own last 10%
+    assert torch.equal(small.images, load_dataset("scenes", limit=100).images[90:])
+    with pytest.raises(DataError, match=r"data.count applies to the generated datasets \(scenes\).*'mnist'"):
+        load_dataset("mnist", count=10)
+    with pytest.raises(DataError, match="count must be an integer >= 1"):
+        load_dataset("scenes", count=0)
+
+
 # ---------------------------------------------------------------------------------------- ImageDataset
 def test_subset_keeps_captions_and_attributes_aligned():
     ds = ImageDataset("x", torch.arange(5.0).view(5, 1), captions=tuple("abcde"),

@@ -109,6 +109,16 @@ AE_PRESETS: dict[str, AERunConfig] = {
         autoencoder=replace(AE_MODEL_PRESETS["f4-small"], in_channels=1),
         data=DataConfig(dataset="glyphs", split="train", resolution=64),
     ),
+    # The compositional scenes (32x32 RGB, flat colours on black), f = 4, 4 latent channels (32x32x3 -> 8x8x4): the
+    # stage 1 of the latent text-to-image preset `ldm-scenes-text` (benchmarks/scenes_text.md "Latent diffusion").
+    # L1 only: flat shapes have no texture for a perceptual term to keep.
+    "ae-scenes": replace(
+        _AE_64, name="ae-scenes",
+        data=DataConfig(dataset="scenes", split="train"),
+        loss=AELossConfig(perceptual_weight=0.0, disc_start=None),
+        train=replace(_AE_64.train, batch_size=32, minutes=12.0, checkpoint_every=200, eval_every=200,
+                      fd_every=1000, eval_num=256, scale_num=1024, eval_features=None),
+    ),
     # For tests and smoke runs: sklearn's digits as 16x16 RGB, a 20k-parameter f = 4 autoencoder, no effnet.
     "ae-tiny": AERunConfig(
         name="ae-tiny",

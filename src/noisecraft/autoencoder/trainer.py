@@ -59,7 +59,8 @@ def load_ae_data(config: AERunConfig, split: str | None = None, limit: int | Non
 
     c = config.data
     ds = load_dataset(c.dataset, root=c.root, resolution=c.resolution, channels=c.channels,
-                      split=split or c.split, limit=limit if limit is not None else c.limit, seed=config.train.seed)
+                      split=split or c.split, limit=limit if limit is not None else c.limit, seed=config.train.seed,
+                      count=c.count)
     if ds.is_points:
         raise DataError(f"dataset {c.dataset!r} holds points, not images; an autoencoder needs images")
     f = config.autoencoder.factor

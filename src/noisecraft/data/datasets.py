@@ -10,7 +10,8 @@ folder         the images under `root` (see `noisecraft.data.images.find_image_f
 glyphs         letters and digits rendered from matplotlib's fonts: 5208 images (1, 32, 32), labels =
                character, captions such as "bold serif capital letter G" (`noisecraft.data.glyphs`).
 scenes         procedural one- or two-shape scenes: 8000 images (3, 32, 32) with captions such as
-               "a small red circle left of a blue square" and exact attributes (`noisecraft.data.scenes`).
+               "a small red circle left of a blue square" and exact attributes (`noisecraft.data.scenes`);
+               `count` generates more (the test split stays the same 800 images).
 emoji          Twemoji from npm emoji-datasource-twitter (fetched with `npm pack` on first use, CC-BY 4.0):
                3786 images (3, 64, 64) on white, labels = category, captions = names (`noisecraft.data.emoji`).
 8gaussians,    2-D point distributions (N, 2), `limit` points (default 10000), drawn from
@@ -20,8 +21,8 @@ checkerboard
 =============  ===================================================================================
 
 Every loader in DATASETS is called with the keyword arguments of `load_dataset` (root, resolution,
-channels, split, limit, seed) and returns an ImageDataset; `load_dataset` validates the arguments
-first and checks the result (non-empty, no NaN/inf) after.
+channels, split, limit, seed; and count, only for the loaders in GENERATED) and returns an ImageDataset;
+`load_dataset` validates the arguments first and checks the result (non-empty, no NaN/inf) after.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ DATASETS = {
 }
 
 
+# Datasets drawn by a program, whose size `count` chooses.
+GENERATED = ("scenes",)
+
+
 def available_datasets() -> list[str]:
     """The registered dataset names, sorted."""
     return sorted(DATASETS)
@@ -165,7 +170,7 @@ def _check_int(option: str, value, minimum: int, allow_none: bool) -> None:
 
 def load_dataset(name: str, *, root: str | None = None, resolution: int | None = None,
                  channels: int | None = None, split: str = "all", limit: int | None = None,
-                 seed: int = 0) -> ImageDataset:
+                 seed: int = 0, count: int | None = None) -> ImageDataset:
     """Load a registered dataset by name (see the table in this module's docstring).
 
     root:       the directory, for "folder" only
@@ -176,6 +181,7 @@ def load_dataset(name: str, *, root: str | None = None, resolution: int | None =
     limit:      keep only the first `limit` items of the split, in file order (no shuffle); for the
                 toy distributions, the number of points (default 10000)
     seed:       seeds the toy distributions; bundled and folder data are not shuffled
+    count:      generated datasets (GENERATED) only: how many items to draw (None: the dataset's default)
     """
     loader = DATASETS.get(name)
     if loader is None:
@@ -185,7 +191,14 @@ def load_dataset(name: str, *, root: str | None = None, resolution: int | None =
     check_image_options(resolution, channels)
     _check_int("limit", limit, 1, allow_none=True)
     _check_int("seed", seed, 0, allow_none=False)
-    ds = loader(root=root, resolution=resolution, channels=channels, split=split, limit=limit, seed=seed)
+    _check_int("count", count, 1, allow_none=True)
+    extra = {}
+    if count is not None:
+        if name not in GENERATED:
+            raise DataError(f"data.count applies to the generated datasets ({', '.join(GENERATED)}); dataset "
+                            f"{name!r} has a fixed size (use limit to take fewer items)")
+        extra["count"] = count
+    ds = loader(root=root, resolution=resolution, channels=channels, split=split, limit=limit, seed=seed, **extra)
     if limit is not None and len(ds) > limit:
         ds = ds.subset(slice(0, limit))
     if len(ds) == 0:

@@ -215,16 +215,28 @@ def scene_attributes(specs: list[SceneSpec], centres: np.ndarray) -> dict[str, t
     return attrs
 
 
-def load_scenes(*, root=None, resolution=None, channels=None, split="all", limit=None, seed=0) -> ImageDataset:
-    """The scene set: DEFAULT_COUNT images (3, 32, 32) with captions and attributes, drawn from `seed`.
+def scene_split(count: int, split: str) -> np.ndarray:
+    """Positions of `split` among the first `count` draws: the last 10% of min(count, DEFAULT_COUNT) are "test"
+    and the rest "train". A set larger than the default keeps the default's test images (draws 7200..7999) and
+    adds only training images (draws 8000 on)."""
+    base = split_indices(None, min(count, DEFAULT_COUNT), split)
+    if count <= DEFAULT_COUNT or split == "test":
+        return base
+    return np.concatenate([base, np.arange(DEFAULT_COUNT, count)])
 
-    split: the last 10% (in order) are "test". Only the images needed for split/limit are rendered.
+
+def load_scenes(*, root=None, resolution=None, channels=None, split="all", limit=None, seed=0,
+                count=None) -> ImageDataset:
+    """The scene set: `count` (default DEFAULT_COUNT) images (3, 32, 32) with captions and attributes, drawn
+    from `seed`.
+
+    split: see `scene_split` (test: draws 7200..7999). Only the images needed for split/limit are rendered.
     """
     from noisecraft.data.datasets import convert_channels, resize_images
 
     if root is not None:
         raise DataError(f"dataset 'scenes' is generated; root does not apply, got root={root!r}")
-    idx = split_indices(None, DEFAULT_COUNT, split)
+    idx = scene_split(DEFAULT_COUNT if count is None else count, split)
     if limit is not None:
         idx = idx[:limit]
     pixels, specs, centres = generate_scenes(int(idx[-1]) + 1 if len(idx) else 0, seed)

@@ -64,6 +64,7 @@ class DataConfig:
     channels: int | None = None     # 1 or 3 (None: the dataset's own)
     split: str = "train"            # all, train or test
     limit: int | None = None        # use only the first `limit` items
+    count: int | None = None        # generated datasets (scenes): how many items to draw (None: its default)
     hflip: bool = False             # random horizontal flips (not for digits/glyphs)
     autoencoder: str | None = None  # latent diffusion: an autoencoder checkpoint dir or diffusers AutoencoderKL folder
 

@@ -62,7 +62,7 @@ def load_data(config: RunConfig):
 
     c = config.data
     ds = load_dataset(c.dataset, root=c.root, resolution=c.resolution, channels=c.channels, split=c.split,
-                      limit=c.limit, seed=config.train.seed)
+                      limit=c.limit, seed=config.train.seed, count=c.count)
     if c.autoencoder:  # latent diffusion: cached scaled latents of the images (noisecraft.autoencoder.latents)
         from noisecraft.autoencoder.latents import encode_dataset, resolve_autoencoder_path
 
