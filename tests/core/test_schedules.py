@@ -148,3 +148,23 @@ def test_bad_step_inputs():
         get_sigmas(s, 10, "fancy")
     with pytest.raises(NoisecraftError, match="allowed: .*cosine"):
         build_schedule("quadratic")
+
+
+def test_edm_training_sigma_distribution_comes_from_the_run_config():
+    """diffusion.p_mean / p_std reach the EDM schedule: ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022)."""
+    from noisecraft.errors import ConfigError
+    from noisecraft.training.config import DiffusionConfig, RunConfig
+    from noisecraft.training.trainer import build_denoiser
+
+    config = RunConfig(model="mlp", diffusion=DiffusionConfig(schedule="edm", prediction="edm", p_mean=0.4,
+                                                              p_std=0.5))
+    schedule = build_denoiser(config).schedule
+    assert (schedule.p_mean, schedule.p_std) == (0.4, 0.5)
+    log_sigma = schedule.sample_sigma(200_000, torch.Generator().manual_seed(0)).double().log()
+    n = log_sigma.numel()
+    assert abs(log_sigma.mean().item() - 0.4) < 4 * 0.5 / math.sqrt(n)
+    assert abs(log_sigma.std().item() - 0.5) < 4 * 0.5 / math.sqrt(2 * n)
+    default = build_denoiser(RunConfig(model="mlp", diffusion=DiffusionConfig(schedule="edm", prediction="edm")))
+    assert (default.schedule.p_mean, default.schedule.p_std) == (-1.2, 1.2)
+    with pytest.raises(ConfigError, match="diffusion.p_std"):
+        DiffusionConfig(schedule="edm", p_std=0.0)

@@ -3,7 +3,7 @@
     NOISECRAFT_MNIST_CLASS_RUN=runs/mnist-class NOISECRAFT_SCENES_TEXT_RUN=runs/scenes-text \\
         python -m pytest tests/eval/test_trained_guidance.py -m slow
 
-The runs are made by `noisecraft train --preset mnist-class|scenes-text` (benchmarks/guidance.md names the
+The runs are made by `noisecraft train --preset mnist-class|scenes-text|ldm-scenes-text` (benchmarks/guidance.md names the
 exact commands and the guidance scales measured there); the same sampling as benchmarks/guidance.py.
 """
 
@@ -31,6 +31,7 @@ def _sample(run: Path, request, num: int):
     sigmas = get_sigmas(loaded.denoiser.schedule, 20, "karras")
     with torch.no_grad():
         images = generate(denoiser, sigmas, loaded.data_shape, num=num, seed=0, sampler="dpmpp_2m", cond=cond)
+        images = loaded.to_images(images)  # a latent run (ldm-scenes-text) is decoded
     return images.clamp(-1, 1)
 
 

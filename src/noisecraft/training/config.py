@@ -34,6 +34,8 @@ class DiffusionConfig:
     sigma_data: float = 0.5         # EDM's data standard deviation (edm schedule and prediction)
     weighting: str = "simple"       # loss weighting: simple, min_snr, edm
     min_snr_gamma: float = 5.0      # gamma of min-SNR weighting (Hang et al. 2023)
+    p_mean: float = -1.2            # edm schedule: training ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022)
+    p_std: float = 1.2
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -47,10 +49,11 @@ class DiffusionConfig:
                f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
         _check(self.sigma_data > 0, "diffusion.sigma_data", f"must be > 0, got {self.sigma_data}")
         _check(self.min_snr_gamma > 0, "diffusion.min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
+        _check(self.p_std > 0, "diffusion.p_std", f"must be > 0, got {self.p_std}")
 
     def schedule_options(self) -> dict:
         if self.schedule == "edm":
-            return {"sigma_data": self.sigma_data}
+            return {"sigma_data": self.sigma_data, "p_mean": self.p_mean, "p_std": self.p_std}
         if self.schedule in ("vp", "ve", "flow"):
             return {}
         return {"num_timesteps": self.num_timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end}
