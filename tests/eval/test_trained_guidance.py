@@ -3,8 +3,9 @@
     NOISECRAFT_MNIST_CLASS_RUN=runs/mnist-class NOISECRAFT_SCENES_TEXT_RUN=runs/scenes-text \\
         python -m pytest tests/eval/test_trained_guidance.py -m slow
 
-The runs are made by `noisecraft train --preset mnist-class|scenes-text|ldm-scenes-text` (benchmarks/guidance.md names the
-exact commands and the guidance scales measured there); the same sampling as benchmarks/guidance.py.
+The runs are made by `noisecraft train --preset mnist-class|scenes-text|ldm-scenes-text`
+(benchmarks/guidance.md names the exact commands and the guidance scales measured there); the same sampling
+as benchmarks/guidance.py.
 """
 
 import os
