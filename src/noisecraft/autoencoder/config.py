@@ -117,7 +117,7 @@ AE_PRESETS: dict[str, AERunConfig] = {
         data=DataConfig(dataset="scenes", split="train"),
         loss=AELossConfig(perceptual_weight=0.0, disc_start=None),
         train=replace(_AE_64.train, batch_size=32, minutes=12.0, checkpoint_every=200, eval_every=200,
-                      fd_every=1000, eval_num=256, scale_num=1024, eval_features=None),
+                      eval_num=256, scale_num=1024, eval_features=None),  # no FD: PSNR/SSIM suffice here
     ),
     # For tests and smoke runs: sklearn's digits as 16x16 RGB, a 20k-parameter f = 4 autoencoder, no effnet.
     "ae-tiny": AERunConfig(

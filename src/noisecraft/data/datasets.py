@@ -28,6 +28,7 @@ channels, split, limit, seed; and count, only for the loaders in GENERATED) and 
 from __future__ import annotations
 
 import functools
+import inspect
 
 import numpy as np
 import torch
@@ -151,8 +152,8 @@ DATASETS = {
 }
 
 
-# Datasets drawn by a program, whose size `count` chooses.
-GENERATED = ("scenes",)
+# Datasets drawn by a program, whose size `count` chooses: the loaders that take a `count` argument.
+GENERATED = tuple(name for name, loader in DATASETS.items() if "count" in inspect.signature(loader).parameters)
 
 
 def available_datasets() -> list[str]:

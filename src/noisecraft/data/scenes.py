@@ -230,7 +230,8 @@ def load_scenes(*, root=None, resolution=None, channels=None, split="all", limit
     """The scene set: `count` (default DEFAULT_COUNT) images (3, 32, 32) with captions and attributes, drawn
     from `seed`.
 
-    split: see `scene_split` (test: draws 7200..7999). Only the images needed for split/limit are rendered.
+    split: see `scene_split` (test: draws 7200..7999 whenever count >= DEFAULT_COUNT). Only the images needed for
+    split/limit are rendered.
     """
     from noisecraft.data.datasets import convert_channels, resize_images
 
