@@ -149,6 +149,12 @@ PRESETS.update({
 })
 
 
+def latent_preset_for(dataset: str) -> str:
+    """The first latent-diffusion preset (one with data.autoencoder set) that trains on `dataset`, else ldm-64:
+    what the autoencoder trainer suggests next (train-autoencoder --preset ae-scenes -> ldm-scenes-text)."""
+    return next((name for name, c in PRESETS.items() if c.data.autoencoder and c.data.dataset == dataset), "ldm-64")
+
+
 def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise unknown_name("preset", name, PRESETS)

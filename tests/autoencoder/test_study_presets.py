@@ -7,7 +7,7 @@ import pytest
 
 from noisecraft.autoencoder.config import get_ae_preset
 from noisecraft.models.autoencoder import latent_shape
-from noisecraft.presets import get_preset
+from noisecraft.presets import get_preset, latent_preset_for
 
 
 @pytest.mark.parametrize("ae_name,pixel_name,latent_name,side,latent_side", [
@@ -17,6 +17,7 @@ def test_study_presets_agree(ae_name, pixel_name, latent_name, side, latent_side
     ae, pixel, latent = get_ae_preset(ae_name), get_preset(pixel_name), get_preset(latent_name)
     assert ae.data == pixel.data == replace(latent.data, autoencoder=None, count=None)  # (latent: more scenes)
     assert latent.data.autoencoder == f"runs/{ae_name}"
+    assert latent_preset_for(ae.data.dataset) == latent_name  # what train-autoencoder suggests next
     assert pixel.unet.in_channels == ae.autoencoder.in_channels
     channels, *spatial = latent_shape(ae.autoencoder, (ae.autoencoder.in_channels, side, side))
     assert latent.unet.in_channels == channels and spatial == [latent_side, latent_side]

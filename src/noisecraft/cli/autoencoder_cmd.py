@@ -42,12 +42,13 @@ def _config(args):
 
 def run(args) -> int:
     from noisecraft.autoencoder.trainer import AutoencoderTrainer
+    from noisecraft.presets import latent_preset_for
 
     config = _config(args)
     trainer = AutoencoderTrainer(config, args.out, resume=args.resume, device=args.device)
     r = trainer.run()
     metrics = ", ".join(f"{k} {r[k]:.4g}" for k in ("psnr", "ssim", "fd") if k in r)
-    latent_preset = "ldm-glyphs-64" if config.data.dataset == "glyphs" else "ldm-64"
+    latent_preset = latent_preset_for(config.data.dataset)
     print(f"trained the autoencoder to step {r['step']} in {r['seconds']:.0f} s ({metrics}; scaling factor "
           f"{r['scaling_factor']:.4g}) -> {args.out}\n  latent diffusion: noisecraft train --preset {latent_preset} "
           f"data.autoencoder={args.out} --out RUN")
