@@ -24,6 +24,7 @@ class Loaded:
     data_shape: tuple[int, ...]
     step: int
     autoencoder: object | None = None  # latent diffusion: decodes the samples (noisecraft.autoencoder)
+    layout: object | None = None  # conditioning.layout: the prompt -> boxes planner (noisecraft.text.layout.Layout)
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Samples -> images: a latent model's samples are decoded through its autoencoder; others unchanged."""
@@ -61,7 +62,13 @@ def load_denoiser(path, *, use_ema: bool = True, device: str = "cpu") -> Loaded:
         from noisecraft.autoencoder.latents import load_run_autoencoder
 
         autoencoder, shape = load_run_autoencoder(config, ckpt.path, shape)
-    return Loaded(denoiser, config, shape, int(ckpt.state.get("step", 0)), autoencoder)
+    layout = None
+    if config.conditioning.layout:
+        from noisecraft.text.layout import Layout, base_text_encoder, load_planner
+
+        planner = load_planner(ckpt.path.parent)[0]
+        layout = Layout(base_text_encoder(config.text), planner, config.text.phrase_separators)
+    return Loaded(denoiser, config, shape, int(ckpt.state.get("step", 0)), autoencoder, layout)
 
 
 def _data_side(config: RunConfig) -> int:

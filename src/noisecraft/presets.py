@@ -147,6 +147,13 @@ PRESETS.update({
         data=DataConfig(dataset="scenes", split="train", autoencoder="runs/ae-scenes", count=40_000),
         train=replace(_MNIST.train, minutes=30.0), **_TEXT),
 })
+# Layout-grounded latent text-to-image on the scenes (noisecraft.text.layout; LayoutGPT / LLM-grounded Diffusion
+# + GLIGEN-style grounding): `ldm-scenes-text` whose U-Net also reads a map of each object phrase's embedding
+# painted into its box - the dataset's boxes in training, a planner's boxes (learned from them at the start of
+# the run, seconds) when sampling. The relation's direction, which the text-only model leaves at chance, is the
+# planner's job (benchmarks/scenes_text.md "Layout-grounded").
+PRESETS["ldm-scenes-layout"] = replace(PRESETS["ldm-scenes-text"], name="ldm-scenes-layout",
+                                       conditioning=replace(_TEXT["conditioning"], layout=True))
 
 
 def latent_preset_for(dataset: str) -> str:

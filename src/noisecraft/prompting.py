@@ -147,7 +147,24 @@ def conditions(loaded, request: Request, num: int) -> tuple[dict | None, dict | 
         negative = request.negative_prompt
         uncond.update(text_cond(loaded, [negative if negative is not None else ""], allow_empty=negative is None,
                                 encoder=encoder))
+    if loaded.layout is not None:
+        _add_layout(loaded, request, num, cond, uncond, device)
     return (cond or None), (uncond or None)
+
+
+def _add_layout(loaded, request: Request, num: int, cond: dict, uncond: dict, device) -> None:
+    """A layout-conditioned model: the planner's boxes for each prompt painted as cond["layout"]; the zero map
+    (no layout) for no prompt and for the unconditional / negative side, as condition dropout in training."""
+    size = tuple(loaded.data_shape[1:])
+    zeros = torch.zeros(1, loaded.config.unet.layout_dim, *size, device=device)
+    uncond["layout"] = zeros
+    if request.prompts is None:
+        cond["layout"] = zeros.expand(num, *zeros.shape[1:])
+        return
+    prompts = _per_image(request.prompts, num, "prompt")
+    unique = sorted(set(prompts))
+    maps = loaded.layout.map(unique, size).to(device)  # (U, P, H, W)
+    cond["layout"] = maps[torch.tensor([unique.index(p) for p in prompts], device=device)]
 
 
 def conditioned(loaded, request: Request, num: int):

@@ -141,3 +141,48 @@ def test_phrase_slots_train_and_sampling_encodes_prompts_as_training_did(t5_dir,
     torch.testing.assert_close(fresh["text_pooled"], table.pooled[rows], atol=1e-5, rtol=0)
     torch.testing.assert_close(fresh["text_tokens"], table.tokens[rows, :T], atol=1e-5, rtol=0)
     assert torch.equal(fresh["text_mask"], table.mask[rows, :T]) and not table.mask[rows, T:].any()
+
+
+def test_layout_run_paints_ground_truth_boxes_and_sampling_uses_the_planner(t5_dir, tmp_path):
+    from noisecraft.prompting import Request, conditions
+    from noisecraft.text.layout import PLANNER_FILE, layout_map
+
+    text = TextConfig(encoder="hf", path=str(t5_dir), cache_dir=str(tmp_path / "cache"))
+    cfg = tiny(3, text=text, conditioning=ConditioningConfig(cond_dropout=0.5, layout=True, layout_planner_steps=50))
+    t = Trainer(cfg, tmp_path / "run", progress=False)
+    assert t.config.unet.layout_dim == 16  # the encoder's pooled width
+    idx = torch.arange(16)
+    gen = torch.Generator().manual_seed(3)
+    cond = t.conditioner(idx, gen)
+    dropped = cond["text_pooled"].eq(t.conditioner.table.pooled[0]).all(1)  # row 0 = the empty prompt
+    assert 0 < dropped.sum() < 16 and torch.equal(cond["layout"][dropped], torch.zeros_like(cond["layout"][dropped]))
+    lay = t.conditioner.layout
+    boxes = t.data.attributes["boxes"][idx]
+    valid = lay.valid[lay.rows[idx]] & ~torch.isnan(boxes).any(-1) & ~dropped[:, None]
+    assert torch.equal(cond["layout"], layout_map(boxes, lay.objects[lay.rows[idx]], valid, (32, 32)))
+    t.run()
+    assert (tmp_path / "run" / PLANNER_FILE).is_file()
+    loaded = load_denoiser(tmp_path / "run")
+    prompts = ("a small red circle left of a large blue square", "a large green triangle")
+    cond, uncond = conditions(loaded, Request(prompts=prompts, guidance=2.0), 2)
+    torch.testing.assert_close(cond["layout"], loaded.layout.map(list(prompts), (32, 32)), atol=1e-5, rtol=0)
+    assert cond["layout"].abs().sum() > 0
+    assert torch.equal(uncond["layout"], torch.zeros(1, 16, 32, 32))
+    out = loaded.denoiser(torch.zeros(2, 3, 32, 32), torch.tensor([1.0, 1.0]), cond)
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+    planner_bytes = (tmp_path / "run" / PLANNER_FILE).read_bytes()
+    Trainer(replace(cfg, train=replace(cfg.train, steps=4)), tmp_path / "run", resume=True, progress=False).run()
+    assert (tmp_path / "run" / PLANNER_FILE).read_bytes() == planner_bytes  # kept when resuming
+
+
+def test_layout_config_errors(t5_dir, tmp_path):
+    hf = TextConfig(encoder="hf", path=str(t5_dir), cache_dir=str(tmp_path / "cache"))
+    layout = ConditioningConfig(layout=True)
+    with pytest.raises(ConfigError, match="needs a frozen text encoder"):
+        adapt_network_to_text(tiny(text=TextConfig(encoder="trainable"), conditioning=layout))
+    with pytest.raises(ConfigError, match="needs the 2-D U-Net"):
+        adapt_network_to_text(replace(get_preset("mnist-dit"), text=hf, conditioning=layout))
+    with pytest.raises(DataError, match="has none; datasets with boxes: scenes"):
+        Trainer(tiny(dataset="glyphs", text=hf, conditioning=layout), tmp_path / "g", progress=False)
+    with pytest.raises(ConfigError, match="layout_planner_steps"):
+        ConditioningConfig(layout=True, layout_planner_steps=0)

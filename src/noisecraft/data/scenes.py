@@ -15,6 +15,8 @@ Attributes of `load_scenes` (N items; object 0 is the one the caption names firs
 
     num_objects (N,) int64 1 or 2         shape, colour, size (N, 2) int64 (-1 when absent)
     relation    (N,) int64 (-1: none)     x, y (N, 2) float32 object centres in pixels (y down)
+    boxes       (N, 2, 4) float32         each object's bounding box (x0, y0, x1, y1) / SIDE (NaN: absent), the
+                                          grounding of the caption's k-th object (noisecraft.text.layout)
 
 Geometry: a relation is drawn unambiguously - for "left of" the objects' boxes are separated
 horizontally by at least GAP pixels and their centres differ vertically by at most MAX_OFFSET pixels
@@ -212,6 +214,11 @@ def scene_attributes(specs: list[SceneSpec], centres: np.ndarray) -> dict[str, t
     attrs = {k: torch.from_numpy(v) for k, v in out.items()}
     attrs.update(num_objects=torch.from_numpy(num), relation=torch.from_numpy(rel),
                  x=torch.from_numpy(centres[:, :, 0].copy()), y=torch.from_numpy(centres[:, :, 1].copy()))
+    side_px = np.array([SIZE_PX[s] for s in SIZES], dtype=np.float32)
+    half = np.where(out["size"] >= 0, side_px[out["size"]] / 2, np.nan)  # (n, 2)
+    cx, cy = centres[:, :, 0], centres[:, :, 1]
+    corners = np.stack([cx - half, cy - half, cx + half, cy + half], -1) / SIDE  # (n, 2, 4)
+    attrs["boxes"] = torch.from_numpy(corners.astype(np.float32))
     return attrs
 
 

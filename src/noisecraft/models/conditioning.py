@@ -8,13 +8,16 @@
                                          True token attends to nothing: its cross-attention output is exactly 0
     "text_pooled"   (B, D_pool) float    a global vector added into the time embedding through a Linear
     "vector"        (B, D_vec) float     any other global vector, added the same way through its own Linear
+    "layout"        (B, D_lay, *S) float a spatial map at the input's resolution (e.g. object phrase embeddings
+                                         painted into their boxes, `noisecraft.text.layout`), read by a bias-free
+                                         convolution added to the network's first feature map: zeros add nothing
 
-A network is configured with `num_classes`, `context_dim` (0 = no cross-attention), `pooled_dim` and
-`vector_dim` (0 = off); `check_cond` turns a wrong key, shape or dtype, or a key the network was not
+A network is configured with `num_classes`, `context_dim` (0 = no cross-attention), `pooled_dim`,
+`vector_dim` and `layout_dim` (0 = off); `check_cond` turns a wrong key, shape or dtype, or a key the network was not
 configured for, into a NoisecraftError that names the key, the expected shape and what was given.
 
 Absent keys: a missing "class_labels" means the null label; missing "text_tokens" means no cross-attention
-contribution (as an all-False mask); missing "text_pooled"/"vector" add nothing. The unconditional TEXT
+contribution (as an all-False mask); missing "text_pooled"/"vector"/"layout" add nothing. The unconditional TEXT
 condition used for classifier-free guidance is the encoding of the empty prompt "" (as Stable Diffusion),
 supplied by the caller like any other condition.
 
@@ -32,7 +35,7 @@ from torch import Tensor, nn
 
 from noisecraft.errors import NoisecraftError
 
-COND_KEYS = ("class_labels", "text_tokens", "text_mask", "text_pooled", "vector")
+COND_KEYS = ("class_labels", "text_tokens", "text_mask", "text_pooled", "vector", "layout")
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
@@ -44,14 +47,16 @@ class CondSpec:
     context_dim: int = 0
     pooled_dim: int = 0
     vector_dim: int = 0
+    layout_dim: int = 0
 
     def accepts(self) -> tuple[str, ...]:
         keys = ("class_labels",) * (self.num_classes > 0) + ("text_tokens", "text_mask") * (self.context_dim > 0)
-        return keys + ("text_pooled",) * (self.pooled_dim > 0) + ("vector",) * (self.vector_dim > 0)
+        keys += ("text_pooled",) * (self.pooled_dim > 0) + ("vector",) * (self.vector_dim > 0)
+        return keys + ("layout",) * (self.layout_dim > 0)
 
 
 _CONFIG_FIELD = {"class_labels": "num_classes", "text_tokens": "context_dim", "text_mask": "context_dim",
-                 "text_pooled": "pooled_dim", "vector": "vector_dim"}
+                 "text_pooled": "pooled_dim", "vector": "vector_dim", "layout": "layout_dim"}
 
 
 def _shape_error(key: str, expected: str, value) -> NoisecraftError:
@@ -82,6 +87,10 @@ def check_cond(cond: dict | None, batch: int, spec: CondSpec, where: str = "netw
         v = cond.get(key)
         if v is not None and not (isinstance(v, Tensor) and v.is_floating_point() and tuple(v.shape) == (batch, dim)):
             raise _shape_error(key, f"a float tensor of shape ({batch}, {dim})", v)
+    v = cond.get("layout")
+    if v is not None and not (isinstance(v, Tensor) and v.is_floating_point() and v.ndim >= 3
+                              and tuple(v.shape[:2]) == (batch, spec.layout_dim)):
+        raise _shape_error("layout", f"a float tensor of shape ({batch}, {spec.layout_dim}, *S)", v)
     return cond
 
 

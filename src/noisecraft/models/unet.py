@@ -97,6 +97,7 @@ class UNetConfig:
     context_dim: int = 0  # >0: width D_ctx of cond["text_tokens"]; cross-attention at every attention place
     pooled_dim: int = 0  # >0: width of cond["text_pooled"], added to the time embedding through a Linear
     vector_dim: int = 0  # >0: width of cond["vector"], added to the time embedding through a Linear
+    layout_dim: int = 0  # >0: channels of cond["layout"] (a map at the input's resolution), read by a conv
     context_refiner_layers: int = 0  # >0: a trainable transformer of this many layers refines the text tokens
     context_refiner_width: int = 128  # its width (the cross-attention keys/values then read this width)
     context_refiner_heads: int = 4  # its attention heads (must divide context_refiner_width)
@@ -113,7 +114,7 @@ class UNetConfig:
     def _check_types(self) -> None:
         for field in ("in_channels", "dims", "base_channels", "num_res_blocks", "head_channels",
                       "norm_groups", "num_classes", "time_embed_mult", "context_dim", "pooled_dim", "vector_dim",
-                      *REFINER_FIELDS):
+                      "layout_dim", *REFINER_FIELDS):
             _require(_is_int(getattr(self, field)), field, f"expected an integer, got {getattr(self, field)!r}")
         _require(self.out_channels is None or _is_int(self.out_channels), "out_channels",
                  f"expected an integer or None, got {self.out_channels!r}")
@@ -143,7 +144,7 @@ class UNetConfig:
                  f"must not repeat a level, got {self.attention_levels}")
         _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         _require(self.num_classes >= 0, "num_classes", f"must be >= 0 (0 = unconditional), got {self.num_classes}")
-        for field in ("context_dim", "pooled_dim", "vector_dim"):
+        for field in ("context_dim", "pooled_dim", "vector_dim", "layout_dim"):
             _require(getattr(self, field) >= 0, field, f"must be >= 0 (0 = off), got {getattr(self, field)}")
         _require(self.context_dim == 0 or self.attention_levels or self.mid_attention, "context_dim",
                  "cross-attention needs an attention place: set attention_levels or mid_attention = true")
@@ -172,7 +173,7 @@ class UNetConfig:
 
     @property
     def cond_spec(self) -> CondSpec:
-        return CondSpec(self.num_classes, self.context_dim, self.pooled_dim, self.vector_dim)
+        return CondSpec(self.num_classes, self.context_dim, self.pooled_dim, self.vector_dim, self.layout_dim)
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
@@ -412,6 +413,9 @@ class UNet(nn.Module):
         self.refiner = build_refiner(cfg, emb_ch)  # trainable n-gram/transformer layers over the text tokens, or None
         coords = cfg.dims if cfg.coord_channels else 0
         self.conv_in = _CONV[cfg.dims](cfg.in_channels + coords, cfg.base_channels, 3, padding=1)
+        # cond["layout"]: a bias-free conv of the map added to the first features (= concatenating the map to x)
+        self.layout_in = (_CONV[cfg.dims](cfg.layout_dim, cfg.base_channels, 3, padding=1, bias=False)
+                          if cfg.layout_dim else None)
         skip_chs = self._build_down(emb_ch)
         self.mid = EmbedSequential(ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg),
                                    *(self._attention(cfg.widths[-1]) if cfg.mid_attention else []),
@@ -474,6 +478,8 @@ class UNet(nn.Module):
         if self.config.coord_channels:
             x = torch.cat([x, coordinate_channels(x)], 1)  # (B, in_channels + dims, *S)
         h = self.conv_in(x.contiguous(memory_format=self.memory_format))  # (B, C_0, *S)
+        if cond.get("layout") is not None:
+            h = h + self.layout_in(self._layout(cond["layout"], x).contiguous(memory_format=self.memory_format))
         skips = [h]
         for block in self.down:
             h = block(h, emb_act, context)
@@ -491,6 +497,13 @@ class UNet(nn.Module):
             emb = emb + self.class_emb(null_labels(cond.get("class_labels"), batch, self.config.num_classes,
                                                    emb.device))
         return emb + self.cond_emb(cond, dtype)  # (B, E)
+
+    @staticmethod
+    def _layout(layout: Tensor, x: Tensor) -> Tensor:
+        if layout.shape[2:] != x.shape[2:]:
+            raise NoisecraftError(f"cond['layout']: its spatial size {tuple(layout.shape[2:])} must match the input's "
+                                  f"{tuple(x.shape[2:])}")
+        return layout.to(x.dtype)
 
     def _check_input(self, x: Tensor, c_noise: Tensor) -> Tensor:
         """Raise NoisecraftError for a wrong shape; a scalar c_noise is expanded to (B,)."""

@@ -53,6 +53,12 @@ class ConditioningConfig:
     cond_dropout: float = 0.1       # P(a training sample gets the null condition), for CFG (Ho & Salimans 2022)
     text_tokens: bool = True        # with a text encoder: feed its token sequence (cross-attention, sets context_dim)
     text_pooled: bool = True        # with a text encoder: feed its pooled vector (sets pooled_dim)
+    layout: bool = False            # layout-grounded: a planner puts each object phrase in a box, the U-Net reads
+                                    # the map of phrase embeddings (noisecraft.text.layout; data with boxes)
+    layout_planner_steps: int = 1500  # training steps of the layout planner (seconds on a CPU)
 
     def __post_init__(self):
         _check(0 <= self.cond_dropout < 1, "conditioning.cond_dropout", f"must be in [0, 1), got {self.cond_dropout}")
+        _check(isinstance(self.layout, bool), "conditioning.layout", f"expected true or false, got {self.layout!r}")
+        _check(isinstance(self.layout_planner_steps, int) and self.layout_planner_steps >= 1,
+               "conditioning.layout_planner_steps", f"must be an integer >= 1, got {self.layout_planner_steps!r}")

@@ -54,7 +54,22 @@ def adapt_network_to_text(config):
     token_dim, pooled_dim = _text_dims(config.text)
     net_cfg = replace(net_cfg, context_dim=token_dim if c.text_tokens else 0,
                       pooled_dim=pooled_dim if c.text_pooled else 0)
+    if c.layout:
+        net_cfg = replace(net_cfg, layout_dim=_layout_dim(config))
     return replace(config, **{config.model: net_cfg})
+
+
+def _layout_dim(config) -> int:
+    """The layout map's channels (the base frozen encoder's pooled width), after checking the run can have one."""
+    if config.text.encoder not in ("minilm", "hf"):
+        raise ConfigError(f"conditioning.layout needs a frozen text encoder (text.encoder minilm or hf), got "
+                          f"{config.text.encoder!r}")
+    if config.model != "unet" or config.unet.dims != 2:
+        raise ConfigError(f"conditioning.layout needs the 2-D U-Net (model unet, unet.dims 2); got model "
+                          f"{config.model!r}" + (f" with dims {config.unet.dims}" if config.model == "unet" else ""))
+    from noisecraft.text.layout import base_text_encoder
+
+    return base_text_encoder(config.text).pooled_dim
 
 
 class TextEncoderNet(nn.Module):
@@ -123,6 +138,7 @@ class Conditioner:
             else:
                 self._cached_table(config, dataset, device, progress)
         self.c = config.conditioning
+        self.layout = _LayoutTable(config, dataset, device) if config.conditioning.layout else None
 
     def _labels(self, dataset, device):
         if self.num_classes == 0:
@@ -160,4 +176,44 @@ class Conditioner:
                 cond["text_tokens"], cond["text_mask"] = self.table.tokens[rows], self.table.mask[rows]
             if self.c.text_pooled:
                 cond["text_pooled"] = self.table.pooled[rows]
+        if self.layout is not None:
+            cond["layout"] = self.layout(idx, drop)
         return cond
+
+
+class _LayoutTable:
+    """Per-item grounding of a layout-conditioned run (noisecraft.text.layout): the dataset's boxes, and the
+    chunk / object-phrase encodings of its distinct captions. Called with a batch's indices and its condition
+    dropout, it paints the ground-truth boxes (dropped samples: the zero map)."""
+
+    def __init__(self, config, dataset, device) -> None:
+        from noisecraft.text.layout import ChunkEncoder, base_text_encoder, dataset_boxes
+
+        if dataset.captions is None:
+            raise DataError(f"conditioning.layout needs captions, but dataset {dataset.name!r} has none")
+        boxes = dataset_boxes(dataset)  # (N, K, 4)
+        unique = list(dict.fromkeys(dataset.captions))
+        index = {c: i for i, c in enumerate(unique)}
+        chunks = ChunkEncoder(base_text_encoder(config.text), boxes.shape[1], config.text.phrase_separators)
+        self.v, self.sep, objects, valid = chunks.encode(unique)  # (U, J, P), (U, J), (U, K, P), (U, K)
+        self.rows = torch.tensor([index[c] for c in dataset.captions])  # (N,)
+        self.boxes, self.size = boxes, tuple(dataset.images.shape[2:])
+        self.objects, self.valid = objects.to(device), valid.to(device)
+        self.boxes_dev, self.rows_dev = boxes.to(device), self.rows.to(device)
+
+    def __call__(self, idx: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        from noisecraft.text.layout import layout_map
+
+        rows, boxes = self.rows_dev[idx], self.boxes_dev[idx]
+        valid = self.valid[rows] & ~torch.isnan(boxes).any(-1) & ~drop[:, None]  # (B, K)
+        return layout_map(boxes, self.objects[rows], valid, self.size)
+
+    def fit_planner(self, config, out_dir, progress: bool) -> dict:
+        """Train the run's layout planner on (caption chunks -> boxes) of every item and save it in out_dir."""
+        from noisecraft.text.layout import save_planner, train_planner
+
+        planner, info = train_planner(self.v[self.rows], self.sep[self.rows], self.boxes,
+                                      steps=config.conditioning.layout_planner_steps, seed=config.train.seed,
+                                      progress=progress)
+        save_planner(planner, out_dir, info)
+        return info

@@ -137,6 +137,14 @@ class Trainer:
         self.labels = None if self.data.labels is None else self.data.labels.to(self.device)
         self.conditioner = Conditioner(self.config, self.data, self.net, self.device, self.progress)
 
+    def _fit_layout_planner(self) -> None:
+        """Layout-conditioned runs: train the prompt -> boxes planner once (rank 0; kept when resuming)."""
+        from noisecraft.text.layout import PLANNER_FILE
+
+        layout = self.conditioner.layout
+        if layout is not None and not (self.out_dir / PLANNER_FILE).is_file():
+            layout.fit_planner(self.config, self.out_dir, self.progress)
+
     def _parallelize(self) -> Denoiser:
         """Speed options and data-parallel wrapping; returns the denoiser the training forward runs through
         (self.denoiser itself, or one around the DDP wrapper whose forward/backward syncs gradients)."""
@@ -477,6 +485,7 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out_dir / "config.json", to_dict(self.config))
+            self._fit_layout_planner()
         self.dist.barrier()
         t = self.config.train
         start, bar, ema_loss = time.monotonic(), _progress_bar(t, self.step, self.progress), None
