@@ -50,7 +50,7 @@ def _generate(loaded, request, num: int, args) -> tuple[torch.Tensor, float]:
     from noisecraft.pipeline import generate
     from noisecraft.prompting import conditioned
 
-    denoiser, cond = conditioned(loaded, request, num)
+    denoiser, cond = conditioned(loaded, request, num, None if args.mean_layout else args.seed)
     t0 = time.monotonic()
     with torch.no_grad():
         images = generate(denoiser, _sigmas(loaded, args.sampler, args.steps), loaded.data_shape, num=num,
@@ -134,6 +134,7 @@ def bench_scenes(run: str, args) -> dict:
         score = prompt_adherence(recon, real.captions, net)
         rows.append({"label": "autoencoder reconstructions of those scenes", "adherence": score["adherence"],
                      "per_attribute": score["per_attribute"], "fd": fd(scene_features(recon, net), ref)})
+    planner = _planner_relation(loaded, specs, args) if loaded.layout is not None else None
     grid = []
     for setting in _settings(args.scales, args.extra):
         images, seconds = _generate(loaded, Request(prompts=prompts, **setting), args.num, args)
@@ -146,7 +147,19 @@ def bench_scenes(run: str, args) -> dict:
               f"FD {rows[-1]['fd']:.3f}", flush=True)
     _save_grid(grid, args.out / "guidance_scenes.png", [r["label"] for r in rows if "setting" in r])
     return {"run": run, "model_step": loaded.step, "config": loaded.config.name, "rows": rows,
-            "grid_prompts": list(prompts[:GRID_COLUMNS]), "prompt_seed": args.prompt_seed}
+            "grid_prompts": list(prompts[:GRID_COLUMNS]), "prompt_seed": args.prompt_seed,
+            **({"planner_relation": planner} if planner is not None else {})}
+
+
+def _planner_relation(loaded, specs, args) -> float:
+    """A layout-grounded run (conditioning.layout): the share of two-object prompts whose boxes - the layouts the
+    images are generated with - stand in the prompted relation (noisecraft.text.layout.relation_holds)."""
+    from noisecraft.text.layout import layout_generators, relation_holds
+
+    gens = None if args.mean_layout else layout_generators(args.seed, len(specs))
+    boxes = loaded.layout.plan([s.caption() for s in specs], gens)[0]
+    two = [(b, s) for b, s in zip(boxes, specs) if s.relation is not None]
+    return sum(relation_holds(b, s.relation) for b, s in two) / max(1, len(two))
 
 
 def _save_grid(rows: list[torch.Tensor], path: Path, labels: list[str]) -> None:
@@ -227,6 +240,9 @@ def render(results: dict) -> str:
             out.append(f"| {r['label']} | {r['adherence']:.1%} | {p['count']:.1%} | {p.get('layout', float('nan')):.1%}"
                        f" | {p['colour']:.1%} | {p['shape']:.1%} | {p['size']:.1%} | {r['fd']:.2f} "
                        f"| {r.get('seconds', '')} |")
+        if "planner_relation" in s:
+            out += ["", f"Layout-grounded run: the planner's boxes stand in the prompted relation for "
+                    f"{s['planner_relation']:.1%} of the two-object prompts (`noisecraft.text.layout`)."]
         out += ["", "Samples (`guidance_scenes.png`): one row per guided line of the table; columns are the prompts",
                 "", *[f"{i + 1}. {p}" for i, p in enumerate(s["grid_prompts"])], ""]
     return "\n".join(out)
@@ -245,6 +261,9 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-seed", type=int, default=777)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--mean-layout", action="store_true",
+                   help="layout-grounded runs: every image of a prompt gets the planner's mean boxes (default: drawn "
+                        "per image with the residual bank, as `noisecraft sample` does)")
     p.add_argument("--from-json", help="re-render the markdown and plot from a results file")
     p.add_argument("--out", type=Path, default=HERE,
                    help="where the .md, .png and results/guidance.json go (default: benchmarks/; a scratch "

@@ -66,8 +66,8 @@ def load_denoiser(path, *, use_ema: bool = True, device: str = "cpu") -> Loaded:
     if config.conditioning.layout:
         from noisecraft.text.layout import Layout, base_text_encoder, load_planner
 
-        planner = load_planner(ckpt.path.parent)[0]
-        layout = Layout(base_text_encoder(config.text), planner, config.text.phrase_separators)
+        planner, _, bank = load_planner(ckpt.path.parent)
+        layout = Layout(base_text_encoder(config.text), planner, config.text.phrase_separators, bank)
     return Loaded(denoiser, config, shape, int(ckpt.state.get("step", 0)), autoencoder, layout)
 
 

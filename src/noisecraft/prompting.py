@@ -123,8 +123,9 @@ def _per_image(values, num: int, what: str):
     return list(values) * (num if len(values) == 1 else 1)
 
 
-def conditions(loaded, request: Request, num: int) -> tuple[dict | None, dict | None]:
-    """(cond, uncond) for `num` images: cond per image (or None), uncond with batch 1 (or None)."""
+def conditions(loaded, request: Request, num: int, seed: int | None = None) -> tuple[dict | None, dict | None]:
+    """(cond, uncond) for `num` images: cond per image (or None), uncond with batch 1 (or None). A layout-grounded
+    run draws image i's layout with generator seed + i (None: every image gets the planner's mean layout)."""
     check_request(loaded.config, request)
     num_classes, text = model_conditions(loaded.config)
     device = next(loaded.denoiser.net.parameters()).device
@@ -148,13 +149,14 @@ def conditions(loaded, request: Request, num: int) -> tuple[dict | None, dict | 
         uncond.update(text_cond(loaded, [negative if negative is not None else ""], allow_empty=negative is None,
                                 encoder=encoder))
     if loaded.layout is not None:
-        _add_layout(loaded, request, num, cond, uncond, device)
+        _add_layout(loaded, request, num, cond, uncond, device, seed)
     return (cond or None), (uncond or None)
 
 
-def _add_layout(loaded, request: Request, num: int, cond: dict, uncond: dict, device) -> None:
-    """A layout-conditioned model: the planner's boxes for each prompt painted as cond["layout"]; the zero map
-    (no layout) for no prompt and for the unconditional / negative side, as condition dropout in training."""
+def _add_layout(loaded, request: Request, num: int, cond: dict, uncond: dict, device, seed: int | None) -> None:
+    """A layout-conditioned model: the planner's boxes for each prompt painted as cond["layout"] (drawn per image
+    from seed + i, or the mean boxes); the zero map (no layout) for no prompt and for the unconditional /
+    negative side, as condition dropout in training."""
     size = tuple(loaded.data_shape[1:])
     zeros = torch.zeros(1, loaded.config.unet.layout_dim, *size, device=device)
     uncond["layout"] = zeros
@@ -162,14 +164,20 @@ def _add_layout(loaded, request: Request, num: int, cond: dict, uncond: dict, de
         cond["layout"] = zeros.expand(num, *zeros.shape[1:])
         return
     prompts = _per_image(request.prompts, num, "prompt")
+    if seed is not None:
+        from noisecraft.text.layout import layout_generators
+
+        cond["layout"] = loaded.layout.map(prompts, size, layout_generators(seed, num)).to(device)  # (num, P, H, W)
+        return
     unique = sorted(set(prompts))
     maps = loaded.layout.map(unique, size).to(device)  # (U, P, H, W)
     cond["layout"] = maps[torch.tensor([unique.index(p) for p in prompts], device=device)]
 
 
-def conditioned(loaded, request: Request, num: int):
-    """(denoiser, cond): the run's denoiser, wrapped in classifier-free guidance when the request asks for it."""
-    cond, uncond = conditions(loaded, request, num)
+def conditioned(loaded, request: Request, num: int, seed: int | None = None):
+    """(denoiser, cond): the run's denoiser, wrapped in classifier-free guidance when the request asks for it
+    (seed: a layout-grounded run's per-image layouts, see `conditions`)."""
+    cond, uncond = conditions(loaded, request, num, seed)
     if not request.guided:
         return loaded.denoiser, cond
     from noisecraft.guidance import ClassifierFreeGuidance

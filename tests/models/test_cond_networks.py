@@ -166,7 +166,9 @@ def test_mask_without_tokens_and_non_dict_cond_are_errors():
 def test_concat_cond_pads_tokens_and_slices_back():
     a, b = _cond(0, batch=2, tokens=3), _cond(1, batch=1, tokens=5)
     del b["text_mask"]
+    a["layout"], b["layout"] = torch.randn(2, 3, 4, 4), torch.randn(1, 3, 4, 4)  # spatial maps stack like vectors
     both = concat_cond([a, b], [2, 4])  # b has batch 1: broadcast to 4
+    assert torch.equal(both["layout"], torch.cat([a["layout"], b["layout"].expand(4, 3, 4, 4)]))
     assert both["text_tokens"].shape == (6, 5, D_CTX) and both["text_mask"].shape == (6, 5)
     assert both["text_mask"][:2, 3:].sum() == 0 and both["text_mask"][2:].all()
     assert torch.equal(slice_cond(both, slice(0, 2))["text_tokens"][:, :3], a["text_tokens"])

@@ -16,10 +16,13 @@ from noisecraft.text.layout import (
     Layout,
     box_coverage,
     chunks,
+    layout_generators,
     layout_map,
     load_planner,
     relation_holds,
+    residual_bank,
     save_planner,
+    structure_key,
     train_planner,
 )
 
@@ -127,9 +130,9 @@ def test_planner_learns_the_direction_of_every_relation(planner_fit):
 def test_planner_file_round_trip_and_errors(planner_fit, tmp_path):
     planner, info, _ = planner_fit
     save_planner(planner, tmp_path, info)
-    loaded, info2 = load_planner(tmp_path)
-    assert info2 == info and all(torch.equal(a, b) for a, b in zip(planner.state_dict().values(),
-                                                                   loaded.state_dict().values()))
+    loaded, info2, bank = load_planner(tmp_path)
+    assert info2 == info and bank is None and all(torch.equal(a, b) for a, b in zip(planner.state_dict().values(),
+                                                                                   loaded.state_dict().values()))
     layout = Layout(HashEncoder(), loaded)
     m = layout.map(["a small red circle above a large blue square"], (8, 8))
     boxes, objects, valid = layout.plan(["a small red circle above a large blue square"])
@@ -164,3 +167,42 @@ def test_unet_layout_input_zero_map_adds_nothing_and_shapes_are_checked():
     off = UNet(replace(cfg, layout_dim=0))
     with pytest.raises(NoisecraftError, match="layout_dim is 0"):
         off(x, t, {"layout": torch.zeros(2, 5, 8, 8)})
+
+
+def test_residual_bank_draws_layouts_that_keep_the_relation(planner_fit, tmp_path):
+    from noisecraft.text.layout import corners_to_centre_size
+
+    planner, info, enc = planner_fit
+    ds = load_scenes(split="train", limit=3000)
+    v, sep, _, _ = enc.encode(list(ds.captions))
+    keys = [structure_key(c, 3) for c in ds.captions]
+    assert structure_key("a small red circle left of a large blue square", 3) == "left of#2"
+    bank = residual_bank(planner, v, sep, ds.attributes[BOXES], keys, limit=2000, seed=0)
+    assert len(bank.key_index) == 2000 and sorted(bank.keys) == sorted({"#1", *(f"{r}#2" for r in RELATIONS)})
+    keep = torch.randperm(3000, generator=torch.Generator().manual_seed(0))[:2000].sort().values
+    with torch.no_grad():  # the offsets are exactly truth - mean of the kept rows (0 where absent)
+        mean = corners_to_centre_size(planner(v[keep], sep[keep]))[..., :2]
+    truth = corners_to_centre_size(ds.attributes[BOXES][keep])[..., :2]
+    assert torch.equal(bank.present, ~torch.isnan(truth).any(-1))
+    assert torch.equal(bank.offsets, torch.where(bank.present[..., None], truth - mean, 0.0))
+    assert [bank.keys[int(k)] for k in bank.key_index] == [keys[i] for i in keep.tolist()]
+    save_planner(planner, tmp_path, info, bank)
+    _, _, loaded_bank = load_planner(tmp_path)
+    assert loaded_bank.keys == bank.keys and torch.equal(loaded_bank.offsets, bank.offsets)
+    layout = Layout(HashEncoder(), planner, bank=bank)
+    test = load_scenes(split="test")
+    prompts = list(test.captions)
+    boxes = layout.plan(prompts, layout_generators(0, len(prompts)))[0]
+    rel = test.attributes["relation"]
+    right = [relation_holds(boxes[j], RELATIONS[int(rel[j])]) for j in range(len(prompts)) if rel[j] >= 0]
+    assert sum(right) / len(right) > 0.99  # drawn layouts still stand in the prompted relation
+    assert boxes.min() >= -1e-6 and boxes.max() <= 1 + 1e-6  # and inside the image
+    one = [j for j in range(len(prompts)) if rel[j] < 0]
+    centres = (boxes[one, 0, :2] + boxes[one, 0, 2:]) / 2
+    assert centres.std(0).min() > 0.1  # one object: spread over the image, not all at the planner's mean
+    again = layout.plan(prompts[5:7], layout_generators(5, 2))[0]
+    torch.testing.assert_close(again, boxes[5:7], atol=1e-6, rtol=0)  # image i's layout: seed + i, not the batch
+    assert not torch.equal(layout.plan(prompts[:50], layout_generators(1, 50))[0], boxes[:50])
+    with torch.no_grad():
+        mean_boxes = planner(*enc.encode(prompts[:3])[:2])
+    torch.testing.assert_close(layout.plan(prompts[:3])[0], mean_boxes, atol=1e-6, rtol=0)  # no generators: mean

@@ -168,6 +168,12 @@ def test_layout_run_paints_ground_truth_boxes_and_sampling_uses_the_planner(t5_d
     torch.testing.assert_close(cond["layout"], loaded.layout.map(list(prompts), (32, 32)), atol=1e-5, rtol=0)
     assert cond["layout"].abs().sum() > 0
     assert torch.equal(uncond["layout"], torch.zeros(1, 16, 32, 32))
+    from noisecraft.text.layout import layout_generators
+
+    drawn, _ = conditions(loaded, Request(prompts=prompts, guidance=2.0), 2, seed=5)  # per-image drawn layouts
+    assert loaded.layout.bank is not None and not torch.equal(drawn["layout"], cond["layout"])
+    torch.testing.assert_close(drawn["layout"], loaded.layout.map(list(prompts), (32, 32), layout_generators(5, 2)),
+                               atol=1e-5, rtol=0)
     out = loaded.denoiser(torch.zeros(2, 3, 32, 32), torch.tensor([1.0, 1.0]), cond)
     assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
     planner_bytes = (tmp_path / "run" / PLANNER_FILE).read_bytes()

@@ -118,7 +118,7 @@ def _write_samples(checkpoint, out: Path, *, num: int, seed: int, sampler=None, 
     loaded = load_denoiser(checkpoint, use_ema=use_ema, device=device)
     name, kind, sigmas = _sampling_plan(loaded, sampler, steps, schedule)
     request = request or Request()
-    denoiser, cond = conditioned(loaded, request, num)  # (classifier-free guided) denoiser and per-image cond
+    denoiser, cond = conditioned(loaded, request, num, seed)  # (classifier-free guided) denoiser and per-image cond
     if callback is not None and loaded.autoencoder is not None:  # latent models: trajectory frames as images
         callback = _decoding_callback(loaded, callback)
     images = generate(denoiser, sigmas, loaded.data_shape, num=num, seed=seed, sampler=name, cond=cond,

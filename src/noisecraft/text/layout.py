@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -191,32 +192,90 @@ def train_planner(v: Tensor, sep: Tensor, boxes: Tensor, *, steps: int = 1500, b
     return planner, {"loss": final, "steps": steps, "objects": K}
 
 
-def save_planner(planner: LayoutPlanner, run_dir: Path, info: dict) -> Path:
-    """Write RUN/layout_planner.safetensors atomically (weights + JSON metadata, with a content digest)."""
+def layout_generators(seed: int, n: int) -> list[torch.Generator]:
+    """One generator per image for drawing layouts: image i's from (seed + i, a layout stream id), so it is the
+    same whatever the batch and independent of the noise generator that `generate` seeds with seed + i."""
+    import numpy as np
+
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed + i, 0x1A7]).generate_state(1)[0]))
+            for i in range(n)]
+
+
+def structure_key(prompt: str, max_chunks: int, separators=DEFAULT_SEPARATORS) -> str:
+    """What a prompt's layout statistics depend on besides its objects: its separators in order and its
+    object count, e.g. "left of#2" (the residual bank draws offsets among prompts of the same structure)."""
+    cs, seps = chunks(prompt, max_chunks, separators)
+    return "|".join(c.lower() for c, s in zip(cs, seps) if s) + f"#{sum(not s for s in seps)}"
+
+
+@dataclass
+class ResidualBank:
+    """Offsets of ground-truth box centres from the planner's mean boxes, grouped by prompt structure.
+
+    Sampling a layout adds the offsets of one training item of the same structure (a residual bootstrap,
+    Efron 1979) to the planner's boxes: the planner gives the conditional mean, the bank the spread around it
+    with the objects' joint correlation kept (for "A left of B" both objects move together, so the relation
+    still holds), where the mean alone would put every sample of a prompt in the same place."""
+
+    keys: list[str]          # structure keys (structure_key)
+    key_index: Tensor        # (M,) int64 into keys
+    offsets: Tensor          # (M, K, 2) centre offsets (dx, dy) in image units, 0 where absent
+    present: Tensor          # (M, K) bool
+
+    def draw(self, key: str, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
+        """(offsets (K, 2), present (K,)) of one item of structure `key`, or None when the bank has none."""
+        if key not in self.keys:
+            return None
+        rows = (self.key_index == self.keys.index(key)).nonzero().flatten()
+        i = rows[int(torch.randint(len(rows), (1,), generator=generator))]
+        return self.offsets[i], self.present[i]
+
+
+def residual_bank(planner: LayoutPlanner, v: Tensor, sep: Tensor, boxes: Tensor, keys: list[str],
+                  limit: int = 20000, seed: int = 0) -> ResidualBank:
+    """The bank of (at most `limit` items of) a training set: v (N, J, P), sep (N, J), boxes (N, K, 4) corners
+    (NaN rows absent), keys (N,) structure keys."""
+    keep = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    with torch.no_grad():
+        mean = corners_to_centre_size(planner(v[keep], sep[keep]))[..., :2]  # (M, K, 2)
+    truth = corners_to_centre_size(boxes[keep])[..., :2]
+    present = ~torch.isnan(truth).any(-1)
+    names = sorted({keys[i] for i in keep.tolist()})
+    index = torch.tensor([names.index(keys[i]) for i in keep.tolist()], dtype=torch.long)
+    return ResidualBank(names, index, torch.where(present[..., None], truth - mean, 0.0), present)
+
+
+def save_planner(planner: LayoutPlanner, run_dir: Path, info: dict, bank: ResidualBank | None = None) -> Path:
+    """Write RUN/layout_planner.safetensors atomically (weights, the residual bank, JSON metadata; digest)."""
     from noisecraft.training.checkpoint import write_verified
 
+    tensors = dict(planner.state_dict())
+    if bank is not None:
+        tensors.update({"bank.key_index": bank.key_index, "bank.offsets": bank.offsets, "bank.present": bank.present})
     meta = {"format": PLANNER_FORMAT, "version": PLANNER_VERSION,
             "config": json.dumps({"dim": planner.dim, "max_objects": planner.K, "hidden": planner.hidden}),
-            "info": json.dumps(info)}
-    return write_verified(Path(run_dir) / PLANNER_FILE, planner.state_dict(), meta)
+            "info": json.dumps(info), "bank_keys": json.dumps(None if bank is None else bank.keys)}
+    return write_verified(Path(run_dir) / PLANNER_FILE, tensors, meta)
 
 
-def load_planner(run_dir: Path) -> tuple[LayoutPlanner, dict]:
-    """The planner saved in a run directory (CheckpointError when missing, foreign or corrupt)."""
+def load_planner(run_dir: Path) -> tuple[LayoutPlanner, dict, ResidualBank | None]:
+    """The planner (and its residual bank) saved in a run directory (CheckpointError: missing, foreign, corrupt)."""
     from noisecraft.training.checkpoint import read_verified
 
     path = Path(run_dir) / PLANNER_FILE
     if not path.is_file():
         raise CheckpointError(f"{path.parent} was trained with conditioning.layout but has no {PLANNER_FILE}")
     meta, tensors = read_verified(path, PLANNER_FORMAT, PLANNER_VERSION, ("format", "version", "config", "info",
-                                                                        "sha256"), "layout planner")
+                                                                        "bank_keys", "sha256"), "layout planner")
     try:
-        cfg, info = json.loads(meta["config"]), json.loads(meta["info"])
+        cfg, info, keys = (json.loads(meta.get(k, "null")) for k in ("config", "info", "bank_keys"))
         planner = LayoutPlanner(int(cfg["dim"]), int(cfg["max_objects"]), int(cfg["hidden"]))
-        planner.load_state_dict(tensors, strict=True)
+        planner.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("bank.")}, strict=True)
+        bank = None if keys is None else ResidualBank(list(keys), tensors["bank.key_index"], tensors["bank.offsets"],
+                                                      tensors["bank.present"])
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path} is corrupt: {type(e).__name__}: {e}") from None
-    return planner.eval().requires_grad_(False), info
+    return planner.eval().requires_grad_(False), info, bank
 
 
 def base_text_encoder(text):
@@ -241,22 +300,42 @@ def dataset_boxes(dataset) -> Tensor:
 
 
 class Layout:
-    """What a layout-conditioned run needs around its network: the chunk encoder and, for sampling, the
-    planner. `cond(prompts, size)` -> the (B, P, H, W) map of the planner's boxes; `boxes(prompts)` the boxes."""
+    """What a layout-conditioned run needs around its network for sampling: the chunk encoder, the planner and
+    its residual bank. `plan(prompts)` -> boxes; `map(prompts, size)` -> the (B, P, H, W) map to condition on.
+    Without generators every prompt gets the planner's mean boxes; with one generator per prompt, the mean
+    boxes plus the offsets of a training item of the same structure (`ResidualBank`), moved inside the image."""
 
-    def __init__(self, encoder, planner: LayoutPlanner, separators=None) -> None:
+    def __init__(self, encoder, planner: LayoutPlanner, separators=None, bank: ResidualBank | None = None) -> None:
         self.chunks = ChunkEncoder(encoder, planner.K, separators)
-        self.planner = planner
+        self.planner, self.bank = planner, bank
 
     @torch.no_grad()
-    def plan(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+    def plan(self, prompts: list[str], generators: list[torch.Generator] | None = None
+             ) -> tuple[Tensor, Tensor, Tensor]:
         """(boxes (B, K, 4) corners, object embeddings (B, K, P), valid (B, K))."""
         v, sep, objects, valid = self.chunks.encode(prompts)
         p = next(self.planner.parameters())
-        return self.planner(v.to(p), sep.to(p)).cpu().float(), objects, valid
+        boxes = self.planner(v.to(p), sep.to(p)).cpu().float()
+        if generators is not None and self.bank is not None:
+            if len(generators) != len(prompts):
+                raise NoisecraftError(f"layout: give one generator per prompt ({len(prompts)}), got {len(generators)}")
+            boxes = torch.stack([self._jitter(b, pr, g) for b, pr, g in zip(boxes, prompts, generators)])
+        return boxes, objects, valid
 
-    def map(self, prompts: list[str], size: tuple[int, int]) -> Tensor:
-        boxes, objects, valid = self.plan(prompts)
+    def _jitter(self, boxes: Tensor, prompt: str, generator: torch.Generator) -> Tensor:
+        drawn = self.bank.draw(structure_key(prompt, self.chunks.J, self.chunks.separators), generator)
+        if drawn is None:  # a structure no training caption had: the mean boxes
+            return boxes
+        offsets, present = drawn
+        c = corners_to_centre_size(boxes)  # (K, 4)
+        half = c[:, 2:] / 2
+        centre = torch.where(present[:, None], c[:, :2] + offsets, c[:, :2])
+        centre = torch.minimum(torch.maximum(centre, half), 1 - half)  # keep each box inside the image
+        return centre_size_to_corners(torch.cat([centre, c[:, 2:]], 1))
+
+    def map(self, prompts: list[str], size: tuple[int, int], generators: list[torch.Generator] | None = None
+            ) -> Tensor:
+        boxes, objects, valid = self.plan(prompts, generators)
         return layout_map(boxes, objects, valid, size)
 
 
@@ -268,5 +347,6 @@ def relation_holds(boxes: Tensor, relation: str) -> bool:
         not math.isnan(dx + dy)
 
 
-__all__ = ["BOXES", "ChunkEncoder", "Layout", "LayoutPlanner", "PLANNER_FILE", "base_text_encoder", "box_coverage",
+__all__ = ["BOXES", "ChunkEncoder", "Layout", "LayoutPlanner", "PLANNER_FILE", "ResidualBank", "layout_generators",
+           "residual_bank", "structure_key", "base_text_encoder", "box_coverage",
            "chunks", "dataset_boxes", "layout_map", "load_planner", "relation_holds", "save_planner", "train_planner"]

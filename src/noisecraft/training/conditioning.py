@@ -187,7 +187,7 @@ class _LayoutTable:
     dropout, it paints the ground-truth boxes (dropped samples: the zero map)."""
 
     def __init__(self, config, dataset, device) -> None:
-        from noisecraft.text.layout import ChunkEncoder, base_text_encoder, dataset_boxes
+        from noisecraft.text.layout import ChunkEncoder, base_text_encoder, dataset_boxes, structure_key
 
         if dataset.captions is None:
             raise DataError(f"conditioning.layout needs captions, but dataset {dataset.name!r} has none")
@@ -197,6 +197,7 @@ class _LayoutTable:
         chunks = ChunkEncoder(base_text_encoder(config.text), boxes.shape[1], config.text.phrase_separators)
         self.v, self.sep, objects, valid = chunks.encode(unique)  # (U, J, P), (U, J), (U, K, P), (U, K)
         self.rows = torch.tensor([index[c] for c in dataset.captions])  # (N,)
+        self.structure = [structure_key(c, chunks.J, chunks.separators) for c in unique]  # per distinct caption
         self.boxes, self.size = boxes, tuple(dataset.images.shape[2:])
         self.objects, self.valid = objects.to(device), valid.to(device)
         self.boxes_dev, self.rows_dev = boxes.to(device), self.rows.to(device)
@@ -210,10 +211,12 @@ class _LayoutTable:
 
     def fit_planner(self, config, out_dir, progress: bool) -> dict:
         """Train the run's layout planner on (caption chunks -> boxes) of every item and save it in out_dir."""
-        from noisecraft.text.layout import save_planner, train_planner
+        from noisecraft.text.layout import residual_bank, save_planner, train_planner
 
-        planner, info = train_planner(self.v[self.rows], self.sep[self.rows], self.boxes,
-                                      steps=config.conditioning.layout_planner_steps, seed=config.train.seed,
-                                      progress=progress)
-        save_planner(planner, out_dir, info)
+        v, sep = self.v[self.rows], self.sep[self.rows]
+        planner, info = train_planner(v, sep, self.boxes, steps=config.conditioning.layout_planner_steps,
+                                      seed=config.train.seed, progress=progress)
+        bank = residual_bank(planner, v, sep, self.boxes, [self.structure[r] for r in self.rows.tolist()],
+                             seed=config.train.seed)
+        save_planner(planner, out_dir, info, bank)
         return info
