@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--mean-layout", action="store_true", help="layout-grounded runs: the planner's mean boxes")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print("| run | step | one object exact | two objects: exact | swapped | rebound | wrong attribute | "

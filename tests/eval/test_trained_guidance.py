@@ -3,7 +3,7 @@
     NOISECRAFT_MNIST_CLASS_RUN=runs/mnist-class NOISECRAFT_SCENES_TEXT_RUN=runs/scenes-text \\
         python -m pytest tests/eval/test_trained_guidance.py -m slow
 
-The runs are made by `noisecraft train --preset mnist-class|scenes-text|ldm-scenes-text`
+The runs are made by `noisecraft train --preset mnist-class|scenes-text|ldm-scenes-text|ldm-scenes-layout`
 (benchmarks/guidance.md names the exact commands and the guidance scales measured there); the same sampling
 as benchmarks/guidance.py.
 """
@@ -28,7 +28,7 @@ def _sample(run: Path, request, num: int):
     from noisecraft.schedules import get_sigmas
 
     loaded = load_denoiser(run)
-    denoiser, cond = conditioned(loaded, request, num)
+    denoiser, cond = conditioned(loaded, request, num, seed=0)  # (layout runs: drawn layouts, as the benchmark)
     sigmas = get_sigmas(loaded.denoiser.schedule, 20, "karras")
     with torch.no_grad():
         images = generate(denoiser, sigmas, loaded.data_shape, num=num, seed=0, sampler="dpmpp_2m", cond=cond)
