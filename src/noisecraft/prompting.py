@@ -125,7 +125,8 @@ def _per_image(values, num: int, what: str):
 
 def conditions(loaded, request: Request, num: int, seed: int | None = None) -> tuple[dict | None, dict | None]:
     """(cond, uncond) for `num` images: cond per image (or None), uncond with batch 1 (or None). A layout-grounded
-    run draws image i's layout with generator seed + i (None: every image gets the planner's mean layout)."""
+    run draws image i's layout from seed + i (`noisecraft.text.layout.layout_generators`, a stream apart from the
+    noise's); seed None gives every image the planner's mean layout."""
     check_request(loaded.config, request)
     num_classes, text = model_conditions(loaded.config)
     device = next(loaded.denoiser.net.parameters()).device

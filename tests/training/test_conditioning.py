@@ -190,5 +190,8 @@ def test_layout_config_errors(t5_dir, tmp_path):
         adapt_network_to_text(replace(get_preset("mnist-dit"), text=hf, conditioning=layout))
     with pytest.raises(DataError, match="has none; datasets with boxes: scenes"):
         Trainer(tiny(dataset="glyphs", text=hf, conditioning=layout), tmp_path / "g", progress=False)
+    with pytest.raises(ConfigError, match="cannot be used with data.hflip"):
+        c = tiny(text=hf, conditioning=layout)
+        adapt_network_to_text(replace(c, data=replace(c.data, hflip=True)))
     with pytest.raises(ConfigError, match="layout_planner_steps"):
         ConditioningConfig(layout=True, layout_planner_steps=0)

@@ -23,9 +23,12 @@ Notation (B prompts, J chunk slots, K object slots, P the frozen encoder's poole
 
 A dataset grounds its captions with `attributes["boxes"]`: (N, K, 4) float, (x0, y0, x1, y1) in [0, 1]
 (x right, y down) of the k-th object phrase of the caption in order of mention, NaN rows for absent objects.
-In training the network sees the map of the ground-truth boxes; when sampling, the planner's boxes. The
-unconditional (null) layout is the zero map; the network's layout convolution has no bias, so a zero map
-adds exactly nothing.
+In training the network sees the map of the ground-truth boxes; when sampling, the planner's boxes - its mean
+boxes, or (with a seed) the mean plus the offsets of a training item of the same prompt structure
+(`ResidualBank`, a residual bootstrap that keeps the objects' joint placement), so that samples of one prompt
+vary as the data does. The unconditional (null) layout is the zero map; the network's layout convolution has
+no bias, so a zero map adds exactly nothing. A prompt with more objects than the data's K has the rest merged
+into its last chunk (`limit_phrases`), and a structure no training caption had gets the mean boxes.
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ class LayoutPlanner(nn.Module):
                                  nn.Linear(hidden, 4 * max_objects))
 
     def forward(self, v: Tensor, sep: Tensor) -> Tensor:
-        """v (B, J, P), sep (B, J) -> boxes (B, K, 4) as (x0, y0, x1, y1) in [0, 1]-ish corners."""
+        """v (B, J, P), sep (B, J) -> boxes (B, K, 4) as corners (x0, y0, x1, y1) of boxes whose centre and size
+        are in [0, 1] (a corner may fall outside the image; the map only paints the part inside)."""
         u = torch.cat([v.flatten(1), sep], 1)  # (B, J (P + 1))
         b = torch.sigmoid(self.mlp(u)).view(-1, self.K, 4)  # (B, K, 4) (cx, cy, w, h)
         return centre_size_to_corners(b)

@@ -64,6 +64,9 @@ def _layout_dim(config) -> int:
     if config.text.encoder not in ("minilm", "hf"):
         raise ConfigError(f"conditioning.layout needs a frozen text encoder (text.encoder minilm or hf), got "
                           f"{config.text.encoder!r}")
+    if config.data.hflip:
+        raise ConfigError("conditioning.layout cannot be used with data.hflip: a flip mirrors the images but not "
+                          "their boxes or captions ('left of' would become wrong); set data.hflip=false")
     if config.model != "unet" or config.unet.dims != 2:
         raise ConfigError(f"conditioning.layout needs the 2-D U-Net (model unet, unet.dims 2); got model "
                           f"{config.model!r}" + (f" with dims {config.unet.dims}" if config.model == "unet" else ""))
