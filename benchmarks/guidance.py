@@ -50,7 +50,7 @@ def _generate(loaded, request, num: int, args) -> tuple[torch.Tensor, float]:
     from noisecraft.pipeline import generate
     from noisecraft.prompting import conditioned
 
-    denoiser, cond = conditioned(loaded, request, num, None if getattr(args, "mean_layout", False) else args.seed)
+    denoiser, cond = conditioned(loaded, request, num, None if args.mean_layout else args.seed)
     t0 = time.monotonic()
     with torch.no_grad():
         images = generate(denoiser, _sigmas(loaded, args.sampler, args.steps), loaded.data_shape, num=num,

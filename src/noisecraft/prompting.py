@@ -164,15 +164,11 @@ def _add_layout(loaded, request: Request, num: int, cond: dict, uncond: dict, de
     if request.prompts is None:
         cond["layout"] = zeros.expand(num, *zeros.shape[1:])
         return
-    prompts = _per_image(request.prompts, num, "prompt")
-    if seed is not None:
-        from noisecraft.text.layout import layout_generators
+    from noisecraft.text.layout import layout_generators
 
-        cond["layout"] = loaded.layout.map(prompts, size, layout_generators(seed, num)).to(device)  # (num, P, H, W)
-        return
-    unique = sorted(set(prompts))
-    maps = loaded.layout.map(unique, size).to(device)  # (U, P, H, W)
-    cond["layout"] = maps[torch.tensor([unique.index(p) for p in prompts], device=device)]
+    prompts = _per_image(request.prompts, num, "prompt")
+    generators = None if seed is None else layout_generators(seed, num)
+    cond["layout"] = loaded.layout.map(prompts, size, generators).to(device)  # (num, P, H, W)
 
 
 def conditioned(loaded, request: Request, num: int, seed: int | None = None):

@@ -92,6 +92,10 @@ def test_scene_boxes_match_the_drawn_objects():
     boxes, x, n = ds.attributes[BOXES], ds.attributes["x"], ds.attributes["num_objects"]
     assert boxes.shape == (50, 2, 4)
     torch.testing.assert_close((boxes[..., 0] + boxes[..., 2]) / 2 * 32, x, equal_nan=True)
+    side = torch.where(ds.attributes["size"] == 0, 8.0, 13.0)  # SIZE_PX: small 8, large 13 pixels
+    present = ds.attributes["size"] >= 0
+    torch.testing.assert_close(((boxes[..., 2] - boxes[..., 0]) * 32)[present], side[present])
+    torch.testing.assert_close(((boxes[..., 3] - boxes[..., 1]) * 32)[present], side[present])
     assert torch.isnan(boxes[n == 1, 1]).all() and not torch.isnan(boxes[:, 0]).any()
     for i in range(50):  # no pixel lit outside the objects' boxes
         lit = ds.images[i].max(0).values > -0.99
@@ -158,8 +162,13 @@ def test_unet_layout_input_zero_map_adds_nothing_and_shapes_are_checked():
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([0.1, 0.5])
     plain = net(x, t)
     assert torch.equal(net(x, t, {"layout": torch.zeros(2, 5, 8, 8)}), plain)
-    painted = net(x, t, {"layout": torch.randn(2, 5, 8, 8)})
+    m = torch.randn(2, 5, 8, 8)
+    painted = net(x, t, {"layout": m})
     assert not torch.allclose(painted, plain)
+    # the layout input is exactly the map concatenated to x before the first convolution
+    both = torch.nn.functional.conv2d(torch.cat([x, m], 1), torch.cat([net.conv_in.weight, net.layout_in.weight], 1),
+                                      net.conv_in.bias, padding=1)
+    torch.testing.assert_close(net.conv_in(x) + net.layout_in(m), both, atol=1e-6, rtol=0)
     with pytest.raises(NoisecraftError, match="spatial size"):
         net(x, t, {"layout": torch.zeros(2, 5, 4, 4)})
     with pytest.raises(NoisecraftError, match=r"cond\['layout'\]: expected a float tensor of shape \(2, 5, \*S\)"):

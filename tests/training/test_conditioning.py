@@ -145,7 +145,7 @@ def test_phrase_slots_train_and_sampling_encodes_prompts_as_training_did(t5_dir,
 
 def test_layout_run_paints_ground_truth_boxes_and_sampling_uses_the_planner(t5_dir, tmp_path):
     from noisecraft.prompting import Request, conditions
-    from noisecraft.text.layout import PLANNER_FILE, layout_map
+    from noisecraft.text.layout import PLANNER_FILE
 
     text = TextConfig(encoder="hf", path=str(t5_dir), cache_dir=str(tmp_path / "cache"))
     cfg = tiny(3, text=text, conditioning=ConditioningConfig(cond_dropout=0.5, layout=True, layout_planner_steps=50))
@@ -156,10 +156,20 @@ def test_layout_run_paints_ground_truth_boxes_and_sampling_uses_the_planner(t5_d
     cond = t.conditioner(idx, gen)
     dropped = cond["text_pooled"].eq(t.conditioner.table.pooled[0]).all(1)  # row 0 = the empty prompt
     assert 0 < dropped.sum() < 16 and torch.equal(cond["layout"][dropped], torch.zeros_like(cond["layout"][dropped]))
-    lay = t.conditioner.layout
-    boxes = t.data.attributes["boxes"][idx]
-    valid = lay.valid[lay.rows[idx]] & ~torch.isnan(boxes).any(-1) & ~dropped[:, None]
-    assert torch.equal(cond["layout"], layout_map(boxes, lay.objects[lay.rows[idx]], valid, (32, 32)))
+    # expected, from the captions alone: each object phrase encoded on its own, painted into its true box
+    from noisecraft.data.scenes import parse_caption
+    from noisecraft.text.layout import base_text_encoder, box_coverage
+
+    encoder, expected = base_text_encoder(text), torch.zeros(16, 16, 32, 32)
+    for b, i in enumerate(idx.tolist()):
+        spec = parse_caption(t.data.captions[i])
+        for k, obj in enumerate(spec.objects if not dropped[b] else ()):
+            e = encoder.encode([f"a {obj.phrase()}"])[2][0]  # (16,)
+            box = t.data.attributes["boxes"][i, k]
+            expected[b] += box_coverage(box[None, None], (32, 32))[0, 0][None] * e[:, None, None]
+    torch.testing.assert_close(cond["layout"], expected, atol=1e-5, rtol=0)
+    assert any(parse_caption(t.data.captions[i]).relation and not dropped[b]
+               for b, i in enumerate(idx.tolist()))  # the batch grounds two-object captions too
     t.run()
     assert (tmp_path / "run" / PLANNER_FILE).is_file()
     loaded = load_denoiser(tmp_path / "run")

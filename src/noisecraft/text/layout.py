@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from noisecraft.errors import CheckpointError, DataError, NoisecraftError
-from noisecraft.text.phrases import DEFAULT_SEPARATORS, limit_phrases, split_phrases
+from noisecraft.text.phrases import DEFAULT_SEPARATORS, limit_phrases, normalise, split_phrases
 
 PLANNER_FILE = "layout_planner.safetensors"
 PLANNER_FORMAT = "noisecraft-layout-planner"
@@ -58,9 +58,9 @@ def chunk_slots(max_objects: int) -> int:
 
 def chunks(prompt: str, max_chunks: int, separators=DEFAULT_SEPARATORS) -> tuple[list[str], list[bool]]:
     """(the prompt's chunks, limited to max_chunks; whether each one is a separator)."""
-    seps = {" ".join(s.lower().split()) for s in separators}
+    seps = {normalise(s) for s in separators}
     out = limit_phrases(split_phrases(prompt, tuple(separators)), max_chunks)
-    return out, [c.lower() in seps for c in out]
+    return out, [normalise(c) in seps for c in out]
 
 
 class ChunkEncoder:
@@ -209,7 +209,7 @@ def structure_key(prompt: str, max_chunks: int, separators=DEFAULT_SEPARATORS) -
     """What a prompt's layout statistics depend on besides its objects: its separators in order and its
     object count, e.g. "left of#2" (the residual bank draws offsets among prompts of the same structure)."""
     cs, seps = chunks(prompt, max_chunks, separators)
-    return "|".join(c.lower() for c, s in zip(cs, seps) if s) + f"#{sum(not s for s in seps)}"
+    return "|".join(normalise(c) for c, s in zip(cs, seps) if s) + f"#{sum(not s for s in seps)}"
 
 
 @dataclass

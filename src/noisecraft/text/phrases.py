@@ -50,8 +50,13 @@ DEFAULT_SEPARATORS = (
 )
 
 
+def normalise(text: str) -> str:
+    """Lower case, single spaces: how separators are compared ("Left  Of" == "left of")."""
+    return " ".join(text.lower().split())
+
+
 def _pattern(separators: tuple[str, ...]) -> re.Pattern:
-    words = sorted({" ".join(s.lower().split()) for s in separators}, key=len, reverse=True)  # longest first
+    words = sorted({normalise(s) for s in separators}, key=len, reverse=True)  # longest first
     alternatives = [r"\s+".join(re.escape(w) for w in s.split()) for s in words]
     return re.compile(r"(?<!\S)(" + "|".join(alternatives) + r")(?!\S)|[,;]", re.IGNORECASE)
 

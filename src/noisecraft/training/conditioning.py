@@ -198,28 +198,29 @@ class _LayoutTable:
         unique = list(dict.fromkeys(dataset.captions))
         index = {c: i for i, c in enumerate(unique)}
         chunks = ChunkEncoder(base_text_encoder(config.text), boxes.shape[1], config.text.phrase_separators)
-        self.v, self.sep, objects, valid = chunks.encode(unique)  # (U, J, P), (U, J), (U, K, P), (U, K)
-        self.rows = torch.tensor([index[c] for c in dataset.captions])  # (N,)
+        self.v, self.sep, objects, named = chunks.encode(unique)  # (U, J, P), (U, J), (U, K, P), (U, K)
+        rows = torch.tensor([index[c] for c in dataset.captions])  # (N,) distinct-caption row of each item
         self.structure = [structure_key(c, chunks.J, chunks.separators) for c in unique]  # per distinct caption
-        self.boxes, self.size = boxes, tuple(dataset.images.shape[2:])
-        self.objects, self.valid = objects.to(device), valid.to(device)
-        self.boxes_dev, self.rows_dev = boxes.to(device), self.rows.to(device)
+        self.size = tuple(dataset.images.shape[2:])
+        # on the training device: per item its row, boxes and which object slots it has; per caption the embeddings
+        self.rows, self.boxes, self.objects = rows.to(device), boxes.to(device), objects.to(device)
+        self.present = (named[rows] & ~torch.isnan(boxes).any(-1)).to(device)  # (N, K)
 
     def __call__(self, idx: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         from noisecraft.text.layout import layout_map
 
-        rows, boxes = self.rows_dev[idx], self.boxes_dev[idx]
-        valid = self.valid[rows] & ~torch.isnan(boxes).any(-1) & ~drop[:, None]  # (B, K)
-        return layout_map(boxes, self.objects[rows], valid, self.size)
+        valid = self.present[idx] & ~drop[:, None]  # (B, K): a dropped sample paints nothing
+        return layout_map(self.boxes[idx], self.objects[self.rows[idx]], valid, self.size)
 
     def fit_planner(self, config, out_dir, progress: bool) -> dict:
         """Train the run's layout planner on (caption chunks -> boxes) of every item and save it in out_dir."""
         from noisecraft.text.layout import residual_bank, save_planner, train_planner
 
-        v, sep = self.v[self.rows], self.sep[self.rows]
-        planner, info = train_planner(v, sep, self.boxes, steps=config.conditioning.layout_planner_steps,
+        rows, boxes = self.rows.cpu(), self.boxes.cpu()
+        v, sep = self.v[rows], self.sep[rows]
+        planner, info = train_planner(v, sep, boxes, steps=config.conditioning.layout_planner_steps,
                                       seed=config.train.seed, progress=progress)
-        bank = residual_bank(planner, v, sep, self.boxes, [self.structure[r] for r in self.rows.tolist()],
+        bank = residual_bank(planner, v, sep, boxes, [self.structure[r] for r in rows.tolist()],
                              seed=config.train.seed)
         save_planner(planner, out_dir, info, bank)
         return info
