@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
+from noisecraft.build import build_denoiser
 from noisecraft.config import from_dict
 from noisecraft.core.denoiser import Denoiser
 from noisecraft.core.random import make_generators, randn_like
 from noisecraft.errors import CheckpointError, ConfigError, NoisecraftError
 from noisecraft.training.checkpoint import load_checkpoint
 from noisecraft.training.config import RunConfig
-from noisecraft.training.trainer import build_denoiser
 
 MAX_NUM = 4096  # the largest batch one `generate` call accepts
 

@@ -5,10 +5,10 @@ import warnings
 
 import pytest
 
+from noisecraft.build import build_denoiser
 from noisecraft.config import to_dict
 from noisecraft.eval import EvalError, TrainingEvaluator
 from noisecraft.presets import get_preset
-from noisecraft.training.trainer import build_denoiser
 
 
 @pytest.fixture

@@ -7,12 +7,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+from noisecraft.build import build_denoiser
 from noisecraft.data import load_dataset
 from noisecraft.guidance import ClassifierFreeGuidance
 from noisecraft.pipeline import generate
 from noisecraft.presets import get_preset
 from noisecraft.schedules import get_sigmas
-from noisecraft.training.trainer import Trainer, build_denoiser
+from noisecraft.training.trainer import Trainer
 
 
 @pytest.mark.slow

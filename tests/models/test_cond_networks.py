@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from noisecraft import samplers
+from noisecraft.build import build_denoiser
 from noisecraft.errors import NoisecraftError
 from noisecraft.models.conditioning import COND_KEYS, CrossAttention, concat_cond, expand_cond, slice_cond
 from noisecraft.models.dit import DIT_PRESETS, DiT
 from noisecraft.models.unet import UNET_PRESETS, UNet
 from noisecraft.presets import get_preset
 from noisecraft.schedules.steps import get_sigmas
-from noisecraft.training.trainer import Trainer, build_denoiser
+from noisecraft.training.trainer import Trainer
 
 B, T, D_CTX, D_POOL, D_VEC, K = 3, 5, 6, 4, 2, 4
 COND_FIELDS = dict(num_classes=K, context_dim=D_CTX, pooled_dim=D_POOL, vector_dim=D_VEC)

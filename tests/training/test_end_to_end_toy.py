@@ -49,6 +49,6 @@ def test_trained_toy_model_finds_the_modes(tmp_path, diffusion, train_steps, sam
 
 
 def _ema_denoiser(trainer):
-    from noisecraft.training.trainer import build_denoiser
+    from noisecraft.build import build_denoiser
 
     return build_denoiser(trainer.config, trainer.ema).eval()

@@ -128,7 +128,7 @@ class TrainingEvaluator:
     def _denoiser(self, denoiser):
         if hasattr(denoiser, "schedule"):
             return denoiser
-        from noisecraft.training.trainer import build_denoiser
+        from noisecraft.build import build_denoiser
 
         return build_denoiser(self.config, denoiser)
 

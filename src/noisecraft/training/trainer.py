@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from noisecraft.build import adapt_config, build_denoiser
 from noisecraft.config import from_dict, to_dict
 from noisecraft.core.denoiser import Denoiser
-from noisecraft.core.prediction import Prediction
 from noisecraft.errors import CheckpointError, ConfigError, DataError, NoisecraftError, TrainingDiverged
-from noisecraft.schedules.training import build_schedule
 from noisecraft.training import distributed
 from noisecraft.training.checkpoint import (
     CHECKPOINT_FILE,
@@ -42,19 +41,11 @@ from noisecraft.training.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
-from noisecraft.training.conditioning import Conditioner, adapt_network_to_text, build_network
+from noisecraft.training.conditioning import Conditioner
 from noisecraft.training.config import RunConfig
 from noisecraft.training.distributed import Dist, local_tensors, micro_slice
 from noisecraft.training.losses import denoising_loss
 from noisecraft.training.posthoc_ema import PowerEMA, write_snapshot
-
-
-def build_denoiser(config: RunConfig, net: torch.nn.Module | None = None) -> Denoiser:
-    """Network + schedule + prediction of a run config, as a sigma-space denoiser."""
-    d = config.diffusion
-    net = net if net is not None else build_network(config)  # with text.encoder=trainable: + its encoder
-    schedule = build_schedule(d.schedule, **d.schedule_options())
-    return Denoiser(net, schedule, Prediction(d.prediction, sigma_data=d.sigma_data))
 
 
 def load_data(config: RunConfig):
@@ -71,17 +62,6 @@ def load_data(config: RunConfig):
         raise DataError(f"dataset {c.dataset!r} has {len(ds)} items, fewer than train.batch_size="
                         f"{config.train.batch_size}; lower the batch size")
     return ds
-
-
-def adapt_network_to_data(config: RunConfig, data_shape: tuple) -> RunConfig:
-    """Set the network's input channels / data dim from the data (the data is the source of truth)."""
-    if config.model == "unet":
-        return replace(config, unet=replace(config.unet, in_channels=data_shape[0]))
-    if config.model == "dit":
-        from noisecraft.models.dit import dit_for_data
-
-        return replace(config, dit=dit_for_data(config.dit, data_shape))
-    return replace(config, mlp=replace(config.mlp, data_dim=data_shape[0]))
 
 
 # TrainConfig fields a resumed run takes from the request: they change how, not what, is computed.
@@ -105,7 +85,7 @@ class Trainer:
         if ckpt is not None:
             config = self._resumed_config(ckpt, config)
         self.data = load_data(config)
-        self.config = adapt_network_to_text(adapt_network_to_data(config, self.data.data_shape))
+        self.config = adapt_config(config, self.data.data_shape)
         if self.config.train.threads:
             torch.set_num_threads(self.config.train.threads)
         self._build()
