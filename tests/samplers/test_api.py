@@ -78,6 +78,90 @@ def test_options_lists_defaults():
     assert options("dpmpp_2m_sde")["eta"] == 1.0 and "s_churn" in options("heun")
 
 
+def test_option_specs_come_from_the_signatures():
+    """Every keyword-only parameter but cond / generator / callback is an option, with its default, a type
+    and a meaning; aliases name the same options."""
+    import inspect
+
+    for name in available():
+        specs = samplers.option_specs(name)
+        params = inspect.signature(get(name)).parameters
+        expected = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in samplers.NOT_OPTIONS]
+        assert list(specs) == expected, name
+        for key, spec in specs.items():
+            assert spec.default == params[key].default and spec.meaning, (name, key)
+        assert name in samplers.DESCRIPTIONS
+    heun = samplers.option_specs("k_heun")["s_churn"]
+    assert (heun.type, heun.default, heun.bounds) == (float, 0.0, (0.0, float("inf")))
+    assert samplers.option_specs("unipc")["corrector"].type is bool
+    assert samplers.option_specs("lms")["order"].choices == (1, 2, 3, 4)
+
+
+def test_check_options_converts_text_to_the_declared_types():
+    assert samplers.check_options("heun", {"s_churn": "0.5", "s_tmax": "inf", "final": "extrapolate"}) == {
+        "s_churn": 0.5, "s_tmax": float("inf"), "final": "extrapolate"}
+    checked = samplers.check_options("UniPC", {"order": "2", "corrector": "false", "lower_order_final": "True"})
+    assert checked == {"order": 2, "corrector": False, "lower_order_final": True}
+    assert type(checked["order"]) is int
+    assert samplers.check_options("ddim", {"eta": 1}) == {"eta": 1.0}  # Python values pass, ints widen to float
+    assert samplers.check_options("euler", {}) == {} and samplers.check_options("euler", None) == {}
+
+
+@pytest.mark.parametrize("name,bad,match", [
+    ("heun", {"eta": "0.5"}, r"^sampler 'heun' has no option 'eta'; allowed: s_churn \(float, default 0, >= 0: EDM"),
+    ("euler", {"order": "2"}, "^sampler 'euler' has no option 'order'; allowed: none"),
+    ("euler_a", {"eta": "-1"}, r"^sampler 'euler_a': option 'eta' must be in \[0, 1\]; got -1$"),
+    ("Euler a", {"eta": "x"}, "^sampler 'euler_a': option 'eta' must be a number; got 'x'$"),
+    ("unipc", {"order": "2.5"}, "option 'order' must be an integer; got '2.5'"),
+    ("unipc", {"order": "4"}, "option 'order' must be one of 1, 2, 3; got 4"),
+    ("unipc", {"corrector": "maybe"}, "option 'corrector' must be true or false"),
+    ("lms", {"final": "magic"}, "option 'final' must be one of step, denoise, extrapolate; got magic"),
+    ("dpmpp_2m_sde", {"eta": "-0.5"}, "option 'eta' must be >= 0; got -0.5"),
+    ("ddim", {"eta": True}, "option 'eta' must be a float; got True"),
+    ("ode", {"dtype": "float32"}, "option 'dtype' takes a Python object"),
+])
+def test_check_options_names_the_sampler_and_what_is_allowed(name, bad, match):
+    with pytest.raises(NoisecraftError, match=match):
+        samplers.check_options(name, bad)
+
+
+def _outside(spec):
+    """Values the declared bounds / choices refuse."""
+    if spec.choices is not None:
+        return [] if spec.type is bool else [{int: 99, str: "nope"}[spec.type]]
+    lo, hi = spec.bounds
+    return [lo - 1] + ([hi + 1] if hi != float("inf") else [])
+
+
+def _inside(spec):
+    if spec.choices is not None:
+        return list(spec.choices)
+    return [v for v in spec.bounds if v != float("inf")]
+
+
+@pytest.mark.parametrize("name", sorted(samplers.SAMPLERS))
+def test_declared_values_match_the_sampler_checks(name):
+    """OPTION_DOCS restates the samplers' own checks: what it allows the sampler runs with, what it refuses
+    the sampler refuses too."""
+    sigmas = karras_sigmas(0.5, 5.0, 3)
+    for key, spec in samplers.option_specs(name).items():
+        if spec.bounds is None and spec.choices is None:
+            continue
+        for value in _inside(spec):
+            assert samplers.check_options(name, {key: value}) == {key: value}
+            get(name)(MIX.denoise, x_T(2), sigmas, generator=torch.Generator().manual_seed(0), **{key: value})
+        for value in _outside(spec):
+            with pytest.raises(NoisecraftError, match=f"sampler '{name}': option '{key}'"):
+                samplers.check_options(name, {key: value})
+            with pytest.raises(NoisecraftError):
+                get(name)(MIX.denoise, x_T(2), sigmas, generator=torch.Generator().manual_seed(0), **{key: value})
+
+
+def test_euler_ancestral_errors_name_it():
+    with pytest.raises(NoisecraftError, match="^Euler ancestral eta must be"):
+        get("euler_a")(MIX.denoise, x_T(), SIGMAS, eta=-1.0)
+
+
 @pytest.mark.parametrize("name", sorted(STEPS))
 def test_step_form_equals_the_sampler(name):
     """Driving `get_step(name)` by hand reproduces `get(name)` (same generator, same noise order)."""

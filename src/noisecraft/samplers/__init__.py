@@ -3,7 +3,10 @@
 `x` starts at sigmas[0] times unit noise (VE view); `sigmas` decreases and ends in 0. See
 `samplers._common` for the callback dict and the stateless step form. Look samplers up by name with
 `get(name)`, their single steps with `get_step(name)`, and A1111 / k-diffusion names with
-`resolve_alias(name) -> (sampler, step schedule or None)`.
+`resolve_alias(name) -> (sampler, step schedule or None)`. A sampler's options are its keyword-only
+parameters: `options(name)` gives their defaults, `option_specs(name)` their type, default, meaning and
+allowed values (`OPTION_DOCS`), and `check_options(name, options)` converts text values (from the command
+line) to the declared types, refusing unknown options and values out of range.
 
 | name          | method                                                   | order | NFE per step |
 |---------------|----------------------------------------------------------|-------|--------------|
@@ -36,9 +39,12 @@ see `samplers.expint`.
 from __future__ import annotations
 
 import inspect
+import math
+from dataclasses import dataclass
 from functools import partial
 
 from noisecraft.errors import NoisecraftError, unknown_name
+from noisecraft.samplers._common import FINAL_STEPS
 from noisecraft.samplers.adaptive import sample_ode
 from noisecraft.samplers.ancestral import (
     ancestral_step,
@@ -48,6 +54,7 @@ from noisecraft.samplers.ancestral import (
     step_ddim,
 )
 from noisecraft.samplers.dpm_solver import (
+    SOLVER_TYPES,
     sample_dpm_solver,
     sample_dpm_solver_3,
     sample_dpmpp_2m,
@@ -59,10 +66,10 @@ from noisecraft.samplers.dpm_solver import (
     step_dpmpp,
 )
 from noisecraft.samplers.expint import sample_expint, step_expint
-from noisecraft.samplers.multistep import sample_deis, sample_lms, step_deis, step_lms
+from noisecraft.samplers.multistep import EPS_FINAL_STEPS, sample_deis, sample_lms, step_deis, step_lms
 from noisecraft.samplers.ode import euler_step, sample_euler, sample_heun, step_euler
-from noisecraft.samplers.sde import sample_euler_maruyama, sample_pc, step_euler_maruyama
-from noisecraft.samplers.unipc import sample_unipc, step_unipc
+from noisecraft.samplers.sde import NORMS, PREDICTORS, sample_euler_maruyama, sample_pc, step_euler_maruyama
+from noisecraft.samplers.unipc import VARIANTS, sample_unipc, step_unipc
 
 SAMPLERS = {
     "ddpm": sample_ddpm,
@@ -85,6 +92,30 @@ SAMPLERS = {
     "pc": sample_pc,
     "expint": sample_expint,
     "ode": sample_ode,
+}
+
+# One line on each sampler (`noisecraft samplers`; the table above, in short).
+DESCRIPTIONS = {
+    "ddpm": "DDPM ancestral sampling (Ho et al. 2020, Alg. 2); stochastic",
+    "ddim": "DDIM (Song et al. 2021, Eq. 12); deterministic at eta = 0, DDPM at eta = 1",
+    "euler": "Euler on the probability-flow ODE; first order",
+    "euler_a": "Euler ancestral (k-diffusion; the DDIM step with eta = 1); stochastic",
+    "heun": "Heun, EDM Alg. 1, or Alg. 2 with s_churn > 0 (Karras et al. 2022); second order",
+    "dpm_solver_2": "singlestep DPM-Solver-2 (Lu et al. 2022a, Alg. 1); second order, 2 NFE per step",
+    "dpm_solver_3": "singlestep DPM-Solver-3 (Lu et al. 2022a, Alg. 2); third order, 3 NFE per step",
+    "dpmpp_2s": "DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1); second order, 2 NFE per step",
+    "dpmpp_2s_a": "DPM-Solver++(2S) ancestral (k-diffusion); stochastic, 2 NFE per step",
+    "dpmpp_2m": "DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2); second-order multistep",
+    "dpmpp_3m": "DPM-Solver++(3M) (Lu et al. 2022b, App. B); third-order multistep",
+    "dpmpp_2m_sde": "DPM-Solver++(2M) SDE; stochastic multistep",
+    "dpmpp_3m_sde": "DPM-Solver++(3M) SDE; stochastic multistep",
+    "unipc": "UniPC-p, predictor + corrector (Zhao et al. 2023); order p + 1, 1 NFE per step",
+    "lms": "linear multistep in sigma (k-diffusion); up to fourth order",
+    "deis": "DEIS, log-rho Adams-Bashforth (Zhang & Chen 2023); up to third order",
+    "euler_maruyama": "Euler-Maruyama on the reverse SDE (Song et al. 2021, Eq. 6); stochastic",
+    "pc": "predictor-corrector with a Langevin corrector (Song et al. 2021, Alg. 1-2); stochastic",
+    "expint": "noisecraft's Gaussian-basis exponential integrator with a corrector (samplers.expint)",
+    "ode": "adaptive RK45 on the probability-flow ODE (a reference; adaptive NFE)",
 }
 
 # The stateless step(x, sigma, sigma_next, denoised, state, **options) -> (x, state) of every sampler
@@ -149,6 +180,11 @@ def resolve(name: str) -> str:
     return resolve_alias(name)[0]
 
 
+def aliases_of(name: str) -> list[str]:
+    """The front-end names (`ALIASES`) that resolve to sampler `name`, other than the name itself."""
+    return [alias for alias, key in ALIASES.items() if key == name and alias != name]
+
+
 def get(name: str):
     """The sampler function registered under `name` (or a known alias; see `resolve_alias` for the
     step schedule an alias implies)."""
@@ -163,13 +199,163 @@ def get_step(name: str):
     return STEPS[key]
 
 
+# ------------------------------------------------------------------------------------------ options
+NOT_OPTIONS = ("cond", "generator", "callback")  # keyword-only parameters of every sampler, not options
+
+
+def _doc(meaning: str, *, bounds: tuple | None = None, choices: tuple | None = None) -> dict:
+    return {"meaning": meaning, "bounds": bounds, "choices": choices}
+
+
+# What each option means and the values it takes: bounds (lo, hi) for numbers, or choices. They restate
+# the checks in the sampler functions (tests/samplers/test_api.py holds each against its sampler).
+OPTION_DOCS = {
+    "eta": _doc("noise added back per step: 0 = deterministic, 1 = the DDPM posterior's", bounds=(0.0, 1.0)),
+    "s_churn": _doc("EDM S_churn: noise raised per step by gamma = min(S_churn / N, sqrt(2) - 1); 0 = none",
+                    bounds=(0.0, math.inf)),
+    "s_tmin": _doc("EDM S_tmin: churn only where sigma >= s_tmin", bounds=(0.0, math.inf)),
+    "s_tmax": _doc("EDM S_tmax: churn only where sigma <= s_tmax", bounds=(0.0, math.inf)),
+    "s_noise": _doc("scale of the fresh noise (EDM S_noise; 1 = exact)", bounds=(0.0, math.inf)),
+    "final": _doc("the last step to sigma = 0: denoise returns D, extrapolate extrapolates D to 0 in sigma^2",
+                  choices=FINAL_STEPS),
+    "order": _doc("order of the method (model outputs combined per step)", choices=(1, 2, 3)),
+    "solver_type": _doc("second-order term: midpoint (Lu et al. 2022b) or heun (exact phi_2)", choices=SOLVER_TYPES),
+    "legacy_3m": _doc("the 3M term of k-diffusion / diffusers (half the exact one: second order)",
+                      choices=(False, True)),
+    "variant": _doc("UniPC's B(h) (Zhao et al. 2023, Sec. 3.3)", choices=VARIANTS),
+    "corrector": _doc("apply the corrector after each predictor step", choices=(False, True)),
+    "lower_order_final": _doc("cap the predictor order at the steps left (steadies short schedules)",
+                              choices=(False, True)),
+    "sigma_data": _doc("standard deviation of the data, for the Gaussian basis", bounds=(1e-6, math.inf)),
+    "predictor": _doc("predictor step: euler_maruyama (reverse diffusion) or ancestral (DDPM)", choices=PREDICTORS),
+    "corrector_steps": _doc("Langevin corrector steps per noise level", bounds=(0, math.inf)),
+    "snr": _doc("signal-to-noise ratio r of the Langevin corrector (0.16: Song et al.'s VE CIFAR-10)",
+                bounds=(0.0, math.inf)),
+    "norms": _doc("Langevin step size from norms averaged over the batch, or each sample's own", choices=NORMS),
+    "rtol": _doc("relative tolerance of the adaptive step", bounds=(0.0, math.inf)),
+    "atol": _doc("absolute tolerance of the adaptive step", bounds=(0.0, math.inf)),
+    "sigma_floor": _doc("lowest sigma integrated to; D there is the result",  # > 0: it takes log(sigma_floor)
+                        bounds=(1e-300, math.inf)),
+    "dtype": _doc("working torch.dtype of the solve"),
+    "stats": _doc("a dict the sampler fills with nfe, steps and rejected"),
+}
+_SDE_ETA = _doc("SDE noise: 0 = the ODE solver, 1 = the SDE variant (Lu et al. 2022b, Sec. 5)",
+                bounds=(0.0, math.inf))
+_EPS_FINAL = _doc("the last step to sigma = 0: step (the multistep formula), denoise (D) or extrapolate",
+                  choices=EPS_FINAL_STEPS)
+# Where a sampler differs from OPTION_DOCS.
+SAMPLER_OPTION_DOCS = {
+    "dpm_solver_2": {"order": {"choices": (2, 3)}},
+    "dpm_solver_3": {"order": {"choices": (2, 3)}},
+    **{name: {"eta": _SDE_ETA} for name in ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde")},
+    "lms": {"order": {"choices": (1, 2, 3, 4)}, "final": _EPS_FINAL},
+    "deis": {"final": _EPS_FINAL},
+}
+_TYPES = {"float": float, "int": int, "bool": bool, "str": str}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One sampler option: its keyword, type (float, int, bool or str; None where a value cannot be
+    written as text), default, one-line meaning, and the values it takes (bounds (lo, hi) or choices)."""
+
+    name: str
+    type: type | None
+    default: object
+    meaning: str
+    bounds: tuple | None = None
+    choices: tuple | None = None
+
+    def allowed(self) -> str:
+        """The values it takes, in words ("" = any)."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(_text, self.choices))
+        if self.bounds is None:
+            return ""
+        lo, hi = self.bounds
+        return f">= {_text(lo)}" if hi == math.inf else f"in [{_text(lo)}, {_text(hi)}]"
+
+    def describe(self) -> str:
+        """E.g. "s_churn (float, default 0, >= 0: EDM S_churn: ...)"."""
+        kind = self.type.__name__ if self.type else "Python API only"
+        allowed = f", {self.allowed()}" if self.allowed() else ""
+        return f"{self.name} ({kind}, default {_text(self.default)}{allowed}: {self.meaning})"
+
+
+def _text(value) -> str:
+    """A value as it is written on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _declared_type(p: inspect.Parameter):
+    ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+    return _TYPES.get(ann, type(p.default) if type(p.default) in _TYPES.values() else None)
+
+
+def option_specs(name: str) -> dict[str, Option]:
+    """The options of a sampler (or alias): its keyword-only parameters but cond, generator and callback,
+    with their declared type and default, and the meaning and allowed values from OPTION_DOCS."""
+    key = resolve(name)
+    specs = {}
+    for k, p in inspect.signature(SAMPLERS[key]).parameters.items():
+        if p.kind is p.KEYWORD_ONLY and k not in NOT_OPTIONS:
+            doc = {**OPTION_DOCS.get(k, _doc("")), **SAMPLER_OPTION_DOCS.get(key, {}).get(k, {})}
+            specs[k] = Option(k, _declared_type(p), p.default, **doc)
+    return specs
+
+
 def options(name: str) -> dict:
-    """The options a sampler accepts, with their defaults."""
-    params = inspect.signature(get(name)).parameters
-    return {k: p.default for k, p in params.items()
-            if p.kind is p.KEYWORD_ONLY and k not in ("cond", "generator", "callback")}
+    """The options a sampler accepts, with their defaults (`option_specs` has their types and meanings)."""
+    return {k: o.default for k, o in option_specs(name).items()}
 
 
-__all__ = ["ALIASES", "SAMPLERS", "STEPS", "ancestral_step", "available", "euler_step", "get", "get_step",
-           "options", "resolve", "resolve_alias", "sample_ddim", "sample_ddpm", "sample_euler",
+def check_options(name: str, options: dict | None) -> dict:
+    """`options` for sampler `name` with each value checked and converted to its declared type; text
+    values, as the command line gives them ("0.5", "3", "true", "extrapolate"), are parsed. Raises
+    NoisecraftError naming the sampler and the unknown option with the allowed ones, or the bad value
+    with the values allowed."""
+    key = resolve(name)
+    specs = option_specs(key)
+    checked = {}
+    for k, value in (options or {}).items():
+        if k not in specs:
+            allowed = ", ".join(o.describe() for o in specs.values()) or "none (it takes no options)"
+            raise NoisecraftError(f"sampler {key!r} has no option {k!r}; allowed: {allowed}")
+        checked[k] = _checked_value(f"sampler {key!r}: option {k!r}", specs[k], value)
+    return checked
+
+
+def _checked_value(where: str, option: Option, value):
+    if isinstance(value, str):
+        if option.type is None:
+            raise NoisecraftError(f"{where} takes a Python object ({option.meaning}), not text")
+        value = _parse(where, option.type, value.strip())
+    elif option.type is float and type(value) is int:
+        value = float(value)
+    elif option.type is not None and type(value) is not option.type:
+        raise NoisecraftError(f"{where} must be a {option.type.__name__}; got {value!r}")
+    ok = (option.choices is None or value in option.choices) and (
+        option.bounds is None or option.bounds[0] <= value <= option.bounds[1])
+    if not ok:
+        raise NoisecraftError(f"{where} must be {option.allowed()}; got {_text(value)}")
+    return value
+
+
+def _parse(where: str, kind: type, text: str):
+    if kind is bool:
+        if text.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return text.lower() in ("true", "1", "yes", "on")
+        raise NoisecraftError(f"{where} must be true or false; got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+        raise NoisecraftError(f"{where} must be {what}; got {text!r}") from None
+
+
+__all__ = ["ALIASES", "DESCRIPTIONS", "OPTION_DOCS", "SAMPLERS", "STEPS", "Option", "aliases_of", "ancestral_step",
+           "available", "check_options", "euler_step", "get", "get_step", "option_specs", "options", "resolve",
+           "resolve_alias", "sample_ddim", "sample_ddpm", "sample_euler",
            "sample_euler_ancestral", "sample_heun", "sample_ode"]

@@ -52,4 +52,5 @@ def sample_ddpm(denoiser, x, sigmas, *, cond=None, generator=None, callback=None
 @torch.no_grad()
 def sample_euler_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, eta: float = 1.0):
     """Euler ancestral (k-diffusion): the same step as DDIM(eta); kept as a name users look for."""
+    check_range("Euler ancestral eta", eta, 0.0, 1.0)  # its own name in the error, not DDIM's
     return sample_ddim(denoiser, x, sigmas, cond=cond, generator=generator, callback=callback, eta=eta)
