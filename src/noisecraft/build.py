@@ -8,38 +8,45 @@ Training, sampling, evaluation and interop all build through here, so none of th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 
 import torch
 
+from noisecraft.conditions import conditions_for
 from noisecraft.core.denoiser import Denoiser
 from noisecraft.core.prediction import Prediction
+from noisecraft.errors import ConfigError
 from noisecraft.schedules.training import build_schedule
 
 
 def adapt_network_to_data(config, data_shape: tuple):
-    """Set the network's input channels / data dim from the data (the data is the source of truth)."""
-    if config.model == "unet":
-        return replace(config, unet=replace(config.unet, in_channels=data_shape[0]))
-    if config.model == "dit":
-        from noisecraft.models.dit import dit_for_data
-
-        return replace(config, dit=dit_for_data(config.dit, data_shape))
-    return replace(config, mlp=replace(config.mlp, data_dim=data_shape[0]))
+    """Set the network's input channels / data dim from the data (the data is the source of truth): each network
+    config class adapts itself (`UNetConfig.for_data`, `DiTConfig.for_data`, `MLPConfig.for_data`)."""
+    return replace(config, network=config.network.for_data(tuple(data_shape)))
 
 
 def adapt_config(config, data_shape: tuple):
-    """The run config with the network's input widths set from the data and from the run's conditions."""
-    from noisecraft.training.conditioning import adapt_network_to_text
-
-    return adapt_network_to_text(adapt_network_to_data(config, data_shape))
+    """The run config with the network's input widths set from the data and from the run's conditions
+    (the data and the conditions are the source of truth: in_channels, num_classes, context_dim, ...)."""
+    config = adapt_network_to_data(config, data_shape)
+    fields = conditions_for(config).network_fields()
+    if not fields:
+        return config
+    net_cfg = config.network
+    names = {f.name for f in dataclasses.fields(net_cfg)}
+    missing = sorted(k for k, v in fields.items() if v and k not in names)
+    if missing:
+        raise ConfigError(f"the run's conditions need network input(s) {', '.join(missing)}, which model "
+                          f"{config.model!r} does not have; models with them: unet, dit")
+    return replace(config, network=replace(net_cfg, **{k: v for k, v in fields.items() if k in names}))
 
 
 def build_network(config) -> torch.nn.Module:
     """The network of a run config, wrapped by the conditions that run inside it (a trainable text encoder)."""
-    from noisecraft.training.conditioning import build_network as _build
+    from noisecraft.models import build_model
 
-    return _build(config)
+    return conditions_for(config).wrap_network(build_model(config.model, config.network))
 
 
 def build_denoiser(config, net: torch.nn.Module | None = None) -> Denoiser:

@@ -6,10 +6,10 @@ character-level encoder trained with the network. See `noisecraft.text.encoders`
 """
 
 from noisecraft.text.cache import CaptionTable, cached_caption_table, encode_all
-from noisecraft.text.config import TEXT_ENCODERS, ConditioningConfig, TextConfig
+from noisecraft.text.config import TEXT_ENCODERS, TextConfig
 from noisecraft.text.encoders import HFTextEncoder, TextEncoder, build_text_encoder, minilm_encoder, minilm_path
 
 __all__ = [
-    "TEXT_ENCODERS", "CaptionTable", "ConditioningConfig", "HFTextEncoder", "TextConfig", "TextEncoder",
+    "TEXT_ENCODERS", "CaptionTable", "HFTextEncoder", "TextConfig", "TextEncoder",
     "build_text_encoder", "cached_caption_table", "encode_all", "minilm_encoder", "minilm_path",
 ]

@@ -232,12 +232,7 @@ def build_text_encoder(text) -> TextEncoder | None:
     if text.encoder == "none":
         return None
     if text.encoder in ("minilm", "hf"):
-        enc = minilm_encoder(text.max_tokens) if text.encoder == "minilm" else HFTextEncoder(text.path, text.max_tokens)
-        if text.phrases > 0:
-            from noisecraft.text.phrases import PhraseEncoder
-
-            enc = PhraseEncoder(enc, text.phrases, text.phrase_separators, text.phrase_mode)
-        return enc
+        return minilm_encoder(text.max_tokens) if text.encoder == "minilm" else HFTextEncoder(text.path, text.max_tokens)
     from noisecraft.text.trainable import CharTextEncoder
 
     return CharTextEncoder(dim=text.dim, layers=text.layers, heads=text.heads, max_tokens=text.max_tokens)

@@ -14,7 +14,7 @@ Notation (B prompts, J chunk slots, K object slots, P the frozen encoder's poole
 
     c_1 .. c_J   = limit_phrases(split_phrases(prompt), J)       chunks: object phrases and separators
     o_1 .. o_K   = the chunks that are not separators, in order  ("a small red circle", "a large blue square")
-    v_j          = pooled(E(c_j))        (P,)   each chunk encoded on its own (noisecraft.text.phrases)
+    v_j          = pooled(E(c_j))        (P,)   each chunk encoded on its own
     e_k          = v of object chunk o_k (P,)   the grounding embedding of object k
     planner      b = sigmoid(MLP([v_1 .. v_J, s_1 .. s_J]))  (K, 4): (cx, cy, w, h) in [0, 1] for o_1 .. o_K,
                  s_j = 1 when c_j is a separator; trained by mean squared error on a dataset's boxes, so it
@@ -35,14 +35,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from noisecraft.errors import CheckpointError, DataError, NoisecraftError
-from noisecraft.text.phrases import DEFAULT_SEPARATORS, limit_phrases, normalise, split_phrases
+from noisecraft.conditions.base import Condition, register
+from noisecraft.errors import CheckpointError, ConfigError, DataError, NoisecraftError
 
 PLANNER_FILE = "layout_planner.safetensors"
 PLANNER_FORMAT = "noisecraft-layout-planner"
@@ -51,6 +52,51 @@ BOXES = "boxes"  # dataset attribute: (N, K, 4) object boxes (x0, y0, x1, y1) in
 
 
 # ------------------------------------------------------------------------------------------- chunks
+DEFAULT_SEPARATORS = (
+    "left of", "right of", "to the left of", "to the right of", "above", "below", "under", "over", "on top of",
+    "next to", "beside", "behind", "in front of", "near", "on", "in", "with", "and",
+)
+
+
+def normalise(text: str) -> str:
+    """Lower case, single spaces: how separators are compared ("Left  Of" == "left of")."""
+    return " ".join(text.lower().split())
+
+
+def _pattern(separators: tuple[str, ...]) -> re.Pattern:
+    words = sorted({normalise(s) for s in separators}, key=len, reverse=True)  # longest first
+    alternatives = [r"\s+".join(re.escape(w) for w in s.split()) for s in words]
+    return re.compile(r"(?<!\S)(" + "|".join(alternatives) + r")(?!\S)|[,;]", re.IGNORECASE)
+
+
+def split_phrases(prompt: str, separators: tuple[str, ...] = DEFAULT_SEPARATORS) -> list[str]:
+    """The phrases of `prompt` in order: the text between separators, and each separator found (a rule-based
+    chunker, not a parser: exact for the scene grammar "<object> <relation> <object>", a usual noun-phrase
+    chunking for simple English prompts).
+
+    "a small red circle left of a large blue square" -> ["a small red circle", "left of", "a large blue square"].
+    Separators match whole words, case-insensitively, longest first; whitespace inside a phrase is normalised
+    to single spaces; commas and semicolons cut but are not phrases. The empty prompt has no phrases.
+    """
+    if not separators:
+        return [" ".join(prompt.split())] if prompt.strip() else []
+    out, start = [], 0
+    for m in _pattern(tuple(separators)).finditer(prompt):
+        out.append(prompt[start:m.start()])
+        if m.group(1) is not None:
+            out.append(m.group(1))
+        start = m.end()
+    out.append(prompt[start:])
+    return [" ".join(p.split()) for p in out if p.strip()]
+
+
+def limit_phrases(phrases: list[str], max_phrases: int) -> list[str]:
+    """At most max_phrases phrases: the phrases after slot max_phrases - 1 are joined into the last slot."""
+    if len(phrases) <= max_phrases:
+        return phrases
+    return phrases[:max_phrases - 1] + [" ".join(phrases[max_phrases - 1:])]
+
+
 def chunk_slots(max_objects: int) -> int:
     """J = 2K - 1 chunk slots: K objects and the K - 1 relations between them."""
     return 2 * max_objects - 1
@@ -282,15 +328,6 @@ def load_planner(run_dir: Path) -> tuple[LayoutPlanner, dict, ResidualBank | Non
     return planner.eval().requires_grad_(False), info, bank
 
 
-def base_text_encoder(text):
-    """The frozen encoder of a TextConfig without phrase slots (what the layout's chunks are encoded with)."""
-    from dataclasses import replace
-
-    from noisecraft.text import build_text_encoder
-
-    return build_text_encoder(replace(text, phrases=0))
-
-
 # ------------------------------------------------------------------------------------ dataset side
 def dataset_boxes(dataset) -> Tensor:
     """The dataset's (N, K, 4) grounding boxes, checked (DataError names what is missing or wrong)."""
@@ -351,6 +388,98 @@ def relation_holds(boxes: Tensor, relation: str) -> bool:
         not math.isnan(dx + dy)
 
 
-__all__ = ["BOXES", "ChunkEncoder", "Layout", "LayoutPlanner", "PLANNER_FILE", "ResidualBank", "layout_generators",
-           "residual_bank", "structure_key", "base_text_encoder", "box_coverage",
-           "chunks", "dataset_boxes", "layout_map", "load_planner", "relation_holds", "save_planner", "train_planner"]
+# ---------------------------------------------------------------------------------- the condition
+@register("layout")
+class LayoutCondition(Condition):
+    """Layout grounding as a condition (module docstring): the map of object phrase embeddings painted into
+    their boxes, fed to the network as concatenated channels (`cond["concat"]`, P channels). Training paints
+    the dataset's boxes; `prepare` fits the planner (saved as RUN/layout_planner.safetensors); sampling paints
+    the planner's boxes, drawn per image from seed + i. The null layout is the zero map."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        c = config.conditioning
+        if config.text.encoder not in ("minilm", "hf"):
+            raise ConfigError(f"conditioning.layout needs a frozen text encoder (text.encoder minilm or hf), got "
+                              f"{config.text.encoder!r}")
+        if config.data.hflip:
+            raise ConfigError("conditioning.layout cannot be used with data.hflip: a flip mirrors the images but not "
+                              "their boxes or captions ('left of' would become wrong); set data.hflip=false")
+        dims = getattr(config.network, "dims", None)
+        if config.model != "unet" or dims != 2:
+            raise ConfigError(f"conditioning.layout needs the 2-D U-Net (model unet, dims 2); got model "
+                              f"{config.model!r}" + (f" with dims {dims}" if config.model == "unet" else ""))
+        self.separators = tuple(DEFAULT_SEPARATORS if c.layout_separators is None else c.layout_separators)
+        self.planner_steps = c.layout_planner_steps
+        self.size: tuple[int, ...] = ()
+        self._encoder = None
+
+    def encoder(self):
+        if self._encoder is None:
+            from noisecraft.text import build_text_encoder
+
+            self._encoder = build_text_encoder(self.config.text)
+        return self._encoder
+
+    def network_fields(self) -> dict[str, int]:
+        return {"concat_channels": self.encoder().pooled_dim}
+
+    # ----------------------------------------------------------------------------------- training
+    def setup(self, dataset, net, device, progress: bool = False) -> None:
+        super().setup(dataset, net, device, progress)
+        if dataset.captions is None:
+            raise DataError(f"conditioning.layout needs captions, but dataset {dataset.name!r} has none")
+        boxes = dataset_boxes(dataset)  # (N, K, 4)
+        unique = list(dict.fromkeys(dataset.captions))
+        index = {c: i for i, c in enumerate(unique)}
+        chunker = ChunkEncoder(self.encoder(), boxes.shape[1], self.separators)
+        self.v, self.sep, objects, named = chunker.encode(unique)  # (U, J, P), (U, J), (U, K, P), (U, K)
+        rows = torch.tensor([index[c] for c in dataset.captions])  # (N,) distinct-caption row of each item
+        self.structure = [structure_key(c, chunker.J, chunker.separators) for c in unique]
+        self.size = tuple(dataset.images.shape[2:])
+        self.rows, self.boxes, self.objects = rows.to(self.device), boxes.to(self.device), objects.to(self.device)
+        self.present = (named[rows] & ~torch.isnan(boxes).any(-1)).to(self.device)  # (N, K)
+
+    def prepare(self, run_dir, progress: bool = False) -> None:
+        """Fit the prompt -> boxes planner on every item's (caption chunks, boxes) and save it in run_dir (kept
+        when the run resumes)."""
+        if (Path(run_dir) / PLANNER_FILE).is_file():
+            return
+        rows, boxes = self.rows.cpu(), self.boxes.cpu()
+        v, sep = self.v[rows], self.sep[rows]
+        seed = self.config.train.seed
+        planner, info = train_planner(v, sep, boxes, steps=self.planner_steps, seed=seed, progress=progress)
+        bank = residual_bank(planner, v, sep, boxes, [self.structure[r] for r in rows.tolist()], seed=seed)
+        save_planner(planner, run_dir, info, bank)
+
+    def from_batch(self, idx):
+        return {"concat": layout_map(self.boxes[idx], self.objects[self.rows[idx]], self.present[idx], self.size)}
+
+    def null(self, n: int) -> dict:
+        return {"concat": torch.zeros(1, self.encoder().pooled_dim, *self.size, device=self.device)}
+
+    # ----------------------------------------------------------------------------------- sampling
+    def load(self, run_dir, net, device, data_shape) -> None:
+        super().load(run_dir, net, device, data_shape)
+        planner, _, bank = load_planner(Path(run_dir))
+        self.layout = Layout(self.encoder(), planner, self.separators, bank)
+        self.size = tuple(data_shape[1:])
+
+    def given(self, request) -> bool:
+        return request.prompts is not None
+
+    def from_request(self, request, num: int, seed=None) -> dict:
+        from noisecraft.conditions.classes import per_image
+
+        prompts = per_image(request.prompts, num, "prompt")
+        generators = None if seed is None else layout_generators(seed, num)
+        return {"concat": self.layout.map(prompts, self.size, generators).to(self.device)}  # (num, P, H, W)
+
+    def describe(self) -> str:
+        return "layout-grounded (the prompt's objects are placed by a planner)"
+
+
+__all__ = ["BOXES", "DEFAULT_SEPARATORS", "PLANNER_FILE", "ChunkEncoder", "Layout", "LayoutCondition", "LayoutPlanner",
+           "ResidualBank", "box_coverage", "chunks", "dataset_boxes", "layout_generators", "layout_map",
+           "limit_phrases", "load_planner", "normalise", "relation_holds", "residual_bank", "save_planner",
+           "split_phrases", "structure_key", "train_planner"]

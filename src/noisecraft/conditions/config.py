@@ -1,0 +1,36 @@
+"""The `conditioning` section of a run config (`RunConfig.conditioning`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from noisecraft.errors import ConfigError
+
+
+def _check(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class ConditioningConfig:
+    cond_dropout: float = 0.1       # P(a training sample gets the null condition), for CFG (Ho & Salimans 2022)
+    text_tokens: bool = True        # with a text encoder: feed its token sequence (cross-attention, sets context_dim)
+    text_pooled: bool = True        # with a text encoder: feed its pooled vector (sets pooled_dim)
+    layout: bool = False            # layout-grounded: a planner puts each object phrase in a box, the U-Net reads
+                                    # the map of phrase embeddings (noisecraft.conditions.layout; data with boxes)
+    layout_planner_steps: int = 1500  # training steps of the layout planner
+    layout_separators: tuple[str, ...] | None = None  # words that cut a prompt into object phrases (None: default)
+    conditions: tuple[str, ...] = ()  # further conditions by name (noisecraft.conditions.CONDITIONS), in order
+
+    def __post_init__(self):
+        _check(0 <= self.cond_dropout < 1, "conditioning.cond_dropout", f"must be in [0, 1), got {self.cond_dropout}")
+        _check(isinstance(self.layout, bool), "conditioning.layout", f"expected true or false, got {self.layout!r}")
+        _check(isinstance(self.layout_planner_steps, int) and self.layout_planner_steps >= 1,
+               "conditioning.layout_planner_steps", f"must be an integer >= 1, got {self.layout_planner_steps!r}")
+        _check(self.layout_separators is None or all(isinstance(s, str) and s.strip() for s in self.layout_separators),
+               "conditioning.layout_separators", f"must be a list of non-empty strings, got {self.layout_separators!r}")
+        _check(len(set(self.conditions)) == len(self.conditions), "conditioning.conditions",
+               f"names a condition twice: {list(self.conditions)}")
+        _check(not {"class", "text", "layout"} & set(self.conditions), "conditioning.conditions",
+               "class, text and layout are set by network.num_classes, text.encoder and conditioning.layout")

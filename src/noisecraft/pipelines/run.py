@@ -1,0 +1,114 @@
+"""A loaded run: everything generation needs around a trained network.
+
+`load(path)` reads a run directory (or its checkpoint file) into a `Run`: the denoiser in the VE view
+(`D(x, sigma, cond) -> x0`, EMA weights by default, eval mode), its config, the sample shape, the
+autoencoder of a latent run and its conditions, loaded for sampling. Other formats plug in through
+`LOADERS` (a probe and a loader), tried in order before our own checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from noisecraft.conditions import ConditionSet, conditions_for
+from noisecraft.core.denoiser import Denoiser
+from noisecraft.errors import CheckpointError
+
+
+@dataclass
+class Run:
+    denoiser: Denoiser                        # D(x, sigma, cond) -> x0 (VE view)
+    config: object                            # the run's RunConfig
+    data_shape: tuple[int, ...]               # the shape of one sample (latents for a latent run)
+    conditions: ConditionSet                  # what the run is conditioned on, loaded for sampling
+    step: int = 0                             # the training step of the weights
+    path: Path | None = None                  # the checkpoint file
+    autoencoder: object | None = None         # a latent run's autoencoder (noisecraft.autoencoder)
+    ema: bool = True                          # EMA weights (else the raw ones)
+    extra: dict = field(default_factory=dict)  # anything a foreign loader keeps
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.net.parameters()).device
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples -> images: a latent run's samples are decoded through its autoencoder; others unchanged."""
+        if self.autoencoder is None:
+            return x
+        from noisecraft.autoencoder.latents import decode_latents
+
+        return decode_latents(self.autoencoder, x)
+
+
+# (probe(path) -> bool, loader(path, use_ema=, device=) -> Run): formats other than our checkpoints
+LOADERS: list[tuple[Callable, Callable]] = []
+
+
+def load(path, *, use_ema: bool = True, device: str = "cpu") -> Run:
+    """A run directory, checkpoint file or (through LOADERS) another format -> its `Run`."""
+    for probe, loader in LOADERS:
+        if probe(Path(path)):
+            return loader(path, use_ema=use_ema, device=device)
+    return load_checkpoint_run(path, use_ema=use_ema, device=device)
+
+
+def load_checkpoint_run(path, *, use_ema: bool = True, device: str = "cpu") -> Run:
+    """One of our run directories (or checkpoint files), written by this release or an earlier one."""
+    from noisecraft.build import build_denoiser
+    from noisecraft.compat import read_run_config
+    from noisecraft.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    config = read_run_config(ckpt)
+    denoiser = build_denoiser(config)
+    weights = ckpt.ema if use_ema and ckpt.ema else ckpt.model
+    try:
+        denoiser.net.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt.path}: weights do not fit the model in its config: {e}") from None
+    denoiser = denoiser.to(device).eval().requires_grad_(False)
+    shape, autoencoder = sample_shape(config, ckpt)
+    conditions = conditions_for(config)
+    conditions.load(ckpt.path.parent, denoiser.net, device, shape)
+    return Run(denoiser, config, shape, conditions, int(ckpt.state.get("step", 0)), ckpt.path, autoencoder, use_ema)
+
+
+def sample_shape(config, ckpt) -> tuple[tuple[int, ...], object | None]:
+    """(the shape of one sample, the autoencoder of a latent run or None). Checkpoints store the shape; for
+    those written before they did, it is worked out from the config (and the dataset's image size)."""
+    stored = ckpt.state.get("data_shape")
+    autoencoder = None
+    if stored is not None:
+        shape = tuple(int(s) for s in stored)
+        if config.data.autoencoder:
+            from noisecraft.autoencoder import load_autoencoder
+            from noisecraft.autoencoder.latents import resolve_autoencoder_path
+
+            autoencoder = load_autoencoder(resolve_autoencoder_path(config.data.autoencoder, ckpt.path))
+        return shape, autoencoder
+    shape = _legacy_shape(config)
+    if config.data.autoencoder:
+        from noisecraft.autoencoder.latents import load_run_autoencoder
+
+        autoencoder, shape = load_run_autoencoder(config, ckpt.path, shape)
+    return tuple(shape), autoencoder
+
+
+def _legacy_shape(config) -> tuple[int, ...]:
+    net = config.network
+    if config.model == "mlp":
+        return (net.data_dim,)
+    if config.model == "dit":
+        return (net.in_channels, net.input_size, net.input_size)
+    side = config.data.resolution
+    if not side:  # the dataset's own size (what checkpoints before the stored shape make us read)
+        from noisecraft.data import load_dataset
+
+        d = config.data
+        side = load_dataset(d.dataset, root=d.root, split=d.split, limit=1).data_shape[-1]
+    return (net.in_channels, *([side] * net.dims))
+
