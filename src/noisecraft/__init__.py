@@ -1,5 +1,8 @@
 """noisecraft: a toolkit for diffusion models.
 
+    run = noisecraft.load("runs/quickstart")
+    images = noisecraft.generate(run, noisecraft.Request(num=16)).images
+
 `import noisecraft` is light: subpackages (which import torch) load on first use.
 """
 
@@ -8,9 +11,12 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "core", "schedules", "samplers", "models", "training", "data", "viz", "errors", "config",
+    "core", "schedules", "samplers", "models", "conditions", "pipelines", "training", "data", "viz", "errors", "config",
 }
-_FUNCTIONS = {"load_autoencoder": "noisecraft.autoencoder"}  # name -> module, imported on first use
+_FUNCTIONS = {  # name -> module, imported on first use
+    "load": "noisecraft.pipelines", "generate": "noisecraft.pipelines", "Request": "noisecraft.pipelines",
+    "load_autoencoder": "noisecraft.autoencoder",
+}
 
 
 def __getattr__(name):

@@ -1,16 +1,15 @@
-"""Layout-grounded conditioning (noisecraft.text.layout): exact box coverage, the map, chunking, the planner
-(learns the relation's direction from boxes), its file, and the U-Net's layout input."""
+"""Layout-grounded conditioning (noisecraft.conditions.layout): exact box coverage, the map, the chunker on the
+scene grammar and free text, the planner (learns the relation's direction from boxes), its file, and the U-Net's
+concatenated-channels input."""
 
 import hashlib
+import itertools
 from dataclasses import replace
 
 import pytest
 import torch
 
-from noisecraft.data.scenes import RELATIONS, load_scenes
-from noisecraft.errors import CheckpointError, NoisecraftError
-from noisecraft.models.unet import UNet, UNetConfig
-from noisecraft.text.layout import (
+from noisecraft.conditions.layout import (
     BOXES,
     ChunkEncoder,
     Layout,
@@ -18,13 +17,18 @@ from noisecraft.text.layout import (
     chunks,
     layout_generators,
     layout_map,
+    limit_phrases,
     load_planner,
     relation_holds,
     residual_bank,
     save_planner,
+    split_phrases,
     structure_key,
     train_planner,
 )
+from noisecraft.data.scenes import COLOURS, RELATIONS, SHAPES, SIZES, SceneObject, SceneSpec, load_scenes
+from noisecraft.errors import CheckpointError, NoisecraftError
+from noisecraft.models.unet import UNet, UNetConfig
 
 
 class HashEncoder:
@@ -152,34 +156,34 @@ def test_planner_file_round_trip_and_errors(planner_fit, tmp_path):
         load_planner(tmp_path)
 
 
-def test_unet_layout_input_zero_map_adds_nothing_and_shapes_are_checked():
+def test_unet_concat_input_zero_map_adds_nothing_and_shapes_are_checked():
     cfg = UNetConfig(in_channels=3, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(),
-                     mid_attention=False, layout_dim=5)
+                     mid_attention=False, concat_channels=5)
     torch.manual_seed(0)
     net = UNet(cfg)
     for p in net.parameters():  # leave the zero-initialised state so that inputs reach the output
         p.data.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([0.1, 0.5])
     plain = net(x, t)
-    assert torch.equal(net(x, t, {"layout": torch.zeros(2, 5, 8, 8)}), plain)
+    assert torch.equal(net(x, t, {"concat": torch.zeros(2, 5, 8, 8)}), plain)
     m = torch.randn(2, 5, 8, 8)
-    painted = net(x, t, {"layout": m})
+    painted = net(x, t, {"concat": m})
     assert not torch.allclose(painted, plain)
     # the layout input is exactly the map concatenated to x before the first convolution
-    both = torch.nn.functional.conv2d(torch.cat([x, m], 1), torch.cat([net.conv_in.weight, net.layout_in.weight], 1),
+    both = torch.nn.functional.conv2d(torch.cat([x, m], 1), torch.cat([net.conv_in.weight, net.concat_in.weight], 1),
                                       net.conv_in.bias, padding=1)
-    torch.testing.assert_close(net.conv_in(x) + net.layout_in(m), both, atol=1e-6, rtol=0)
+    torch.testing.assert_close(net.conv_in(x) + net.concat_in(m), both, atol=1e-6, rtol=0)
     with pytest.raises(NoisecraftError, match="spatial size"):
-        net(x, t, {"layout": torch.zeros(2, 5, 4, 4)})
-    with pytest.raises(NoisecraftError, match=r"cond\['layout'\]: expected a float tensor of shape \(2, 5, \*S\)"):
-        net(x, t, {"layout": torch.zeros(2, 4, 8, 8)})
-    off = UNet(replace(cfg, layout_dim=0))
-    with pytest.raises(NoisecraftError, match="layout_dim is 0"):
-        off(x, t, {"layout": torch.zeros(2, 5, 8, 8)})
+        net(x, t, {"concat": torch.zeros(2, 5, 4, 4)})
+    with pytest.raises(NoisecraftError, match=r"cond\['concat'\]: expected a float tensor of shape \(2, 5, 8, 8\)"):
+        net(x, t, {"concat": torch.zeros(2, 4, 8, 8)})
+    off = UNet(replace(cfg, concat_channels=0))
+    with pytest.raises(NoisecraftError, match="concat_channels is 0"):
+        off(x, t, {"concat": torch.zeros(2, 5, 8, 8)})
 
 
 def test_residual_bank_draws_layouts_that_keep_the_relation(planner_fit, tmp_path):
-    from noisecraft.text.layout import corners_to_centre_size
+    from noisecraft.conditions.layout import corners_to_centre_size
 
     planner, info, enc = planner_fit
     ds = load_scenes(split="train", limit=3000)
@@ -215,3 +219,21 @@ def test_residual_bank_draws_layouts_that_keep_the_relation(planner_fit, tmp_pat
     with torch.no_grad():
         mean_boxes = planner(*enc.encode(prompts[:3])[:2])
     torch.testing.assert_close(layout.plan(prompts[:3])[0], mean_boxes, atol=1e-6, rtol=0)  # no generators: mean
+
+
+def test_every_scene_caption_splits_into_its_objects_and_relation():
+    objects = [SceneObject(s, c, z) for s, c, z in itertools.product(SHAPES, COLOURS, SIZES)]
+    for a in objects:
+        assert split_phrases(SceneSpec((a,)).caption()) == [f"a {a.phrase()}"]
+    for a, b, rel in itertools.product(objects[:6], objects[-6:], RELATIONS):
+        assert split_phrases(SceneSpec((a, b), rel).caption()) == [f"a {a.phrase()}", rel, f"a {b.phrase()}"]
+
+
+def test_split_phrases_free_text_rules():
+    assert split_phrases("A Cat  ON TOP OF a table, oil painting") == ["A Cat", "ON TOP OF", "a table", "oil painting"]
+    assert split_phrases("a dog to the left of a tree") == ["a dog", "to the left of", "a tree"]  # longest match
+    assert split_phrases("an online shop beside the ocean") == ["an online shop", "beside", "the ocean"]  # whole words
+    assert split_phrases("") == [] and split_phrases(" , ; ") == []
+    assert split_phrases("red and blue", separators=("blue",)) == ["red and", "blue"]
+    assert split_phrases("a  b c", separators=()) == ["a b c"]
+    assert limit_phrases(["a", "b", "c", "d"], 2) == ["a", "b c d"] and limit_phrases(["a"], 3) == ["a"]
