@@ -30,6 +30,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -40,23 +41,17 @@ HERE = Path(__file__).resolve().parent
 GRID_COLUMNS = 10
 
 
-def _sigmas(loaded, sampler: str, steps: int):
-    from noisecraft.schedules import get_sigmas
+def _generate(run, request, num: int, args) -> tuple[torch.Tensor, float]:
+    """num images of request (Karras steps, the benchmark's sampler and seed), decoded for a latent run (timed:
+    part of generation), clamped to [-1, 1] as written to PNG (guided samples overshoot)."""
+    from noisecraft.pipelines import generate
 
-    return get_sigmas(loaded.denoiser.schedule, steps, "karras")
-
-
-def _generate(loaded, request, num: int, args) -> tuple[torch.Tensor, float]:
-    from noisecraft.pipeline import generate
-    from noisecraft.prompting import conditioned
-
-    denoiser, cond = conditioned(loaded, request, num, None if args.mean_layout else args.seed)
+    request = replace(request, sampler=args.sampler, steps=args.steps, step_schedule="karras", seed=args.seed,
+                      num=num, batch_size=args.batch_size)
     t0 = time.monotonic()
     with torch.no_grad():
-        images = generate(denoiser, _sigmas(loaded, args.sampler, args.steps), loaded.data_shape, num=num,
-                          seed=args.seed, sampler=args.sampler, batch_size=args.batch_size, cond=cond)
-        images = loaded.to_images(images)  # a latent model's samples are decoded (timed: part of generation)
-    return images.clamp(-1, 1), time.monotonic() - t0  # as written to PNG (guided samples overshoot [-1, 1])
+        images = generate(run, request, draw=not args.mean_layout).images
+    return images.clamp(-1, 1), time.monotonic() - t0
 
 
 def _settings(scales: list[float], extra: bool) -> list[dict]:
@@ -81,10 +76,9 @@ def _label(row: dict) -> str:
 def bench_mnist(run: str, args) -> dict:
     from noisecraft.eval import fd, get_extractor, load_reference
     from noisecraft.eval.mnist_net import load_mnist_classifier
-    from noisecraft.pipeline import load_denoiser
-    from noisecraft.prompting import Request
+    from noisecraft.pipelines import Request, load
 
-    loaded = load_denoiser(run)
+    loaded = load(run)
     clf = load_mnist_classifier().eval()
     extractor = get_extractor("mnist")
     ref = load_reference("mnist", extractor, split="train")
@@ -112,10 +106,9 @@ def bench_scenes(run: str, args) -> dict:
     from noisecraft.data.scenes import random_spec
     from noisecraft.eval import fd
     from noisecraft.eval.adherence import load_scene_classifier, prompt_adherence, scene_features
-    from noisecraft.pipeline import load_denoiser
-    from noisecraft.prompting import Request
+    from noisecraft.pipelines import Request, load
 
-    loaded = load_denoiser(run)
+    loaded = load(run)
     net = load_scene_classifier()
     rng = np.random.default_rng(args.prompt_seed)
     specs = [random_spec(rng) for _ in range(args.num)]
@@ -153,8 +146,8 @@ def bench_scenes(run: str, args) -> dict:
 
 def _planner_relation(loaded, specs, args) -> float:
     """A layout-grounded run (conditioning.layout): the share of two-object prompts whose boxes - the layouts the
-    images are generated with - stand in the prompted relation (noisecraft.text.layout.relation_holds)."""
-    from noisecraft.text.layout import layout_generators, relation_holds
+    images are generated with - stand in the prompted relation (noisecraft.conditions.layout.relation_holds)."""
+    from noisecraft.conditions.layout import layout_generators, relation_holds
 
     gens = None if args.mean_layout else layout_generators(args.seed, len(specs))
     boxes = loaded.layout.plan([s.caption() for s in specs], gens)[0]
@@ -242,7 +235,7 @@ def render(results: dict) -> str:
                        f"| {r.get('seconds', '')} |")
         if "planner_relation" in s:
             out += ["", f"Layout-grounded run: the planner's boxes stand in the prompted relation for "
-                    f"{s['planner_relation']:.1%} of the two-object prompts (`noisecraft.text.layout`)."]
+                    f"{s['planner_relation']:.1%} of the two-object prompts (`noisecraft.conditions.layout`)."]
         out += ["", "Samples (`guidance_scenes.png`): one row per guided line of the table; columns are the prompts",
                 "", *[f"{i + 1}. {p}" for i, p in enumerate(s["grid_prompts"])], ""]
     return "\n".join(out)

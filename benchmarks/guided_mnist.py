@@ -17,7 +17,8 @@ import torch
 
 from noisecraft.eval.mnist_net import load_mnist_classifier
 from noisecraft.guidance import ClassifierFreeGuidance, ClassifierGuidance, load_noisy_classifier
-from noisecraft.pipeline import generate, load_denoiser
+from noisecraft.pipelines import load
+from noisecraft.pipelines import sample_batches as generate
 from noisecraft.schedules import get_sigmas
 
 
@@ -43,7 +44,7 @@ def main(argv=None) -> None:
     if args.cfg == (args.classifier is not None):
         p.error("give exactly one of --classifier and --cfg")
     torch.set_num_threads(args.threads)
-    loaded = load_denoiser(args.checkpoint)
+    loaded = load(args.checkpoint)
     classifier = None if args.cfg else load_noisy_classifier(args.classifier)
     judge = load_mnist_classifier().eval()
     sigmas = get_sigmas(loaded.denoiser.schedule, args.steps, "karras")

@@ -45,7 +45,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 import samplers as base  # noqa: E402  (benchmarks/samplers.py: tables, diffusers loop, report pieces)
-from noisecraft.pipeline import load_denoiser  # noqa: E402
+from noisecraft.pipelines import load  # noqa: E402
 from noisecraft.schedules import build_schedule  # noqa: E402
 from noisecraft.schedules.optimize import reference_solution  # noqa: E402
 
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
         return 0
     from noisecraft.eval.features import get_extractor
 
-    loaded = load_denoiser(args.checkpoint)
+    loaded = load(args.checkpoint)
     problem = TrainedProblem(loaded.denoiser, args.samples, args.rtol, get_extractor("mnist"))
     t0 = time.perf_counter()
     sigma_max = problem.schedule.sigma_max

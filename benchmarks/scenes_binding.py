@@ -50,10 +50,9 @@ def analyse(run: str, args) -> dict:
     from guidance import _generate
     from noisecraft.data.scenes import random_spec
     from noisecraft.eval.adherence import load_scene_classifier, predict, targets
-    from noisecraft.pipeline import load_denoiser
-    from noisecraft.prompting import Request
+    from noisecraft.pipelines import Request, load
 
-    loaded = load_denoiser(run)
+    loaded = load(run)
     rng = np.random.default_rng(777)
     specs = [random_spec(rng) for _ in range(args.num)]
     images, _ = _generate(loaded, Request(prompts=tuple(s.caption() for s in specs), guidance=args.guidance),

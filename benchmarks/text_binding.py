@@ -44,15 +44,18 @@ def main() -> int:
     a, b = PAIRS[2][0], PAIRS[2][1]
     _, _, pooled = enc.encode([a, b])
     print(f"| pooled sentence vectors of \"{a}\" and \"{b}\" | {float((pooled[0] * pooled[1]).sum()):.3f} |")
-    from noisecraft.text.phrases import PhraseEncoder
+    from noisecraft.conditions.layout import limit_phrases, split_phrases
 
-    _, _, slots = PhraseEncoder(enc, 3, mode="only").encode([a, b])  # (2, 3 * 384): the phrases' pooled vectors
+    def slots(prompt):  # each phrase's pooled vector, in order (the removed text.phrases=3, phrase_mode=only)
+        phrases = limit_phrases(split_phrases(prompt), 3)
+        return enc.encode(phrases)[2]  # (3, 384)
+
+    u_all, v_all = slots(a), slots(b)
     for k, what in ((0, "first object"), (2, "second object")):
-        u, v = slots[:, k * 384:(k + 1) * 384]
-        cos = float(F.cosine_similarity(u, v, 0))
-        print(f"| phrase slot of the {what} (`text.phrases=3`), the same pair | {cos:.3f} |")
-    print(f"| ordered phrase slots (`text.phrase_mode=only` pooled vector), the same pair | "
-          f"{float(F.cosine_similarity(slots[0], slots[1], 0)):.3f} |")
+        cos = float(F.cosine_similarity(u_all[k], v_all[k], 0))
+        print(f"| phrase slot of the {what} (each phrase encoded alone), the same pair | {cos:.3f} |")
+    print(f"| ordered phrase slots (their concatenation), the same pair | "
+          f"{float(F.cosine_similarity(u_all.flatten(), v_all.flatten(), 0)):.3f} |")
     return 0
 
 

@@ -32,7 +32,7 @@ def test_conditional_presets_train_and_preview(runs, preset):
     run = runs[preset]
     assert (run / "samples.png").is_file() and (run / "checkpoint.safetensors").is_file()
     config = load_checkpoint(run).config
-    net = config[config["model"]]
+    net = config["network"]
     if preset.endswith("-text"):
         assert config["text"]["encoder"] == "minilm" and net["context_dim"] == net["pooled_dim"] == 384
         meta = json.loads(Image.open(run / "samples.png").text["noisecraft"])

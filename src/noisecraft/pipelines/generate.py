@@ -104,10 +104,10 @@ def conditioned(run, request: Request, *, draw: bool = True):
                                   rescale=request.guidance_rescale), cond
 
 
-def generate(run, request: Request, *, callback=None) -> Generation:
+def generate(run, request: Request, *, callback=None, draw: bool = True) -> Generation:
     """The images of `request` on `run` (module docstring). callback(info) sees every sampler step (info["x"],
-    info["denoised"], info["sigma"]; samples, not decoded images, for a latent run)."""
-    denoiser, cond = conditioned(run, request)
+    info["denoised"], info["sigma"]; samples, not decoded images, for a latent run). draw: see `conditioned`."""
+    denoiser, cond = conditioned(run, request, draw=draw)
     p = plan(run, request)
     samples = sample_batches(denoiser, p.sigmas, run.data_shape, num=request.num, seed=request.seed,
                              sampler=p.sampler, batch_size=request.batch_size, cond=cond, callback=callback,
