@@ -36,7 +36,8 @@ class Request:
         return self.guidance is not None or self.guidance_interval is not None or self.guidance_rescale != 0
 
     def check(self) -> None:
-        """The checks that need no model: counts, seed, guidance values (NoisecraftError naming the field)."""
+        """The checks that need no model: counts and seed (NoisecraftError naming the field). Guidance values are
+        checked once, by the guidance wrapper (`noisecraft.guidance.ClassifierFreeGuidance`)."""
         for name, low, high in (("num", 1, MAX_NUM), ("batch_size", 1, MAX_NUM), ("steps", 1, 10_000)):
             value = getattr(self, name)
             if value is None and name == "steps":
@@ -45,13 +46,6 @@ class Request:
                 raise NoisecraftError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise NoisecraftError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if self.guided:
-            from noisecraft.guidance.cfg import check_interval, check_scale
-
-            check_scale(1.0 if self.guidance is None else self.guidance)
-            check_interval(self.guidance_interval)
-            if not 0 <= check_scale(self.guidance_rescale, "guidance rescale phi") <= 1:
-                raise NoisecraftError(f"guidance rescale phi must be in [0, 1], got {self.guidance_rescale}")
 
     def describe(self) -> dict:
         """The conditioning fields that are set, as JSON-able values (for image metadata)."""
