@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from noisecraft.errors import ConfigError
-
-
-def _check(ok: bool, where: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{where}: {message}")
+from noisecraft.errors import require
 
 
 @dataclass(frozen=True)
@@ -24,13 +19,13 @@ class ConditioningConfig:
     conditions: tuple[str, ...] = ()  # further conditions by name (noisecraft.conditions.CONDITIONS), in order
 
     def __post_init__(self):
-        _check(0 <= self.cond_dropout < 1, "conditioning.cond_dropout", f"must be in [0, 1), got {self.cond_dropout}")
-        _check(isinstance(self.layout, bool), "conditioning.layout", f"expected true or false, got {self.layout!r}")
-        _check(isinstance(self.layout_planner_steps, int) and self.layout_planner_steps >= 1,
+        require(0 <= self.cond_dropout < 1, "conditioning.cond_dropout", f"must be in [0, 1), got {self.cond_dropout}")
+        require(isinstance(self.layout, bool), "conditioning.layout", f"expected true or false, got {self.layout!r}")
+        require(isinstance(self.layout_planner_steps, int) and self.layout_planner_steps >= 1,
                "conditioning.layout_planner_steps", f"must be an integer >= 1, got {self.layout_planner_steps!r}")
-        _check(self.layout_separators is None or all(isinstance(s, str) and s.strip() for s in self.layout_separators),
+        require(self.layout_separators is None or all(isinstance(s, str) and s.strip() for s in self.layout_separators),
                "conditioning.layout_separators", f"must be a list of non-empty strings, got {self.layout_separators!r}")
-        _check(len(set(self.conditions)) == len(self.conditions), "conditioning.conditions",
+        require(len(set(self.conditions)) == len(self.conditions), "conditioning.conditions",
                f"names a condition twice: {list(self.conditions)}")
-        _check(not {"class", "text", "layout"} & set(self.conditions), "conditioning.conditions",
+        require(not {"class", "text", "layout"} & set(self.conditions), "conditioning.conditions",
                "class, text and layout are set by network.num_classes, text.encoder and conditioning.layout")

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from noisecraft.errors import ConfigError, unknown_name
+from noisecraft.errors import require, unknown_name
 
 TEXT_ENCODERS = ("none", "minilm", "hf", "trainable")
-
-
-def _check(ok: bool, where: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{where}: {message}")
 
 
 @dataclass(frozen=True)
@@ -27,10 +22,10 @@ class TextConfig:
     def __post_init__(self):
         if self.encoder not in TEXT_ENCODERS:
             raise unknown_name("text encoder", self.encoder, TEXT_ENCODERS)
-        _check((self.path is not None) == (self.encoder == "hf"), "text.path",
+        require((self.path is not None) == (self.encoder == "hf"), "text.path",
                f"give a local directory exactly when text.encoder is 'hf', got {self.path!r}")
-        _check(self.max_tokens >= 1, "text.max_tokens", f"must be >= 1, got {self.max_tokens}")
-        _check(self.layers >= 1 and self.heads >= 1, "text.layers/heads",
+        require(self.max_tokens >= 1, "text.max_tokens", f"must be >= 1, got {self.max_tokens}")
+        require(self.layers >= 1 and self.heads >= 1, "text.layers/heads",
                f"must be >= 1, got {self.layers}, {self.heads}")
-        _check(self.dim >= 1 and self.dim % self.heads == 0, "text.dim",
+        require(self.dim >= 1 and self.dim % self.heads == 0, "text.dim",
                f"must be a positive multiple of text.heads={self.heads}, got {self.dim}")
