@@ -231,8 +231,10 @@ def build_text_encoder(text) -> TextEncoder | None:
     """The encoder a `TextConfig` names (None for encoder 'none')."""
     if text.encoder == "none":
         return None
-    if text.encoder in ("minilm", "hf"):
-        return minilm_encoder(text.max_tokens) if text.encoder == "minilm" else HFTextEncoder(text.path, text.max_tokens)
+    if text.encoder == "minilm":
+        return minilm_encoder(text.max_tokens)
+    if text.encoder == "hf":
+        return HFTextEncoder(text.path, text.max_tokens)
     from noisecraft.text.trainable import CharTextEncoder
 
     return CharTextEncoder(dim=text.dim, layers=text.layers, heads=text.heads, max_tokens=text.max_tokens)
