@@ -25,3 +25,10 @@ class TrainingDiverged(RuntimeError):
 def unknown_name(kind: str, name: str, allowed) -> NoisecraftError:
     """The standard 'unknown X' error: names the bad value and lists the allowed ones."""
     return NoisecraftError(f"unknown {kind} {name!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def require(ok: bool, where: str, message: str) -> None:
+    """Raise ConfigError('where: message') unless `ok`: the one config check, e.g.
+    require(lr > 0, "train.lr", f"must be > 0, got {lr}")."""
+    if not ok:
+        raise ConfigError(f"{where}: {message}")

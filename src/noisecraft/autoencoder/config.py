@@ -8,14 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from noisecraft.errors import ConfigError, unknown_name
+from noisecraft.errors import ConfigError, require, unknown_name
 from noisecraft.models.autoencoder import AE_MODEL_PRESETS, AutoencoderConfig
 from noisecraft.training.config import DataConfig
-
-
-def _check(ok: bool, where: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{where}: {message}")
 
 
 @dataclass(frozen=True)
@@ -33,12 +28,12 @@ class AELossConfig:
 
     def __post_init__(self):
         for name in ("l1_weight", "perceptual_weight", "kl_weight", "disc_weight"):
-            _check(getattr(self, name) >= 0, f"loss.{name}", f"must be >= 0, got {getattr(self, name)}")
-        _check(self.l1_weight + self.perceptual_weight > 0, "loss", "l1_weight + perceptual_weight must be > 0")
-        _check(self.disc_start is None or self.disc_start >= 0, "loss.disc_start",
+            require(getattr(self, name) >= 0, f"loss.{name}", f"must be >= 0, got {getattr(self, name)}")
+        require(self.l1_weight + self.perceptual_weight > 0, "loss", "l1_weight + perceptual_weight must be > 0")
+        require(self.disc_start is None or self.disc_start >= 0, "loss.disc_start",
                f"must be None or >= 0, got {self.disc_start}")
-        _check(self.disc_channels >= 1 and self.disc_layers >= 1, "loss.disc_channels/disc_layers", "must be >= 1")
-        _check(self.disc_lr_mult > 0, "loss.disc_lr_mult", f"must be > 0, got {self.disc_lr_mult}")
+        require(self.disc_channels >= 1 and self.disc_layers >= 1, "loss.disc_channels/disc_layers", "must be >= 1")
+        require(self.disc_lr_mult > 0, "loss.disc_lr_mult", f"must be > 0, got {self.disc_lr_mult}")
 
 
 @dataclass(frozen=True)
@@ -63,14 +58,14 @@ class AETrainConfig:
     def __post_init__(self):
         for name in ("batch_size", "steps", "checkpoint_every", "log_every", "eval_every", "fd_every", "eval_num",
                      "scale_num"):
-            _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
-        _check(self.eval_num >= 2, "train.eval_num", f"must be >= 2, got {self.eval_num}")
-        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
-        _check(self.minutes is None or self.minutes > 0, "train.minutes", f"must be > 0, got {self.minutes}")
-        _check(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", f"must be in [0, 1), got "
-                                                                             f"{self.adam_betas}")
+            require(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.eval_num >= 2, "train.eval_num", f"must be >= 2, got {self.eval_num}")
+        require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        require(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(self.minutes is None or self.minutes > 0, "train.minutes", f"must be > 0, got {self.minutes}")
+        require(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", f"must be in [0, 1), got "
+                                                                            f"{self.adam_betas}")
 
 
 @dataclass(frozen=True)
@@ -97,9 +92,9 @@ _AE_64 = AERunConfig(
 
 AE_PRESETS: dict[str, AERunConfig] = {
     # 64x64 emoji, f = 4, 4 latent channels (64x64x3 -> 16x16x4), L1 + 0.5 perceptual + KL 1e-6 (at weight 1 the
-    # perceptual term is 7-9x the L1 term and colours drift: +2.9 dB PSNR at 0.5 after 300 steps). No patch GAN: in a
-    # 13-minute CPU budget (~500 steps) there is no time for the adversarial phase, which LDM starts after 50k
-    # steps; switch it on with loss.disc_start=STEP for longer runs.
+    # perceptual term dominates the L1 term and colours drift: measured in benchmarks/latent_vs_pixel.md
+    # "Perceptual weight"). No patch GAN: a 13-minute CPU budget leaves no time for the adversarial phase, which
+    # LDM starts after 50k steps; switch it on with loss.disc_start=STEP for longer runs.
     "ae-64": _AE_64,
     # The same with f = 8, 4 latent channels (64x64x3 -> 8x8x4).
     "ae-64-f8": replace(_AE_64, name="ae-64-f8", autoencoder=AE_MODEL_PRESETS["f8-small"]),

@@ -31,16 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisecraft.errors import ConfigError, NoisecraftError, unknown_name
+from noisecraft.errors import NoisecraftError, require, unknown_name
 
 AE_KINDS = ("kl", "deterministic")
 GN_EPS = 1e-6          # GroupNorm epsilon of the LDM / diffusers autoencoders
 LOGVAR_RANGE = (-30.0, 20.0)  # log-variance clamp of the LDM posterior (ldm/modules/distributions)
-
-
-def _require(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"AutoencoderConfig.{field}: {message}")
 
 
 def _is_int(v) -> bool:
@@ -67,14 +62,15 @@ class AutoencoderConfig:
             raise unknown_name("autoencoder kind", self.kind, AE_KINDS)
         for name in ("in_channels", "layers_per_block", "latent_channels", "norm_groups"):
             v = getattr(self, name)
-            _require(_is_int(v) and v >= 1, name, f"must be an integer >= 1, got {v!r}")
-        _require(self.out_channels is None or (_is_int(self.out_channels) and self.out_channels >= 1),
-                 "out_channels", f"must be None or an integer >= 1, got {self.out_channels!r}")
-        _require(len(self.block_channels) >= 1 and all(_is_int(c) and c >= 1 for c in self.block_channels),
-                 "block_channels", f"must be one or more positive integers, got {self.block_channels!r}")
+            require(_is_int(v) and v >= 1, f"AutoencoderConfig.{name}", f"must be an integer >= 1, got {v!r}")
+        require(self.out_channels is None or (_is_int(self.out_channels) and self.out_channels >= 1),
+                "AutoencoderConfig.out_channels", f"must be None or an integer >= 1, got {self.out_channels!r}")
+        require(len(self.block_channels) >= 1 and all(_is_int(c) and c >= 1 for c in self.block_channels),
+                "AutoencoderConfig.block_channels",
+                f"must be one or more positive integers, got {self.block_channels!r}")
         bad = [c for c in self.block_channels if c % self.norm_groups]
-        _require(not bad, "norm_groups", f"{self.norm_groups} must divide every width in block_channels, "
-                                         f"not {bad}")
+        require(not bad, "AutoencoderConfig.norm_groups",
+                f"{self.norm_groups} must divide every width in block_channels, not {bad}")
 
     @property
     def factor(self) -> int:
@@ -92,8 +88,8 @@ class AutoencoderConfig:
 
 
 AE_MODEL_PRESETS: dict[str, AutoencoderConfig] = {
-    # f = 4, c = 4: 64x64x3 -> 16x16x4 (12x fewer values), 0.68M parameters; ~1 s per batch of 16 on one
-    # CPU thread (a first level of 32 channels costs 1.8 s: the full-resolution convolutions dominate).
+    # f = 4, c = 4: 64x64x3 -> 16x16x4 (12x fewer values), 0.68M parameters; a narrow first level because the
+    # full-resolution convolutions dominate the cost (benchmarks/latent_vs_pixel.md).
     "f4-small": AutoencoderConfig(block_channels=(16, 32, 64), layers_per_block=1, latent_channels=4,
                                   norm_groups=8),
     # f = 8, c = 4: 64x64x3 -> 8x8x4 (48x fewer values).
