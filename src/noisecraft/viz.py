@@ -97,22 +97,50 @@ def plot_loss(log: list[dict], path, *, title: str = "training loss") -> None:
     plt.close(fig)
 
 
-def trajectory_frames(frames: list[tuple[float, torch.Tensor, torch.Tensor]]) -> list[np.ndarray]:
-    """[(sigma, x, denoised)] of one sample -> per step a uint8 picture: x_t (scaled to unit variance)
-    above the x0 estimate."""
+def upscale(arr: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W, C) -> (H scale, W scale, C), each pixel repeated (nearest neighbour)."""
+    return arr if scale == 1 else np.repeat(np.repeat(arr, scale, axis=0), scale, axis=1)
+
+
+def label_columns(arr: np.ndarray, labels: list[str]) -> np.ndarray:
+    """(H, W, C) uint8 -> (H + band, W, C): the picture unchanged above a black band in which labels[i]
+    (lines split at newlines) is written in white, PIL's default font, centred under the i-th of
+    len(labels) equal-width columns."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    line = font.getbbox("Ag")[3] + 2
+    band = np.zeros((2 + line * max(lbl.count("\n") + 1 for lbl in labels), arr.shape[1], arr.shape[2]), np.uint8)
+    img = Image.fromarray(band[..., 0] if arr.shape[2] == 1 else band)
+    draw = ImageDraw.Draw(img)
+    width = arr.shape[1] / len(labels)
+    for i, text in enumerate(labels):
+        draw.multiline_text(((i + 0.5) * width, 1), text, fill=255 if img.mode == "L" else (255,) * 3, font=font,
+                            anchor="ma", align="center", spacing=2)
+    drawn = np.asarray(img).reshape(band.shape)
+    return np.concatenate([arr, drawn], axis=0)
+
+
+def sigma_label(sigma: float) -> str:
+    return f"sigma={sigma:.3g}"
+
+
+def trajectory_frames(frames: list[tuple[float, torch.Tensor, torch.Tensor]], scale: int = 1) -> list[np.ndarray]:
+    """[(sigma, x, denoised)] of one sample -> per step a uint8 picture, enlarged `scale` times: x_t (scaled
+    to unit variance) above the x0 estimate, with the step's noise level written under them."""
     out = []
     for sigma, x, den in frames:
         xt = x / math.sqrt(1 + sigma**2)  # the VP view has unit scale at every noise level
-        out.append(grid_image(torch.stack([xt, den]), nrow=1))
+        out.append(label_columns(upscale(grid_image(torch.stack([xt, den]), nrow=1), scale), [sigma_label(sigma)]))
     return out
 
 
 def save_trajectory(frames: list[tuple[float, torch.Tensor, torch.Tensor]], path, scale: int = 3) -> None:
-    """A strip (PNG: columns = steps; top x_t, bottom x0 estimate) or an animation (GIF)."""
-    pics = trajectory_frames(frames)
+    """A strip (PNG: columns = steps; top x_t, then the x0 estimate, then sigma) or an animation (GIF)."""
+    pics = trajectory_frames(frames, scale)
     path = Path(path)
     if path.suffix.lower() == ".gif":
-        imgs = [_pil(p, scale) for p in pics]
+        imgs = [_pil(p) for p in pics]
         imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=200, loop=0)
     else:
-        save_png(np.concatenate(pics, axis=1), path, scale=scale)
+        save_png(np.concatenate(pics, axis=1), path, info={"sigmas": [round(float(f[0]), 5) for f in frames]})

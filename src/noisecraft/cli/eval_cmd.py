@@ -37,7 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
     p.add_argument("--sampler", help="sampler (default: the run's)")
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
-    p.add_argument("--schedule", help="step schedule (default: the run's)")
+    p.add_argument("--step-schedule", help="the sampling step schedule (default: the run's)")
+    p.add_argument("--schedule", dest="step_schedule", help=argparse.SUPPRESS)  # deprecated spelling
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
     p.add_argument("--inception-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for "
                                                "--features inception (never downloaded)")
@@ -66,7 +67,8 @@ def _samples(args):
                         f"noisecraft eval scores images")
     s = loaded.config.sample
     sampler, implied = _resolve_sampler(args.sampler or s.sampler)
-    sigmas = get_sigmas(loaded.denoiser.schedule, args.steps or s.steps, args.schedule or implied or s.step_schedule)
+    sigmas = get_sigmas(loaded.denoiser.schedule, args.steps or s.steps,
+                         args.step_schedule or implied or s.step_schedule)
     parts = [generate(loaded.denoiser, sigmas, loaded.data_shape, num=min(MAX_NUM, args.num - start),
                       seed=args.seed + start, sampler=sampler, batch_size=args.batch_size, device=args.device)
              for start in range(0, args.num, MAX_NUM)]

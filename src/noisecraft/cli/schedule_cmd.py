@@ -2,8 +2,12 @@
 
     noisecraft schedule optimise --mixture bench:64:8 --sampler expint --steps 10 --out expint10.json
     noisecraft schedule optimise --checkpoint runs/quickstart --sampler "DPM++ 2M" --steps 8 --out s8.json
-    noisecraft schedule show --kind karras --steps 10
-    noisecraft sample --checkpoint runs/quickstart --schedule unipc10.json ...   (any .json is a schedule)
+    noisecraft schedule show --step-schedule karras --steps 10 --noise-schedule edm
+    noisecraft sample --checkpoint runs/quickstart --step-schedule unipc10.json ...   (any .json is a schedule)
+
+Two schedules meet here, each with its own flag: --step-schedule, the noise levels a sampler steps through,
+and --noise-schedule, the training noise schedule whose sigma range a --mixture problem uses (--kind and
+--train-schedule are their old, hidden spellings).
 
 The optimiser (`noisecraft.schedules.optimize`) picks the inner noise levels that minimise the distance
 between the sampler's output and the exact probability-flow ODE solution from the same noise. Only
@@ -13,21 +17,10 @@ argparse is imported at start-up; `run` imports what it needs.
 from __future__ import annotations
 
 import argparse
-import json
 
-from noisecraft.cli.argtypes import positive_int
+from noisecraft.cli.argtypes import KeyValues, key_value, positive_int
 
 SD = {"beta_start": 0.00085, "beta_end": 0.012}  # Stable Diffusion's scaled-linear schedule
-
-
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -46,13 +39,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--sampler", required=True, help="sampler name or alias (e.g. unipc, 'DPM++ 2M')")
     o.add_argument("--steps", type=positive_int, required=True, help="number of sampling steps")
     o.add_argument("--out", required=True, help="output JSON file")
-    o.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="a sampler option (repeatable), e.g. --option order=3 --option final=extrapolate")
+    o.add_argument("--option", dest="options", type=key_value, action=KeyValues, metavar="KEY=VALUE",
+                   help="a sampler option (repeatable), e.g. --option order=3 --option final=extrapolate "
+                        "(see `noisecraft samplers`)")
     o.add_argument("--init", default="karras,exponential,uniform",
                    help="comma-separated starting schedules; the best result wins (default: %(default)s)")
-    o.add_argument("--train-schedule", default="sd",
-                   help="with --mixture: the noise schedule whose sigma range is used: sd (scaled-linear "
-                        "0.00085..0.012, the default) or a schedule name (linear, cosine, edm, vp, ve, flow, ...)")
+    _add_noise_schedule(o, "with --mixture: the training noise schedule whose sigma range is used: sd "
+                           "(scaled-linear 0.00085..0.012, the default) or a schedule name (linear, cosine, edm, "
+                           "vp, ve, flow, ...)")
     o.add_argument("--batch", type=positive_int, default=None,
                    help="noise samples to optimise on (default: 1024 for a mixture, 64 for a checkpoint)")
     o.add_argument("--seed", type=int, default=0, help="seed of the noise batch (default: 0)")
@@ -63,12 +57,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
     s = sub.add_parser("show", help="print the noise levels of a step schedule")
-    s.add_argument("--kind", required=True, help="karras, exponential, logsnr, uniform, ays, trailing, leading, "
-                                                 "linspace, or a .json schedule")
+    kind = s.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--step-schedule", help="the step schedule: karras, exponential, logsnr, uniform, ays, "
+                                              "trailing, leading, linspace, or a .json schedule")
+    kind.add_argument("--kind", dest="step_schedule", help=argparse.SUPPRESS)  # deprecated spelling
     s.add_argument("--steps", type=positive_int, required=True)
-    s.add_argument("--train-schedule", default="sd", help="sd (default) or a schedule name")
+    _add_noise_schedule(s, "the training noise schedule it is taken on: sd (default) or a schedule name")
     s.add_argument("--checkpoint", help="take the schedule from this run instead")
     return p
+
+
+def _add_noise_schedule(p, help: str) -> None:
+    p.add_argument("--noise-schedule", default="sd", help=help)
+    p.add_argument("--train-schedule", dest="noise_schedule", help=argparse.SUPPRESS)  # deprecated spelling
 
 
 def _train_schedule(name: str):
@@ -83,8 +84,8 @@ def _problem(args):
         from noisecraft.samplers.mixture import load_mixture
 
         mixture = load_mixture(args.mixture)
-        return mixture.denoise, _train_schedule(args.train_schedule), (mixture.dim,), args.batch or 1024, {
-            "mixture": args.mixture, "train_schedule": args.train_schedule}
+        return mixture.denoise, _train_schedule(args.noise_schedule), (mixture.dim,), args.batch or 1024, {
+            "mixture": args.mixture, "train_schedule": args.noise_schedule}
     from noisecraft.pipeline import load_denoiser
 
     loaded = load_denoiser(args.checkpoint, device=args.device)
@@ -103,11 +104,7 @@ def _optimise(args) -> int:
     from noisecraft.schedules.optimize import optimize_sigmas, reference_solution
 
     name, _ = samplers.resolve_alias(args.sampler)
-    options = dict(args.option)
-    unknown = set(options) - set(samplers.options(name))
-    if unknown:
-        raise NoisecraftError(f"sampler {name!r} has no option(s) {', '.join(sorted(unknown))}; "
-                              f"allowed: {', '.join(samplers.options(name)) or 'none'}")
+    options = samplers.check_options(name, args.options)
     if args.steps < 2:
         raise NoisecraftError("optimising needs --steps >= 2 (one step has no inner noise level)")
     denoiser, schedule, shape, batch, source = _problem(args)
@@ -135,8 +132,8 @@ def _show(args) -> int:
 
         schedule = load_denoiser(args.checkpoint).denoiser.schedule
     else:
-        schedule = _train_schedule(args.train_schedule)
-    print(", ".join(f"{s:.6g}" for s in get_sigmas(schedule, args.steps, args.kind).tolist()))
+        schedule = _train_schedule(args.noise_schedule)
+    print(", ".join(f"{s:.6g}" for s in get_sigmas(schedule, args.steps, args.step_schedule).tolist()))
     return 0
 
 

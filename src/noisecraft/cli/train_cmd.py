@@ -1,0 +1,77 @@
+"""`noisecraft train`: train a model from a preset or a config file, then write loss.png and a preview
+of samples from the EMA weights."""
+
+from __future__ import annotations
+
+from noisecraft.cli.argtypes import positive_float, positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a preset or a config file",
+                       description="Train from --preset or --config; field overrides like train.lr=3e-4 "
+                                   "or unet.base_channels=64 follow as positional arguments.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="a preset name (see `noisecraft presets`)")
+    src.add_argument("--config", help="a .json, .toml or .yaml config file")
+    p.add_argument("--steps", type=positive_int, help="stop after this many steps")
+    p.add_argument("--minutes", type=positive_float, help="stop after this much wall time")
+    p.add_argument("--out", required=True, help="run directory (also a valid --checkpoint)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
+
+
+def run(args) -> int:
+    config = run_config(args)
+    result = train_and_preview(config, args.out, resume=args.resume, device=args.device)
+    loss = "n/a" if result["loss"] is None else f"{result['loss']:.4f}"
+    print(f"trained to step {result['step']} (loss {loss}, {result['bad_steps']} skipped steps) -> {args.out}")
+    return 0
+
+
+def run_config(args):
+    """The RunConfig of --preset or --config with the overrides, --steps and --minutes applied."""
+    from dataclasses import replace
+
+    from noisecraft.config import apply_overrides, from_dict, load_file, to_dict
+    from noisecraft.presets import get_preset
+    from noisecraft.training.config import RunConfig
+
+    data = to_dict(get_preset(args.preset)) if args.preset else load_file(args.config)
+    config = from_dict(RunConfig, apply_overrides(data, args.overrides), "config")
+    train = config.train
+    if args.steps is not None:
+        train = replace(train, steps=args.steps, minutes=args.minutes)
+    elif args.minutes is not None:
+        train = replace(train, minutes=args.minutes, steps=10**9)
+    return replace(config, train=train)
+
+
+def train_and_preview(config, out: str, *, resume: bool, device: str) -> dict:
+    """Train (joining the process group under torchrun / accelerate launch); the main process then writes
+    loss.png and samples.png."""
+    from noisecraft.training.distributed import teardown
+    from noisecraft.training.trainer import Trainer
+
+    try:
+        trainer = Trainer(config, out, resume=resume, device=device)
+        result = trainer.run()
+        if trainer.dist.is_main:
+            _after_training(trainer)
+    finally:
+        teardown()
+    return result
+
+
+def _after_training(trainer) -> None:
+    """loss.png and a preview of samples from the EMA weights (conditional models: classes / captions)."""
+    from noisecraft.cli.commands import _write_samples
+    from noisecraft.prompting import preview_request
+    from noisecraft.viz import plot_loss
+
+    out = trainer.out_dir
+    if trainer.log:
+        plot_loss(trainer.log, out / "loss.png", title=f"{trainer.config.name}: training loss")
+    num = trainer.config.sample.num
+    request = preview_request(trainer.config, trainer.data, num)
+    _write_samples(out, out / "samples.png", num=num, seed=0, request=request)
