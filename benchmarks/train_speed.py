@@ -47,7 +47,7 @@ def build(preset: str, batch: int, options: dict, out: Path):
     unet = {k.split(".", 1)[1]: v for k, v in options.items() if k.startswith("unet.")}
     train = {k: v for k, v in options.items() if not k.startswith("unet.")}
     cfg = replace(cfg, data=replace(cfg.data, limit=max(512, 4 * batch)),
-                  unet=replace(cfg.unet, **unet),
+                  network=replace(cfg.network, **unet),
                   train=replace(cfg.train, batch_size=batch, steps=10**6, minutes=None, warmup_steps=10, **train))
     return Trainer(cfg, out, progress=False)
 

@@ -3,6 +3,10 @@
 Every config in noisecraft is a frozen dataclass with simple field types (int, float, bool, str,
 None-able versions of these, tuples of them, and nested config dataclasses). `from_dict` rejects
 unknown fields and wrong types with a `ConfigError` naming the field and the expected type.
+
+A tagged section is a field whose class another field names: `field(metadata={"tagged_by": "model",
+"classes": fn})` with fn() -> {tag: class}. `RunConfig.network` is one: {"model": "dit", "network": {...}}
+builds the network section as a DiTConfig; an absent section is that class's defaults.
 """
 
 from __future__ import annotations
@@ -77,15 +81,40 @@ def from_dict(cls, data: dict, where: str | None = None):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table/object, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items() if k not in _tagged(fields)}
+    for name, f in _tagged(fields).items():
+        kwargs[name] = _tagged_section(f, data, kwargs, fields, where)
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _tagged(fields: dict) -> dict:
+    return {name: f for name, f in fields.items() if "tagged_by" in f.metadata}
+
+
+def _tagged_section(f, data: dict, kwargs: dict, fields: dict, where: str):
+    """The tagged field `f` built as the class its tag names (that class's defaults when absent from data)."""
+    tag_field = f.metadata["tagged_by"]
+    tag = kwargs.get(tag_field, fields[tag_field].default)
+    classes = f.metadata["classes"]()
+    if tag not in classes:
+        raise ConfigError(f"{where}.{tag_field}: unknown {tag_field} {tag!r}; allowed: {', '.join(sorted(classes))}")
+    cls, value, where = classes[tag], data.get(f.name), f"{where}.{f.name}"
+    value = {} if value is None else value
+    if isinstance(value, cls):
+        return value
+    names = {x.name for x in dataclasses.fields(cls) if x.init}
+    unknown = sorted(set(value) - names) if isinstance(value, dict) else []
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} for {tag_field} {tag!r} ({cls.__name__}); "
+                          f"allowed: {', '.join(sorted(names))}")
+    return from_dict(cls, value, where)
 
 
 def to_dict(cfg) -> dict:
@@ -137,10 +166,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply dotted `key=value` overrides to a nested dict (a copy is returned)."""
+    """Apply dotted `key=value` overrides to a nested dict (a copy is returned).
+
+    Run configs: `network.base_channels=48` sets a field of the network section; `unet.base_channels=48`
+    (also `dit.x=`, `mlp.x=`) is accepted for the same when it names the run's model, and is an error when it
+    names another. `model=dit` on a run of another model resets the network section to that model's defaults
+    (the old section's fields belong to the old network), so overrides after it set the new network's fields."""
     data = json.loads(json.dumps(data))
     for text in overrides:
         path, value = parse_override(text)
+        path = _network_alias(path, data, text)
+        if path == ["model"] and "network" in data and value != _run_model(data):
+            data["network"] = {}
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -148,3 +185,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"override {text!r}: {part!r} is not a section")
         node[path[-1]] = value
     return data
+
+
+def _run_model(data: dict) -> str:
+    from noisecraft.models import DEFAULT_MODEL
+
+    return data.get("model", DEFAULT_MODEL)
+
+
+def _network_alias(path: list[str], data: dict, text: str) -> list[str]:
+    """`unet.x` / `dit.x` / `mlp.x` -> `network.x` when it names the run's model (an error when another)."""
+    from noisecraft.models import MODELS
+
+    if len(path) < 2 or path[0] not in MODELS:
+        return path
+    model = _run_model(data)
+    if path[0] != model:
+        raise ConfigError(f"override {text!r}: {path[0]}.* sets the {path[0]} network, but this run's model is "
+                          f"{model!r}; set network.{'.'.join(path[1:])} (or {model}.*), or model={path[0]} first")
+    return ["network", *path[1:]]

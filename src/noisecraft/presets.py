@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from noisecraft.conditions.config import ConditioningConfig
 from noisecraft.errors import unknown_name
+from noisecraft.models.conditioning import TokenRefinerConfig
 from noisecraft.models.dit import DIT_PRESETS
 from noisecraft.models.mlp import MLP_PRESETS
 from noisecraft.models.unet import UNET_PRESETS, UNetConfig
-from noisecraft.text.config import ConditioningConfig, TextConfig
+from noisecraft.text.config import TextConfig
 from noisecraft.training.config import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig
 
 # The quickstart: a 1.2M-parameter U-Net (the "mnist" U-Net with one residual block per level) on the
 # embedded MNIST, EDM preconditioning and loss (Karras et al. 2022), Heun sampling on Karras steps.
-# Chosen by measurement on 2 CPU cores (docs/quickstart.md): one res block per level trains at 0.40 s/step
-# against 0.61 s/step for two, and in an 8-minute budget the extra updates matter more than the depth.
+# One res block per level rather than two: in an 8-minute CPU budget the extra updates matter more than the
+# depth (measured in docs/quickstart.md).
 _MNIST = RunConfig(
     name="mnist",
     model="unet",
-    unet=replace(UNET_PRESETS["mnist"], num_res_blocks=1),
+    network=replace(UNET_PRESETS["mnist"], num_res_blocks=1),
     diffusion=DiffusionConfig(schedule="edm", prediction="edm", weighting="simple", sigma_data=0.5),
     data=DataConfig(dataset="mnist", split="train"),
     train=TrainConfig(batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.999, steps=100_000, minutes=8.0,
@@ -31,8 +33,8 @@ _MNIST = RunConfig(
 # (16x16x4 scaled to unit std, hence sigma_data = 1; U-Net levels 16/8).
 _EMOJI_64 = RunConfig(
     name="emoji-64", model="unet",
-    unet=UNetConfig(in_channels=3, base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
-                    attention_levels=(3,), head_channels=32, norm_groups=8),
+    network=UNetConfig(in_channels=3, base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
+                       attention_levels=(3,), head_channels=32, norm_groups=8),
     diffusion=DiffusionConfig(schedule="edm", prediction="edm", weighting="simple", sigma_data=0.5),
     data=DataConfig(dataset="emoji", split="train"),
     train=TrainConfig(batch_size=32, lr=1e-3, warmup_steps=50, ema_decay=0.999, steps=1_000_000, minutes=10.0,
@@ -41,8 +43,8 @@ _EMOJI_64 = RunConfig(
 )
 _LDM_64 = replace(
     _EMOJI_64, name="ldm-64",
-    unet=UNetConfig(in_channels=4, base_channels=64, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-                    head_channels=32, norm_groups=8),
+    network=UNetConfig(in_channels=4, base_channels=64, channel_mult=(1, 2), num_res_blocks=1,
+                       attention_levels=(1,), head_channels=32, norm_groups=8),
     diffusion=replace(_EMOJI_64.diffusion, sigma_data=1.0),
     data=DataConfig(dataset="emoji", split="train", autoencoder="runs/ae-64"),  # from train-autoencoder --preset ae-64
 )
@@ -51,7 +53,8 @@ _LDM_64 = replace(
 # says why they replaced emoji there): pixel U-Net levels 64/32/16/8 on 64x64x1, latent U-Net levels 16/8 on the
 # 16x16x4 latents of `ae-glyphs-64`.
 _GLYPHS_64_DATA = DataConfig(dataset="glyphs", split="train", resolution=64)
-_GLYPHS_64 = replace(_EMOJI_64, name="glyphs-64", unet=replace(_EMOJI_64.unet, in_channels=1), data=_GLYPHS_64_DATA)
+_GLYPHS_64 = replace(_EMOJI_64, name="glyphs-64", network=replace(_EMOJI_64.network, in_channels=1),
+                     data=_GLYPHS_64_DATA)
 _LDM_GLYPHS_64 = replace(_LDM_64, name="ldm-glyphs-64",
                          data=replace(_GLYPHS_64_DATA, autoencoder="runs/ae-glyphs-64"))
 
@@ -69,14 +72,14 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # sklearn's 8x8 digits: seconds per epoch on a CPU.
     "digits": replace(
-        _MNIST, name="digits", unet=replace(UNET_PRESETS["tiny"], base_channels=16, norm_groups=8,
-                                            attention_levels=(1,), head_channels=16),
+        _MNIST, name="digits", network=replace(UNET_PRESETS["tiny"], base_channels=16, norm_groups=8,
+                                               attention_levels=(1,), head_channels=16),
         data=DataConfig(dataset="digits", split="train"),
         train=replace(_MNIST.train, minutes=3.0),
     ),
     # 2-D toy distribution with an MLP: the smallest complete diffusion model.
     "toy2d": RunConfig(
-        name="toy2d", model="mlp", mlp=MLP_PRESETS["toy2d"],
+        name="toy2d", model="mlp", network=MLP_PRESETS["toy2d"],
         diffusion=DiffusionConfig(schedule="edm", prediction="edm", sigma_data=1.0),
         data=DataConfig(dataset="8gaussians", split="all"),
         train=TrainConfig(batch_size=256, lr=1e-3, warmup_steps=100, steps=3000, minutes=None),
@@ -84,7 +87,7 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # For tests and smoke runs: a ~50k-parameter U-Net on a slice of MNIST.
     "mnist-tiny": replace(
-        _MNIST, name="mnist-tiny", unet=UNET_PRESETS["tiny"],
+        _MNIST, name="mnist-tiny", network=UNET_PRESETS["tiny"],
         data=DataConfig(dataset="mnist", split="train", limit=256),
         train=replace(_MNIST.train, batch_size=16, steps=20, minutes=None, warmup_steps=5, checkpoint_every=10,
                       log_every=5),
@@ -105,32 +108,30 @@ PRESETS: dict[str, RunConfig] = {
 # Text presets use the bundled all-MiniLM-L6-v2: its 384-d tokens through cross-attention at 8x8 and its pooled
 # sentence vector added to the time embedding; the U-Net has 16/32/64 channels at 32/16/8 px, which is what a
 # CPU can train in well under an hour (measured in benchmarks/guidance.md).
-_TEXT_UNET = replace(_MNIST.unet, base_channels=16, channel_mult=(1, 2, 4), norm_groups=8, attention_levels=(2,))
-_SCENES_UNET = replace(_TEXT_UNET, in_channels=3, context_refiner_kernel=5, context_refiner_pool=True,
-                       context_refiner_residual=True)
+_TEXT_UNET = replace(_MNIST.network, base_channels=16, channel_mult=(1, 2, 4), norm_groups=8, attention_levels=(2,))
+_SCENES_UNET = replace(_TEXT_UNET, in_channels=3, refiner=TokenRefinerConfig(kernel=5, pool=True, residual=True))
 _TEXT = dict(text=TextConfig(encoder="minilm", max_tokens=32), conditioning=ConditioningConfig(cond_dropout=0.1),
              sample=SampleConfig(sampler="heun", steps=18, step_schedule="karras", num=64))
 PRESETS.update({
     # Class-conditional MNIST: the quickstart U-Net with a class embedding (label 10 = null).
-    "mnist-class": replace(_MNIST, name="mnist-class", unet=replace(_MNIST.unet, num_classes=10),
+    "mnist-class": replace(_MNIST, name="mnist-class", network=replace(_MNIST.network, num_classes=10),
                            conditioning=ConditioningConfig(cond_dropout=0.1),
                            train=replace(_MNIST.train, minutes=20.0)),
     # Class-conditional MNIST with the DiT backbone (Peebles & Xie 2023): 4x4 patches (49 tokens), 6 blocks.
     "mnist-dit": replace(_MNIST, name="mnist-dit", model="dit",
-                         dit=replace(DIT_PRESETS["mnist"], patch_size=4, hidden_size=128, depth=6, num_heads=4,
-                                     num_classes=10),
+                         network=replace(DIT_PRESETS["mnist"], patch_size=4, hidden_size=128, depth=6,
+                                         num_heads=4, num_classes=10),
                          conditioning=ConditioningConfig(cond_dropout=0.1),
                          train=replace(_MNIST.train, minutes=20.0)),
     # Text-to-image on glyphs ("bold serif capital letter G"), 32x32 grey.
-    "glyphs-text": replace(_MNIST, name="glyphs-text", unet=_TEXT_UNET,
+    "glyphs-text": replace(_MNIST, name="glyphs-text", network=_TEXT_UNET,
                            data=DataConfig(dataset="glyphs", split="train"),
                            train=replace(_MNIST.train, minutes=30.0), **_TEXT),
     # Text-to-image on the compositional scenes ("a small red circle left of a large blue square"), 32x32 RGB.
     # The frozen MiniLM tokens are close to a bag of words, so the U-Net adds a residual n-gram refiner (each
-    # token reads the two words on either side) and its pooled vector (benchmarks/scenes_text.md: 53% of the
-    # same 100 prompts fully satisfied at 7271 steps where the plain text U-Net had 42% at 6000; binding of
-    # colour/shape/size to the right object is still at chance, see there).
-    "scenes-text": replace(_MNIST, name="scenes-text", unet=_SCENES_UNET,
+    # token reads the two words on either side) and its pooled vector (its prompt adherence against the plain
+    # text U-Net is measured in benchmarks/scenes_text.md).
+    "scenes-text": replace(_MNIST, name="scenes-text", network=_SCENES_UNET,
                            data=DataConfig(dataset="scenes", split="train"),
                            train=replace(_MNIST.train, minutes=30.0), **_TEXT),
     # Latent text-to-image on the scenes (Rombach et al. 2022): the 8x8x4 latents of the `ae-scenes` autoencoder
@@ -138,20 +139,19 @@ PRESETS.update({
     # std), a U-Net of 64/128 channels at 8/4 latent px with self- and cross-attention at both levels (each
     # latent cell sees every text token and every other cell), the same text path as `scenes-text`; 40000 scenes
     # instead of 8000, and training sigmas ln sigma ~ N(0.3, 1.0) (EDM2's latent P_mean -0.4 for sigma_data 0.5,
-    # moved to unit-std latents): 62.0% of prompts at 4406 steps where `scenes-text` had 49.0% at 4750
-    # (benchmarks/scenes_text.md "Latent diffusion").
+    # moved to unit-std latents). Measured against `scenes-text` in benchmarks/scenes_text.md "Latent diffusion".
     "ldm-scenes-text": replace(
         _MNIST, name="ldm-scenes-text",
-        unet=replace(_SCENES_UNET, in_channels=4, base_channels=64, channel_mult=(1, 2), attention_levels=(0, 1)),
+        network=replace(_SCENES_UNET, in_channels=4, base_channels=64, channel_mult=(1, 2), attention_levels=(0, 1)),
         diffusion=replace(_MNIST.diffusion, sigma_data=1.0, p_mean=0.3, p_std=1.0),
         data=DataConfig(dataset="scenes", split="train", autoencoder="runs/ae-scenes", count=40_000),
         train=replace(_MNIST.train, minutes=30.0), **_TEXT),
 })
-# Layout-grounded latent text-to-image on the scenes (noisecraft.text.layout; LayoutGPT / LLM-grounded Diffusion
-# + GLIGEN-style grounding): `ldm-scenes-text` whose U-Net also reads a map of each object phrase's embedding
-# painted into its box - the dataset's boxes in training, a planner's boxes (learned from them at the start of
-# the run, seconds) when sampling. The relation's direction, which the text-only model leaves at chance, is the
-# planner's job: 100% of 300 prompts fully satisfied at 3576 steps (benchmarks/guidance.md; scenes_text.md).
+# Layout-grounded latent text-to-image on the scenes (noisecraft.conditions.layout; LayoutGPT / LLM-grounded
+# Diffusion + GLIGEN-style grounding): `ldm-scenes-text` whose U-Net also reads, as channels concatenated to x, a
+# map of each object phrase's embedding painted into its box - the dataset's boxes in training, a planner's boxes
+# (learned from them at the start of the run) when sampling. The relation's direction, which the text-only model
+# leaves at chance, is the planner's job (measured in benchmarks/guidance.md and benchmarks/scenes_text.md).
 PRESETS["ldm-scenes-layout"] = replace(PRESETS["ldm-scenes-text"], name="ldm-scenes-layout",
                                        conditioning=replace(_TEXT["conditioning"], layout=True))
 

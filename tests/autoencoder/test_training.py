@@ -165,7 +165,7 @@ def test_latent_diffusion_trains_and_samples_decoded_images(tmp_path, cache):
                                      autoencoder=str(ae_dir)),
                   train=replace(base.train, steps=2, batch_size=8))
     trainer = Trainer(cfg, tmp_path / "ldm", progress=False)
-    assert trainer.data.data_shape == (2, 4, 4) and trainer.config.unet.in_channels == 2
+    assert trainer.data.data_shape == (2, 4, 4) and trainer.config.network.in_channels == 2
     trainer.run()
     from noisecraft.pipeline import load_denoiser
 

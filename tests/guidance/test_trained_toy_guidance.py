@@ -19,7 +19,7 @@ from noisecraft.training.trainer import Trainer
 @pytest.mark.slow
 def test_cfg_on_a_trained_class_conditional_toy_model(tmp_path):
     cfg = get_preset("toy2d")
-    cfg = replace(cfg, mlp=replace(cfg.mlp, num_classes=8), data=replace(cfg.data, limit=4096),
+    cfg = replace(cfg, network=replace(cfg.network, num_classes=8), data=replace(cfg.data, limit=4096),
                   train=replace(cfg.train, steps=1500, checkpoint_every=10**6))
     trainer = Trainer(cfg, tmp_path, progress=False)
     assert trainer.config.conditioning.cond_dropout > 0  # the null label is trained too

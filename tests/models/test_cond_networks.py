@@ -11,7 +11,14 @@ import torch
 from noisecraft import samplers
 from noisecraft.build import build_denoiser
 from noisecraft.errors import NoisecraftError
-from noisecraft.models.conditioning import COND_KEYS, CrossAttention, concat_cond, expand_cond, slice_cond
+from noisecraft.models.conditioning import (
+    COND_KEYS,
+    CrossAttention,
+    TokenRefinerConfig,
+    concat_cond,
+    expand_cond,
+    slice_cond,
+)
 from noisecraft.models.dit import DIT_PRESETS, DiT
 from noisecraft.models.unet import UNET_PRESETS, UNet
 from noisecraft.presets import get_preset
@@ -38,14 +45,12 @@ def _dit(**fields):
     return _randomize(DiT(replace(DIT_PRESETS["tiny"], input_size=8, **fields)))
 
 
-REFINER = dict(context_refiner_layers=1, context_refiner_width=8, context_refiner_heads=2)
-# the n-gram refiner (a conv over the tokens, no transformer) with its pooled vector in the conditioning
-NGRAM = dict(context_refiner_kernel=3, context_refiner_width=8, context_refiner_pool=True)
-# both, added to the encoder's tokens through a zero-initialised projection
-RESIDUAL = dict(REFINER, context_refiner_kernel=3, context_refiner_pool=True, context_refiner_residual=True)
+# the n-gram refiner (a conv over the tokens) with its pooled vector in the conditioning
+NGRAM = dict(refiner=TokenRefinerConfig(kernel=3, width=8, pool=True))
+# the same, added to the encoder's tokens through a zero-initialised projection
+RESIDUAL = dict(refiner=TokenRefinerConfig(kernel=3, width=8, pool=True, residual=True))
 # every contract test also runs with a token refiner in front of the cross-attention
 BACKBONES = {"unet": _unet, "dit": _dit,
-             "unet+refiner": lambda **f: _unet(**REFINER, **f), "dit+refiner": lambda **f: _dit(**REFINER, **f),
              "unet+ngram": lambda **f: _unet(**NGRAM, **f), "dit+ngram": lambda **f: _dit(**NGRAM, **f),
              "unet+residual": lambda **f: _unet(**RESIDUAL, **f), "dit+residual": lambda **f: _dit(**RESIDUAL, **f)}
 
@@ -167,9 +172,9 @@ def test_mask_without_tokens_and_non_dict_cond_are_errors():
 def test_concat_cond_pads_tokens_and_slices_back():
     a, b = _cond(0, batch=2, tokens=3), _cond(1, batch=1, tokens=5)
     del b["text_mask"]
-    a["layout"], b["layout"] = torch.randn(2, 3, 4, 4), torch.randn(1, 3, 4, 4)  # spatial maps stack like vectors
+    a["concat"], b["concat"] = torch.randn(2, 3, 4, 4), torch.randn(1, 3, 4, 4)  # spatial maps stack like vectors
     both = concat_cond([a, b], [2, 4])  # b has batch 1: broadcast to 4
-    assert torch.equal(both["layout"], torch.cat([a["layout"], b["layout"].expand(4, 3, 4, 4)]))
+    assert torch.equal(both["concat"], torch.cat([a["concat"], b["concat"].expand(4, 3, 4, 4)]))
     assert both["text_tokens"].shape == (6, 5, D_CTX) and both["text_mask"].shape == (6, 5)
     assert both["text_mask"][:2, 3:].sum() == 0 and both["text_mask"][2:].all()
     assert torch.equal(slice_cond(both, slice(0, 2))["text_tokens"][:, :3], a["text_tokens"])
@@ -197,8 +202,8 @@ def test_both_backbones_train_and_sample_through_the_same_trainer_and_sampler(tm
     """model='dit' or 'unet' in one RunConfig: the same Trainer trains it class-conditionally on mnist-tiny data,
     the checkpoint reloads, and samplers.get('heun') draws class-conditional samples from it."""
     cfg = get_preset("mnist-tiny")
-    cfg = replace(cfg, model=model_kind, unet=replace(cfg.unet, num_classes=10),
-                  dit=replace(DIT_PRESETS["tiny"], num_classes=10),
+    cfg = replace(cfg, model=model_kind, network=replace(cfg.network if model_kind == "unet" else DIT_PRESETS["tiny"],
+                                                         num_classes=10),
                   data=replace(cfg.data, limit=64),
                   train=replace(cfg.train, steps=4, batch_size=8, checkpoint_every=1000, log_every=1))
     trainer = Trainer(cfg, tmp_path / model_kind, progress=False)
@@ -221,12 +226,12 @@ def test_both_backbones_train_and_sample_through_the_same_trainer_and_sampler(tm
     torch.testing.assert_close(out, ref)
 
 
-@pytest.mark.parametrize("refiner", ["refiner", "ngram", "residual"])
+@pytest.mark.parametrize("refiner", ["ngram", "residual"])
 @pytest.mark.parametrize("kind", ["unet", "dit"])
 def test_token_refiner_makes_word_order_matter(kind, refiner):
     """Cross-attention alone is a set operation: permuting the tokens leaves the output unchanged, so a frozen
     encoder's near bag-of-words tokens cannot bind "red" to "circle". The refiner's position embedding and
-    self-attention make the output depend on the order (and so on which word stands next to which)."""
+    n-gram block make the output depend on the order (and so on which word stands next to which)."""
     x, t = _x()
     cond = {"text_tokens": _cond()["text_tokens"]}
     shuffled = {"text_tokens": cond["text_tokens"][:, [3, 0, 4, 1, 2]]}
@@ -238,7 +243,7 @@ def test_token_refiner_makes_word_order_matter(kind, refiner):
 
 @pytest.mark.parametrize("kind", ["unet", "dit"])
 def test_residual_refiner_starts_as_the_network_without_one(kind):
-    """context_refiner_residual: ctx + W_res(refined) and the pooled projection start at zero, so a fresh
+    """refiner.residual: ctx + W_res(refined) and the pooled projection start at zero, so a fresh
     network's output is exactly that of the same weights without a refiner; the zero layers still get a
     gradient (they are not dead)."""
     build = UNet if kind == "unet" else DiT
@@ -266,7 +271,7 @@ def test_ngram_refiner_reads_exactly_its_neighbours_and_pools_word_order():
     from noisecraft.models.conditioning import TokenRefiner
 
     torch.manual_seed(0)
-    refiner = TokenRefiner(D_CTX, 8, layers=0, heads=1, max_tokens=12, kernel=3, pool_dim=5).double()
+    refiner = TokenRefiner(D_CTX, TokenRefinerConfig(kernel=3, width=8, max_tokens=12, pool=True), pool_dim=5).double()
     torch.nn.init.normal_(refiner.pool_proj.weight)  # (zero at init)
     tokens = torch.randn(1, 9, D_CTX, dtype=torch.float64, requires_grad=True)
     (refiner(tokens, None)[0, 4] * torch.randn(8, dtype=torch.float64)).sum().backward()  # (a sum of LN is constant)
@@ -284,24 +289,22 @@ def test_ngram_refiner_reads_exactly_its_neighbours_and_pools_word_order():
 def test_token_refiner_errors(kind):
     from noisecraft.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="context_refiner_width.*multiple of context_refiner_heads"):
-        BACKBONES[kind](context_dim=D_CTX, context_refiner_layers=1, context_refiner_width=10,
-                        context_refiner_heads=4)
-    with pytest.raises(ConfigError, match="context_refiner_layers: must be >= 0"):
-        BACKBONES[kind](context_dim=D_CTX, context_refiner_layers=-1)
-    with pytest.raises(ConfigError, match="context_refiner_kernel: must be 0 .off. or an odd number >= 1, got 4"):
-        BACKBONES[kind](context_dim=D_CTX, context_refiner_kernel=4)
-    with pytest.raises(ConfigError, match="context_refiner_kernel: must be .*got -1"):
-        BACKBONES[kind](context_dim=D_CTX, context_refiner_kernel=-1)
-    with pytest.raises(ConfigError, match="context_refiner_pool: pools the refined tokens: set "
-                                          "context_refiner_layers or context_refiner_kernel"):
-        BACKBONES[kind](context_dim=D_CTX, context_refiner_pool=True)
-    with pytest.raises(ConfigError, match="context_refiner_residual: adds the refined tokens to the encoder's: "
-                                          "set context_refiner_layers or context_refiner_kernel"):
-        BACKBONES[kind](context_dim=D_CTX, context_refiner_residual=True)
-    with pytest.raises(ConfigError, match="context_refiner_pool: expected true or false, got 1"):
-        BACKBONES[kind](context_dim=D_CTX, context_refiner_kernel=3, context_refiner_pool=1)
-    model = BACKBONES[kind](context_dim=D_CTX, **dict(REFINER, context_refiner_max_tokens=4))
+    with pytest.raises(ConfigError, match="refiner.kernel: must be 0 .off. or an odd number >= 1, got 4"):
+        TokenRefinerConfig(kernel=4)
+    with pytest.raises(ConfigError, match="refiner.kernel: must be .*got -1"):
+        TokenRefinerConfig(kernel=-1)
+    with pytest.raises(ConfigError, match="refiner.pool: pools the refined tokens: set refiner.kernel too"):
+        TokenRefinerConfig(pool=True)
+    with pytest.raises(ConfigError, match="refiner.residual: adds the refined tokens to the encoder's: "
+                                          "set refiner.kernel too"):
+        TokenRefinerConfig(residual=True)
+    with pytest.raises(ConfigError, match="refiner.pool: expected true or false, got 1"):
+        TokenRefinerConfig(kernel=3, pool=1)
+    with pytest.raises(ConfigError, match="refiner.width: must be >= 1, got 0"):
+        TokenRefinerConfig(kernel=3, width=0)
+    with pytest.raises(ConfigError, match=r"(UNet|DiT)Config.refiner: expected a TokenRefinerConfig, got dict"):
+        BACKBONES[kind](context_dim=D_CTX, refiner={"kernel": 3})
+    model = BACKBONES[kind](context_dim=D_CTX, refiner=TokenRefinerConfig(kernel=3, width=8, max_tokens=4))
     x, t = _x()
     with pytest.raises(NoisecraftError, match="at most 4 tokens.*got 5"):
         model(x, t, {"text_tokens": _cond()["text_tokens"]})

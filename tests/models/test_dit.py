@@ -10,7 +10,7 @@ import torch
 
 from noisecraft.errors import ConfigError, NoisecraftError
 from noisecraft.models import build_model
-from noisecraft.models.dit import DIT_PRESETS, DiT, DiTConfig, count_parameters, dit_for_data, sincos_pos_embed_2d
+from noisecraft.models.dit import DIT_PRESETS, DiT, DiTConfig, count_parameters, sincos_pos_embed_2d
 
 TINY = replace(DIT_PRESETS["tiny"], input_size=8)
 
@@ -131,6 +131,7 @@ def test_paper_sizes_parameter_counts():
 @pytest.mark.parametrize("field,value", [
     ("patch_size", 3), ("hidden_size", 30), ("num_heads", 5), ("pos_embed", "rope"), ("depth", 0),
     ("mlp_ratio", 0), ("num_classes", -1), ("context_dim", -2), ("out_conv", 1), ("freq_dim", 7),
+    ("concat_channels", -1), ("refiner", {"kernel": 3}),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
@@ -144,8 +145,8 @@ def test_wrong_input_shapes():
     with pytest.raises(NoisecraftError, match=r"c_noise: expected shape \(2,\), got \(3,\)"):
         model(torch.randn(2, 1, 8, 8), torch.zeros(3))
     with pytest.raises(ConfigError, match="square"):
-        dit_for_data(TINY, (1, 8, 12))
-    assert dit_for_data(TINY, (3, 16, 16)).input_size == 16
+        TINY.for_data((1, 8, 12))
+    assert TINY.for_data((3, 16, 16)).input_size == 16
 
 
 def test_build_model_dit():

@@ -18,7 +18,6 @@ from noisecraft.models.unet import (
     UNetConfig,
     Upsample,
     _ConcatSkip,
-    coordinate_channels,
     timestep_embedding,
 )
 
@@ -103,37 +102,13 @@ def test_channels_last_changes_layout_not_numbers():
     torch.testing.assert_close(a(x, t), b(x, t), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dims", [1, 2, 3])
-def test_coord_channels_are_exact_and_enter_only_through_their_weights(dims):
-    """CoordConv: channel i of the extra input is linspace(-1, 1) along spatial axis i; with those input
-    weights zero the network is exactly the one without coordinates, and non-zero ones change the output."""
-    x = torch.zeros(1, 1, *([4, 6, 8][:dims]))
-    grid = coordinate_channels(x)
-    assert grid.shape == (1, dims, *x.shape[2:])
-    for i in range(dims):
-        line = torch.linspace(-1, 1, x.shape[2 + i]).view(*[-1 if j == i else 1 for j in range(dims)])
-        assert torch.equal(grid[0, i], line.expand(x.shape[2:]))
-    cfg = replace(TINY, dims=dims, in_channels=2)
-    plain, coords = _randomize(UNet(cfg)), UNet(replace(cfg, coord_channels=True))
-    state = plain.state_dict()
-    w = state["conv_in.weight"]
-    state["conv_in.weight"] = torch.cat([w, torch.zeros(w.shape[0], dims, *w.shape[2:])], 1)
-    coords.load_state_dict(state)
-    assert coords.conv_in.in_channels == 2 + dims
-    x, t = _input(cfg, size=8)
-    torch.testing.assert_close(coords(x, t), plain(x, t), atol=0, rtol=0)
-    with torch.no_grad():
-        coords.conv_in.weight[:, 2:] = 0.5
-    assert (coords(x, t) - plain(x, t)).abs().max() > 1e-3
-
-
 @pytest.mark.parametrize("field, value", [
     ("dims", 4), ("dims", 0), ("in_channels", 0), ("out_channels", 0), ("base_channels", 0),
     ("channel_mult", ()), ("channel_mult", (1, 0)), ("attention_levels", (2,)),
     ("attention_levels", (-1,)), ("attention_levels", (1, 1)), ("head_channels", 3),
     ("dropout", 1.0), ("dropout", -0.1), ("norm_groups", 0), ("norm_groups", 3), ("num_classes", -1),
     ("num_res_blocks", 0), ("scale_shift_norm", 1), ("dims", 2.0), ("channel_mult", [1, 2]),
-    ("coord_channels", 1),
+    ("concat_channels", -1), ("concat_channels", 1.0), ("refiner", {"kernel": 3}),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ConfigError, match=rf"UNetConfig\.{field}"):

@@ -28,7 +28,8 @@ from noisecraft.training.trainer import Trainer
 
 def small(steps=2):
     cfg = get_preset("toy2d")
-    return replace(cfg, mlp=replace(cfg.mlp, hidden=16, num_blocks=1, embed_dim=8), data=replace(cfg.data, limit=64),
+    return replace(cfg, network=replace(cfg.network, hidden=16, num_blocks=1, embed_dim=8),
+                   data=replace(cfg.data, limit=64),
                    train=replace(cfg.train, steps=steps, batch_size=16, warmup_steps=1, checkpoint_every=1000))
 
 

@@ -16,7 +16,7 @@ STEPS = 4
 
 def tiny(unet=None, **train):
     cfg = get_preset("mnist-tiny")
-    return replace(cfg, data=replace(cfg.data, limit=32), unet=replace(cfg.unet, **(unet or {})),
+    return replace(cfg, data=replace(cfg.data, limit=32), network=replace(cfg.network, **(unet or {})),
                    train=replace(cfg.train, steps=STEPS, batch_size=8, warmup_steps=2, checkpoint_every=1000,
                                  log_every=1, **train))
 

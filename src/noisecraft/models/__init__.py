@@ -1,4 +1,12 @@
-"""Denoiser networks: a plain dict registry from a model kind to its (config class, module class)."""
+"""Denoiser networks: a plain dict registry from a model kind to its (config class, module class).
+
+Every network config class has the same small interface, so no caller branches on the model kind:
+
+    config.for_data(shape)     the config with its input widths set from a data sample's shape (C, *S) or (D,)
+    config.data_shape(side)    the shape of one sample; `side()` (the data's spatial size) is called only by
+                               configs that do not hold it (the U-Net)
+    config.cond_spec           the conditioning it accepts (`noisecraft.models.conditioning.CondSpec`)
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,12 @@ MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "mlp": (MLPConfig, MLPDenoiserNet),
     "dit": (DiTConfig, DiT),
 }
+DEFAULT_MODEL = "unet"
+
+
+def network_configs() -> dict[str, type]:
+    """Model kind -> its config class (what a run config's `network` section is built as)."""
+    return {kind: config_cls for kind, (config_cls, _) in MODELS.items()}
 
 
 def build_model(kind: str, config=None) -> nn.Module:
@@ -32,6 +46,6 @@ def build_model(kind: str, config=None) -> nn.Module:
 
 
 __all__ = [
-    "DIT_PRESETS", "DiT", "DiTConfig", "MLP_PRESETS", "MLPConfig", "MLPDenoiserNet", "MODELS", "UNET_PRESETS",
-    "UNet", "UNetConfig", "build_model",
+    "DEFAULT_MODEL", "DIT_PRESETS", "DiT", "DiTConfig", "MLP_PRESETS", "MLPConfig", "MLPDenoiserNet", "MODELS",
+    "UNET_PRESETS", "UNet", "UNetConfig", "build_model", "network_configs",
 ]

@@ -8,16 +8,17 @@
                                          True token attends to nothing: its cross-attention output is exactly 0
     "text_pooled"   (B, D_pool) float    a global vector added into the time embedding through a Linear
     "vector"        (B, D_vec) float     any other global vector, added the same way through its own Linear
-    "layout"        (B, D_lay, *S) float a spatial map at the input's resolution (e.g. object phrase embeddings
-                                         painted into their boxes, `noisecraft.text.layout`), read by a bias-free
-                                         convolution added to the network's first feature map: zeros add nothing
+    "concat"        (B, C_cat, *S) float channels concatenated to x, at the input's resolution (a mask, a masked
+                                         or low-resolution image, a structure or layout map): the network's first
+                                         layer reads [x, c] (a bias-free layer on c added to the one on x, so the
+                                         zero map adds nothing)
 
 A network is configured with `num_classes`, `context_dim` (0 = no cross-attention), `pooled_dim`,
-`vector_dim` and `layout_dim` (0 = off); `check_cond` turns a wrong key, shape or dtype, or a key the network was not
-configured for, into a NoisecraftError that names the key, the expected shape and what was given.
+`vector_dim` and `concat_channels` (0 = off); `check_cond` turns a wrong key, shape or dtype, or a key the network
+was not configured for, into a NoisecraftError that names the key, the expected shape and what was given.
 
 Absent keys: a missing "class_labels" means the null label; missing "text_tokens" means no cross-attention
-contribution (as an all-False mask); missing "text_pooled"/"vector"/"layout" add nothing. The unconditional TEXT
+contribution (as an all-False mask); missing "text_pooled"/"vector"/"concat" add nothing. The unconditional TEXT
 condition used for classifier-free guidance is the encoding of the empty prompt "" (as Stable Diffusion),
 supplied by the caller like any other condition.
 
@@ -33,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisecraft.errors import NoisecraftError
+from noisecraft.errors import NoisecraftError, require
 
-COND_KEYS = ("class_labels", "text_tokens", "text_mask", "text_pooled", "vector", "layout")
+COND_KEYS = ("class_labels", "text_tokens", "text_mask", "text_pooled", "vector", "concat")
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
@@ -47,16 +48,16 @@ class CondSpec:
     context_dim: int = 0
     pooled_dim: int = 0
     vector_dim: int = 0
-    layout_dim: int = 0
+    concat_channels: int = 0
 
     def accepts(self) -> tuple[str, ...]:
         keys = ("class_labels",) * (self.num_classes > 0) + ("text_tokens", "text_mask") * (self.context_dim > 0)
         keys += ("text_pooled",) * (self.pooled_dim > 0) + ("vector",) * (self.vector_dim > 0)
-        return keys + ("layout",) * (self.layout_dim > 0)
+        return keys + ("concat",) * (self.concat_channels > 0)
 
 
 _CONFIG_FIELD = {"class_labels": "num_classes", "text_tokens": "context_dim", "text_mask": "context_dim",
-                 "text_pooled": "pooled_dim", "vector": "vector_dim", "layout": "layout_dim"}
+                 "text_pooled": "pooled_dim", "vector": "vector_dim", "concat": "concat_channels"}
 
 
 def _shape_error(key: str, expected: str, value) -> NoisecraftError:
@@ -64,8 +65,10 @@ def _shape_error(key: str, expected: str, value) -> NoisecraftError:
     return NoisecraftError(f"cond[{key!r}]: expected {expected}, got {got}")
 
 
-def check_cond(cond: dict | None, batch: int, spec: CondSpec, where: str = "network") -> dict:
+def check_cond(cond: dict | None, batch: int, spec: CondSpec, where: str = "network",
+               spatial: tuple[int, ...] | None = None) -> dict:
     """Validate `cond` against the contract and the network's `spec`; returns a dict (empty for None).
+    `spatial`: the input's spatial sizes *S, which cond["concat"] must have (None: not checked).
 
     Raises NoisecraftError for a non-dict, an unknown key, a key the network was not configured for, or a
     wrong shape/dtype (naming the key, the expected shape and what was given)."""
@@ -87,11 +90,21 @@ def check_cond(cond: dict | None, batch: int, spec: CondSpec, where: str = "netw
         v = cond.get(key)
         if v is not None and not (isinstance(v, Tensor) and v.is_floating_point() and tuple(v.shape) == (batch, dim)):
             raise _shape_error(key, f"a float tensor of shape ({batch}, {dim})", v)
-    v = cond.get("layout")
-    if v is not None and not (isinstance(v, Tensor) and v.is_floating_point() and v.ndim >= 3
-                              and tuple(v.shape[:2]) == (batch, spec.layout_dim)):
-        raise _shape_error("layout", f"a float tensor of shape ({batch}, {spec.layout_dim}, *S)", v)
+    _check_concat(cond.get("concat"), batch, spec.concat_channels, spatial)
     return cond
+
+
+def _check_concat(c, batch: int, channels: int, spatial: tuple[int, ...] | None) -> None:
+    if c is None:
+        return
+    if spatial is None:
+        ok = isinstance(c, Tensor) and c.ndim >= 3 and tuple(c.shape[:2]) == (batch, channels)
+        expected = f"({batch}, {channels}, *S)"
+    else:
+        ok = isinstance(c, Tensor) and tuple(c.shape) == (batch, channels, *spatial)
+        expected = str((batch, channels, *spatial)) + " (the input's spatial size)"
+    if not (ok and c.is_floating_point()):
+        raise _shape_error("concat", f"a float tensor of shape {expected}", c)
 
 
 def _check_labels(labels, batch: int, num_classes: int) -> None:
@@ -201,53 +214,75 @@ class CondEmbedding(nn.Module):
         return out
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TokenRefinerConfig:
+    """The token refiner of a network config (the field `refiner` of UNetConfig and DiTConfig); see TokenRefiner.
+    Off while kernel is 0 (and always without text tokens, context_dim = 0)."""
+
+    kernel: int = 0  # odd > 0: the n-gram block reads this many tokens around each token; 0 = no refiner
+    width: int = 128  # width W of the refined tokens (cross-attention reads this width unless residual)
+    max_tokens: int = 77  # the longest token sequence it takes (learned position embedding)
+    pool: bool = False  # True: the masked mean refined token, projected, joins the conditioning vector
+    residual: bool = False  # True: cross-attention reads tokens + a zero-initialised projection of the refined ones
+
+    def __post_init__(self) -> None:
+        for name in ("kernel", "width", "max_tokens"):
+            require(_is_int(getattr(self, name)), f"refiner.{name}", f"expected an integer, got "
+                                                                     f"{getattr(self, name)!r}")
+        for name in ("pool", "residual"):
+            require(isinstance(getattr(self, name), bool), f"refiner.{name}",
+                    f"expected true or false, got {getattr(self, name)!r}")
+        require(self.kernel >= 0 and (self.kernel == 0 or self.kernel % 2 == 1), "refiner.kernel",
+                f"must be 0 (off) or an odd number >= 1, got {self.kernel}")
+        for name in ("width", "max_tokens"):
+            require(getattr(self, name) >= 1, f"refiner.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(not self.pool or self.on, "refiner.pool", "pools the refined tokens: set refiner.kernel too")
+        require(not self.residual or self.on, "refiner.residual",
+                "adds the refined tokens to the encoder's: set refiner.kernel too")
+
+    @property
+    def on(self) -> bool:
+        return self.kernel > 0
+
+
 class TokenRefiner(nn.Module):
     """Small trainable layers over the (frozen) text encoder's tokens, applied before cross-attention.
 
-    h_0 = W_in ctx + P[:T];  with context_refiner_kernel = k: h_0 += W_2 GELU(Conv_k(LN(h_0))) over the token
-    axis, padding zeroed (an n-gram block: each token reads its k - 1 neighbours with per-offset weights);
-    ctx' = LN(Block_L(... Block_1(h_0))), Block(h) = h + SelfAttn(LN(h), mask) then h + MLP(LN(h))
-    (pre-LN transformer encoder layers, Vaswani et al. 2017; the "token refiner" of HunyuanVideo, Kong et al.
-    2024, and the trainable text adapters of eDiff-I / Kandinsky in the same role). P is a learned position
-    embedding. Why: a frozen sentence encoder's last states are close to a bag of words for attribute binding
-    - in all-MiniLM-L6-v2, the token "red" of "a small red circle left of a blue square" has cosine 0.992 to
-    the "red" of "a small red square left of a blue circle" - so one cross-attention hop from a circle-shaped
-    region cannot tell which colour belongs to it. The refiner lets each word read its neighbours ("red" next
-    to "circle") with weights learned from the diffusion loss. The n-gram block is a 1-D convolution over the
-    token axis (as in Kim 2014's convolutional sentence encoder); the pooled vector (masked mean of the refined
-    tokens, context_refiner_pool) joins the conditioning vector like a class embedding, and unlike the
-    encoder's mean-pooled vector it is not a bag of words; its projection starts at zero. context_refiner_residual
-    adds the refined tokens to the encoder's through a zero-initialised projection, so with it a fresh network
-    is exactly the one without a refiner (the zero-init of ControlNet / adaLN-Zero). Measured
-    on the scene set (benchmarks/scenes_text.md): the transformer refiner replacing the tokens halved
-    adherence at equal steps and stayed below the plain network; the residual n-gram refiner with pool
-    matches the plain network early and passes it later, so the `scenes-text` preset uses it.
+        h = W_in ctx + P[:T];  h = h + W_2 GELU(Conv_k(LN(h)));  ctx' = LN(h)
 
-    Masked (padding) tokens are keys for no one, so real tokens' outputs do not depend on them; a row with no
-    real token attends everywhere here (finite garbage) and is masked again by the cross-attention."""
+    The middle step is an n-gram block: a 1-D convolution of kernel k over the token axis (Kim 2014's
+    convolutional sentence encoder), padding zeroed first, so each token reads its k - 1 neighbours with
+    per-offset weights; P is a learned position embedding. It plays the role of the trainable text adapters
+    of eDiff-I / Kandinsky and the token refiner of HunyuanVideo (Kong et al. 2024): a frozen sentence
+    encoder's last states are close to a bag of words for attribute binding (measured in
+    benchmarks/scenes_text.md), so one cross-attention hop from a circle-shaped region cannot tell which
+    colour belongs to it; the refiner lets "red" read "circle" next to it, with weights learned from the diffusion loss.
 
-    def __init__(self, context_dim: int, width: int, layers: int, heads: int, max_tokens: int,
-                 kernel: int = 0, pool_dim: int = 0, residual: bool = False) -> None:
+    pool: W_pool (masked mean of ctx') joins the conditioning vector like a class embedding; unlike the
+    encoder's mean-pooled vector it is not a bag of words. residual: cross-attention reads ctx + W_res ctx'.
+    W_pool and W_res start at zero, so with residual a fresh network is exactly the one without a refiner
+    (the zero-init of ControlNet / adaLN-Zero). Measured in benchmarks/scenes_text.md.
+
+    Masked (padding) tokens are no one's neighbours, so real tokens' outputs do not depend on them."""
+
+    def __init__(self, context_dim: int, config: TokenRefinerConfig, pool_dim: int = 0) -> None:
         super().__init__()
-        self.max_tokens = max_tokens
+        width, kernel = config.width, config.kernel
+        self.max_tokens = config.max_tokens
         self.proj_in = nn.Linear(context_dim, width)
-        self.pos = nn.Parameter(torch.randn(max_tokens, width) * 0.02)  # (T_max, W)
+        self.pos = nn.Parameter(torch.randn(config.max_tokens, width) * 0.02)  # (T_max, W)
         # n-gram block: h + W_2 GELU(Conv_k(LN(h))) over the token axis (padding zeroed first)
-        self.conv = None
-        if kernel:
-            self.conv_norm = nn.LayerNorm(width)
-            self.conv = nn.Conv1d(width, 4 * width, kernel, padding=kernel // 2)
-            self.conv_out = nn.Linear(4 * width, width)
-        # the same pre-norm encoder layers as the trainable text encoder (text/trainable.py)
-        self.blocks = None
-        if layers:
-            layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
-                                               activation="gelu", batch_first=True, norm_first=True)
-            self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.conv_norm = nn.LayerNorm(width)
+        self.conv = nn.Conv1d(width, 4 * width, kernel, padding=kernel // 2)
+        self.conv_out = nn.Linear(4 * width, width)
         self.norm_out = nn.LayerNorm(width)
         # residual: ctx + W_res ctx' (W_res zero at init, so the network starts as one without a refiner)
-        self.res_proj = nn.Linear(width, context_dim) if residual else None
-        self.pool_proj = nn.Linear(width, pool_dim) if pool_dim else None
+        self.res_proj = nn.Linear(width, context_dim) if config.residual else None
+        self.pool_proj = nn.Linear(width, pool_dim) if config.pool and pool_dim else None
         for m in self.zeroed():
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -258,20 +293,16 @@ class TokenRefiner(nn.Module):
         return [m for m in (self.res_proj, self.pool_proj) if m is not None]
 
     def forward(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
-        """tokens: (B, T, D_ctx), mask: (B, T) bool or None -> (B, T, W), or (B, T, D_ctx) when residual."""
+        """tokens: (B, T, D_ctx), mask: (B, T) bool or None -> ctx' (B, T, W)."""
         B, T, _ = tokens.shape
         if T > self.max_tokens:
             raise NoisecraftError(f"text tokens: the token refiner takes at most {self.max_tokens} tokens "
-                                  f"(context_refiner_max_tokens), got {T}")
+                                  f"(refiner.max_tokens), got {T}")
         h = self.proj_in(tokens.to(self.pos.dtype)) + self.pos[:T]  # (B, T, W)
-        if self.conv is not None:
-            x = self.conv_norm(h)
-            if mask is not None:
-                x = torch.where(mask.unsqueeze(-1), x, 0.0)  # padding is no one's neighbour
-            h = h + self.conv_out(F.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2)))
-        if self.blocks is not None:
-            padding = None if mask is None else ~(mask | ~mask.any(dim=1, keepdim=True))  # (B, T) True = ignored
-            h = self.blocks(h, src_key_padding_mask=padding)
+        x = self.conv_norm(h)
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), x, 0.0)  # padding is no one's neighbour
+        h = h + self.conv_out(F.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2)))  # (B, T, W)
         return self.norm_out(h)
 
     def refine(self, tokens: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -292,53 +323,20 @@ class TokenRefiner(nn.Module):
         return torch.where(keep.any(dim=1, keepdim=True), self.pool_proj(masked_mean(refined, keep)), 0.0)
 
 
-REFINER_FIELDS = ("context_refiner_layers", "context_refiner_width", "context_refiner_heads",
-                  "context_refiner_max_tokens", "context_refiner_kernel")
-
-
-def refiner_on(config) -> bool:
-    return bool(config.context_refiner_layers or config.context_refiner_kernel)
-
-
-def refiner_problem(config) -> tuple[str, str] | None:
-    """(field, message) for invalid token-refiner fields of a network config, else None (integers assumed)."""
-    layers, width, heads, max_tokens, kernel = (getattr(config, f) for f in REFINER_FIELDS)
-    for flag in ("context_refiner_pool", "context_refiner_residual"):
-        if not isinstance(getattr(config, flag), bool):
-            return flag, f"expected true or false, got {getattr(config, flag)!r}"
-    if layers < 0:
-        return "context_refiner_layers", f"must be >= 0 (0 = off), got {layers}"
-    if kernel < 0 or (kernel and kernel % 2 == 0):
-        return "context_refiner_kernel", f"must be 0 (off) or an odd number >= 1, got {kernel}"
-    if layers and (heads < 1 or width < 1 or width % heads):
-        return "context_refiner_width", (f"must be a positive multiple of context_refiner_heads; got width "
-                                         f"{width}, heads {heads}")
-    if refiner_on(config) and (width < 1 or max_tokens < 1):
-        field, value = ("context_refiner_width", width) if width < 1 else ("context_refiner_max_tokens", max_tokens)
-        return field, f"must be >= 1, got {value}"
-    for flag, what in (("context_refiner_pool", "pools the refined tokens"),
-                       ("context_refiner_residual", "adds the refined tokens to the encoder's")):
-        if getattr(config, flag) and not refiner_on(config):
-            return flag, f"{what}: set context_refiner_layers or context_refiner_kernel too"
-    return None
-
-
 def context_width(config) -> int:
-    """Width of the tokens that cross-attention reads: the refiner's, else the text encoder's (context_dim)."""
-    if refiner_on(config) and not config.context_refiner_residual:
-        return config.context_refiner_width
+    """Width of the tokens that cross-attention reads (network config with context_dim and refiner): the
+    refiner's, else the text encoder's (context_dim)."""
+    if config.refiner.on and not config.refiner.residual:
+        return config.refiner.width
     return config.context_dim
 
 
 def build_refiner(config, emb_dim: int = 0) -> TokenRefiner | None:
-    """The token refiner of a network config (fields context_dim, context_refiner_*), or None when off;
-    with context_refiner_pool its pooled output has width emb_dim (the network's conditioning vector)."""
-    if not config.context_dim or not refiner_on(config):
+    """The token refiner of a network config (fields context_dim, refiner), or None when off; with
+    refiner.pool its pooled output has width emb_dim (the network's conditioning vector)."""
+    if not config.context_dim or not config.refiner.on:
         return None
-    return TokenRefiner(config.context_dim, config.context_refiner_width, config.context_refiner_layers,
-                        config.context_refiner_heads, config.context_refiner_max_tokens,
-                        config.context_refiner_kernel, emb_dim if config.context_refiner_pool else 0,
-                        config.context_refiner_residual)
+    return TokenRefiner(config.context_dim, config.refiner, emb_dim)
 
 
 def refined_context(refiner: TokenRefiner | None, cond: dict) -> tuple[tuple[Tensor, Tensor | None] | None,

@@ -7,8 +7,8 @@
         x = x + gate1 * SelfAttn(LN(x) (1 + scale1) + shift1)
         x = x + CrossAttn(LN(x), text_tokens, text_mask)     only with context_dim > 0 (as PixArt-alpha,
                                                              Chen et al. 2023, sec. 2.3; proj zero-init);
-                                                             context_refiner_layers > 0 refines the tokens
-                                                             first (`conditioning.TokenRefiner`)
+                                                             refiner.kernel > 0 refines the tokens first
+                                                             (`conditioning.TokenRefiner`)
         x = x + gate2 * MLP(LN(x) (1 + scale2) + shift2)
     final layer: LN(x) (1 + scale) + shift, Linear(h, p p C_out) (both zero-initialised), unpatchify
 
@@ -22,39 +22,36 @@ rearrangement of the paper, or with `out_conv=True` followed by a learned 3x3 co
 Bao et al. 2023) that can smooth patch boundaries; that conv then starts at zero instead of the final linear.
 
 Conditioning follows the contract in `noisecraft.models.conditioning` (class_labels with null label
-`num_classes`, text_tokens/text_mask, text_pooled, vector).
+`num_classes`, text_tokens/text_mask, text_pooled, vector, concat). cond["concat"] (B, C_cat, H, W) is patch-embedded
+by a bias-free p x p conv added to the patch embedding of x: exactly the patch embedding of the channel
+concatenation [x, c] (whose weight is [W_x, W_c]).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisecraft.errors import ConfigError, NoisecraftError
+from noisecraft.errors import ConfigError, NoisecraftError, require
 from noisecraft.models.conditioning import (
-    REFINER_FIELDS,
     CondEmbedding,
     CondSpec,
     CrossAttention,
+    TokenRefinerConfig,
     build_refiner,
     check_cond,
     context_width,
     null_labels,
     refined_context,
-    refiner_problem,
 )
 from noisecraft.models.unet import timestep_embedding
 
 POS_EMBEDS = ("sincos", "learned")
 _LN_EPS = 1e-6  # LayerNorm epsilon of the DiT reference code
 
-
-def _require(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"DiTConfig.{field}: {message}")
 
 
 @dataclass(frozen=True)
@@ -76,41 +73,35 @@ class DiTConfig:
     context_dim: int = 0  # >0: width D_ctx of cond["text_tokens"]; cross-attention in every block
     pooled_dim: int = 0  # >0: width of cond["text_pooled"], added to c through a Linear
     vector_dim: int = 0  # >0: width of cond["vector"], added to c through a Linear
-    context_refiner_layers: int = 0  # >0: a trainable transformer of this many layers refines the text tokens
-    context_refiner_width: int = 128  # its width (the cross-attention keys/values then read this width)
-    context_refiner_heads: int = 4  # its attention heads (must divide context_refiner_width)
-    context_refiner_max_tokens: int = 77  # the longest token sequence it takes (learned position embedding)
-    context_refiner_kernel: int = 0  # odd >0: an n-gram block (conv over this many tokens + MLP) in the refiner
-    context_refiner_pool: bool = False  # True: the mean refined token, projected, joins the conditioning vector
-    context_refiner_residual: bool = False  # True: tokens + zero-initialised projection of the refined ones
+    concat_channels: int = 0  # >0: channels of cond["concat"], concatenated to x before the patch embedding
+    refiner: TokenRefinerConfig = field(default_factory=TokenRefinerConfig)  # n-gram block over the text tokens
 
     def __post_init__(self) -> None:
-        ints = ("in_channels", "input_size", "patch_size", "hidden_size", "depth", "num_heads", "freq_dim",
-                "num_classes", "context_dim", "pooled_dim", "vector_dim", *REFINER_FIELDS)
-        for field in ints:
-            value = getattr(self, field)
-            _require(isinstance(value, int) and not isinstance(value, bool), field,
-                     f"expected an integer, got {value!r}")
-            low = 0 if field in ("num_classes", "context_dim", "pooled_dim", "vector_dim", *REFINER_FIELDS) else 1
-            _require(value >= low, field, f"must be >= {low}, got {value}")
-        _require(self.out_channels is None or (isinstance(self.out_channels, int) and self.out_channels >= 1),
-                 "out_channels", f"expected an integer >= 1 or None, got {self.out_channels!r}")
-        _require(isinstance(self.mlp_ratio, int | float) and not isinstance(self.mlp_ratio, bool)
-                 and self.mlp_ratio > 0, "mlp_ratio", f"must be a number > 0, got {self.mlp_ratio!r}")
-        _require(isinstance(self.out_conv, bool), "out_conv", f"expected true or false, got {self.out_conv!r}")
+        optional = ("num_classes", "context_dim", "pooled_dim", "vector_dim", "concat_channels")  # 0 = off
+        for name in ("in_channels", "input_size", "patch_size", "hidden_size", "depth", "num_heads", "freq_dim",
+                     *optional):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool), f"DiTConfig.{name}",
+                    f"expected an integer, got {value!r}")
+            low = 0 if name in optional else 1
+            require(value >= low, f"DiTConfig.{name}", f"must be >= {low}, got {value}")
+        require(self.out_channels is None or (isinstance(self.out_channels, int) and self.out_channels >= 1),
+                "DiTConfig.out_channels", f"expected an integer >= 1 or None, got {self.out_channels!r}")
+        require(isinstance(self.mlp_ratio, int | float) and not isinstance(self.mlp_ratio, bool)
+                and self.mlp_ratio > 0, "DiTConfig.mlp_ratio", f"must be a number > 0, got {self.mlp_ratio!r}")
+        require(isinstance(self.out_conv, bool), "DiTConfig.out_conv", f"expected true or false, got {self.out_conv!r}")
         if self.pos_embed not in POS_EMBEDS:
             raise ConfigError(f"DiTConfig.pos_embed: unknown position embedding {self.pos_embed!r}; "
                               f"allowed: {', '.join(POS_EMBEDS)}")
-        _require(self.input_size % self.patch_size == 0, "patch_size",
-                 f"{self.patch_size} must divide input_size {self.input_size}")
-        _require(self.hidden_size % 4 == 0, "hidden_size", f"must be divisible by 4 (2-D sin-cos), got "
-                 f"{self.hidden_size}")
-        _require(self.hidden_size % self.num_heads == 0, "num_heads",
-                 f"{self.num_heads} must divide hidden_size {self.hidden_size}")
-        _require(self.freq_dim % 2 == 0, "freq_dim", f"must be even (cos/sin pairs), got {self.freq_dim}")
-        problem = refiner_problem(self)
-        if problem is not None:
-            _require(False, *problem)
+        require(self.input_size % self.patch_size == 0, "DiTConfig.patch_size",
+                f"{self.patch_size} must divide input_size {self.input_size}")
+        require(self.hidden_size % 4 == 0, "DiTConfig.hidden_size", f"must be divisible by 4 (2-D sin-cos), got "
+                f"{self.hidden_size}")
+        require(self.hidden_size % self.num_heads == 0, "DiTConfig.num_heads",
+                f"{self.num_heads} must divide hidden_size {self.hidden_size}")
+        require(self.freq_dim % 2 == 0, "DiTConfig.freq_dim", f"must be even (cos/sin pairs), got {self.freq_dim}")
+        require(isinstance(self.refiner, TokenRefinerConfig), "DiTConfig.refiner",
+                f"expected a TokenRefinerConfig, got {type(self.refiner).__name__}")
 
     @property
     def output_channels(self) -> int:
@@ -122,7 +113,17 @@ class DiTConfig:
 
     @property
     def cond_spec(self) -> CondSpec:
-        return CondSpec(self.num_classes, self.context_dim, self.pooled_dim, self.vector_dim)
+        return CondSpec(self.num_classes, self.context_dim, self.pooled_dim, self.vector_dim, self.concat_channels)
+
+    def for_data(self, shape: tuple[int, ...]) -> DiTConfig:
+        """This config with in_channels and input_size from a data sample's shape (C, S, S) (square images)."""
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ConfigError(f"the DiT backbone needs square images (C, S, S); the data has shape {tuple(shape)}")
+        return replace(self, in_channels=shape[0], input_size=shape[1])
+
+    def data_shape(self, side=None) -> tuple[int, ...]:
+        """(in_channels, input_size, input_size); the DiT's size is in its config (`side` is not called)."""
+        return (self.in_channels, self.input_size, self.input_size)
 
 
 # The four model sizes of Peebles & Xie 2023, Table 1 (hidden size, depth, heads).
@@ -131,8 +132,7 @@ _DIT_SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": 
 DIT_PRESETS: dict[str, DiTConfig] = {
     # ~50k parameters: unit tests and smoke runs (8x8 or 28x28 inputs, 4x4 patches).
     "tiny": DiTConfig(patch_size=4, hidden_size=32, depth=2, num_heads=2),
-    # ~4.2M parameters: 28x28 MNIST with 4x4 patches (49 tokens); trains on a CPU. A training step costs about
-    # 1.1x the quickstart U-Net's; 2x2 patches (196 tokens) at width 128 cost 2.8x (batch 64, one thread).
+    # ~4.2M parameters: 28x28 MNIST with 4x4 patches (49 tokens); trains on a CPU.
     "mnist": DiTConfig(in_channels=1, input_size=28, patch_size=4, hidden_size=192, depth=6, num_heads=3),  # = defaults
     # The paper's models on 32x32x4 Stable Diffusion latents (256x256 images), patch sizes 2, 4, 8:
     # "DiT-S/2" (33M parameters with num_classes=1000 and out_channels=8, as in the paper) ... "DiT-XL/2" (675M).
@@ -234,6 +234,9 @@ class DiT(nn.Module):
         self.config = cfg = config
         h = cfg.hidden_size
         self.x_embedder = nn.Conv2d(cfg.in_channels, h, cfg.patch_size, stride=cfg.patch_size)
+        # cond["concat"]: W_c of the patch embedding of [x, c] (bias-free: the bias is x_embedder's)
+        self.concat_in = (nn.Conv2d(cfg.concat_channels, h, cfg.patch_size, stride=cfg.patch_size, bias=False)
+                          if cfg.concat_channels else None)
         pos = sincos_pos_embed_2d(h, cfg.grid_size).float()[None]  # (1, N, h)
         if cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(pos)
@@ -257,7 +260,14 @@ class DiT(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         w = self.x_embedder.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if self.concat_in is None:
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        else:  # [W_x, W_c] initialised as the one patch embedding of [x, c]
+            joint = torch.cat([w, self.concat_in.weight], dim=1)  # (h, C + C_cat, p, p)
+            nn.init.xavier_uniform_(joint.view(joint.shape[0], -1))
+            with torch.no_grad():
+                w.copy_(joint[:, :w.shape[1]])
+                self.concat_in.weight.copy_(joint[:, w.shape[1]:])
         nn.init.zeros_(self.x_embedder.bias)
         for layer in (self.t_embedder[0], self.t_embedder[2]):
             nn.init.normal_(layer.weight, std=0.02)
@@ -274,8 +284,11 @@ class DiT(nn.Module):
     def forward(self, x: Tensor, c_noise: Tensor, cond: dict | None = None) -> Tensor:
         c_noise = self._check_input(x, c_noise)
         B = x.shape[0]
-        cond = check_cond(cond, B, self.config.cond_spec, "DiT")
-        tokens = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, h)
+        cond = check_cond(cond, B, self.config.cond_spec, "DiT", spatial=x.shape[2:])
+        patches = self.x_embedder(x)  # (B, h, H / p, W / p)
+        if cond.get("concat") is not None:
+            patches = patches + self.concat_in(cond["concat"].to(patches.dtype))  # = patch-embedding [x, c]
+        tokens = patches.flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, h)
         context, pooled = refined_context(self.refiner, cond)  # (tokens (B, T, D), mask) or None; (B, h) or 0
         c = self._embed(c_noise, cond, B) + pooled  # (B, h)
         for block in self.blocks:
@@ -313,16 +326,9 @@ class DiT(nn.Module):
         return c_noise
 
 
-def dit_for_data(config: DiTConfig, data_shape: tuple) -> DiTConfig:
-    """`config` with in_channels and input_size taken from the data shape (C, H, W); H must equal W."""
-    if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
-        raise ConfigError(f"the DiT backbone needs square images (C, S, S); the data has shape {tuple(data_shape)}")
-    return replace(config, in_channels=data_shape[0], input_size=data_shape[1])
-
-
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["DIT_PRESETS", "DiT", "DiTBlock", "DiTConfig", "POS_EMBEDS", "count_parameters", "dit_for_data",
+__all__ = ["DIT_PRESETS", "DiT", "DiTBlock", "DiTConfig", "POS_EMBEDS", "count_parameters",
            "modulate", "sincos_pos_embed_2d"]

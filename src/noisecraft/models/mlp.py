@@ -7,13 +7,14 @@ in Deep Residual Networks". Shapes: B batch, D data dimension, H hidden width, E
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisecraft.errors import ConfigError, NoisecraftError
+from noisecraft.errors import ConfigError, NoisecraftError, require
+from noisecraft.models.conditioning import CondSpec
 from noisecraft.models.unet import timestep_embedding
 
 
@@ -29,18 +30,31 @@ class MLPConfig:
     dropout: float = 0.0  # dropout probability inside residual blocks, in [0, 1)
 
     def __post_init__(self) -> None:
-        for field in ("data_dim", "hidden", "num_blocks", "embed_dim", "num_classes"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"MLPConfig.{field}: expected an integer, got {value!r}")
-            low = 0 if field == "num_classes" else 1
-            if value < low:
-                raise ConfigError(f"MLPConfig.{field}: must be >= {low}, got {value}")
-        if self.embed_dim % 2:
-            raise ConfigError(f"MLPConfig.embed_dim: must be even (cos/sin pairs), got {self.embed_dim}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) \
-                or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"MLPConfig.dropout: must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("data_dim", "hidden", "num_blocks", "embed_dim", "num_classes"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool), f"MLPConfig.{name}",
+                    f"expected an integer, got {value!r}")
+            low = 0 if name == "num_classes" else 1
+            require(value >= low, f"MLPConfig.{name}", f"must be >= {low}, got {value}")
+        require(self.embed_dim % 2 == 0, "MLPConfig.embed_dim", f"must be even (cos/sin pairs), got {self.embed_dim}")
+        require(not isinstance(self.dropout, bool) and isinstance(self.dropout, int | float)
+                and 0.0 <= self.dropout < 1.0, "MLPConfig.dropout", f"must be a number in [0, 1), got {self.dropout!r}")
+
+    @property
+    def cond_spec(self) -> CondSpec:
+        """Class labels only: the MLP takes no text, vector or concatenated channels."""
+        return CondSpec(num_classes=self.num_classes)
+
+    def for_data(self, shape: tuple[int, ...]) -> MLPConfig:
+        """This config with data_dim from a data sample's shape (D,)."""
+        if len(shape) != 1:
+            raise ConfigError(f"the MLP backbone takes flat vectors (D,); the data samples have shape {tuple(shape)} "
+                              f"(use unet or dit for images)")
+        return replace(self, data_dim=shape[0])
+
+    def data_shape(self, side=None) -> tuple[int, ...]:
+        """(data_dim,) (`side` is not called)."""
+        return (self.data_dim,)
 
 
 MLP_PRESETS: dict[str, MLPConfig] = {
@@ -66,7 +80,8 @@ class _ResidualBlock(nn.Module):
 
 class MLPDenoiserNet(nn.Module):
     """forward(x, c_noise, cond) with x: (B, D), c_noise: (B,) real-valued noise condition,
-    cond: optional {"class_labels": (B,) long}. Returns (B, D); the output layer starts at zero."""
+    cond: optional {"class_labels": (B,) long}. Returns (B, D); the output layer starts at zero.
+    The MLP reads no other cond key; cond["concat"] (channels concatenated to x) needs spatial data."""
 
     def __init__(self, config: MLPConfig) -> None:
         super().__init__()
@@ -84,6 +99,9 @@ class MLPDenoiserNet(nn.Module):
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: dict | None = None) -> Tensor:
         B, D = self._check_input(x, c_noise)
+        if cond is not None and isinstance(cond, dict) and "concat" in cond:
+            raise NoisecraftError("MLPDenoiserNet: cond['concat'] given, but the MLP takes no channels concatenated "
+                                  "to x (a spatial input); models with a concat input: unet, dit")
         emb = self.time_mlp(timestep_embedding(torch.as_tensor(c_noise).expand(B), self.config.embed_dim))
         emb = emb + self._class_embedding((cond or {}).get("class_labels"), B, emb.device)  # (B, E)
         emb_act = F.silu(emb.to(x.dtype))

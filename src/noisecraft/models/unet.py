@@ -10,8 +10,10 @@ Conditioning (the contract in `noisecraft.models.conditioning`): class labels (w
 `text_pooled` and `vector` are added into the time embedding; with `context_dim > 0` every attention
 place (attention levels and the middle block) is followed by a `CrossAttentionBlock` - self-attention,
 then cross-attention to the text tokens, then a feed-forward layer, as in the transformer blocks of
-Rombach et al. 2022 (LDM, sec. 3.3). With `context_refiner_layers > 0` the tokens first pass a small
-trainable transformer (`conditioning.TokenRefiner`) shared by every cross-attention. An unconditional config
+Rombach et al. 2022 (LDM, sec. 3.3). With `refiner.kernel > 0` the tokens first pass a small trainable
+n-gram block (`conditioning.TokenRefiner`) shared by every cross-attention. `cond["concat"]` (channels
+concatenated to x: `concat_channels` of them) enters the first convolution, as SR3 (Saharia et al. 2022) and
+LDM's concat conditioning feed their inputs: conv([x, c]) = conv_in(x) + concat_in(c). An unconditional config
 builds exactly the network it built before.
 
 Notation (shapes):
@@ -25,8 +27,8 @@ Speed without changing the function (see benchmarks/README.md for the measuremen
 
 - `channels_last=True` (the default) keeps 2-D/3-D activations in channels-last memory format.
   It changes only how tensors are stored, not the numbers computed; the convolutions get faster
-  (~9% per training step on a 2-core CPU for the "mnist" preset, also faster in 3-D) and the
-  token view used by attention is free. 1-D data has no such format and ignores the flag.
+  (measured in benchmarks/train_speed.md) and the token view used by attention is free. 1-D data has
+  no such format and ignores the flag.
 - `Upsample` runs nearest 2x upsampling + 3x3 conv as one stride-2 transposed convolution with
   the equivalent 4x4 weight (16 instead of 36 multiply-adds per input pixel in 2-D).
 - `_ConcatSkip` hands densely stored gradients to the skip connections; plain `torch.cat`
@@ -36,24 +38,23 @@ Speed without changing the function (see benchmarks/README.md for the measuremen
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisecraft.errors import ConfigError, NoisecraftError
+from noisecraft.errors import ConfigError, NoisecraftError, require
 from noisecraft.models.conditioning import (
-    REFINER_FIELDS,
     CondEmbedding,
     CondSpec,
     CrossAttention,
+    TokenRefinerConfig,
     build_refiner,
     check_cond,
     context_width,
     null_labels,
     refined_context,
-    refiner_problem,
 )
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -68,10 +69,6 @@ def _memory_format(cfg: UNetConfig) -> torch.memory_format:
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
-
-def _require(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"UNetConfig.{field}: {message}")
 
 
 @dataclass(frozen=True)
@@ -93,18 +90,11 @@ class UNetConfig:
     mid_attention: bool = True  # self-attention in the middle block (between its two res blocks)
     time_embed_mult: int = 4  # time-embedding width E = time_embed_mult * base_channels
     channels_last: bool = True  # keep 2-D/3-D activations channels-last (faster; same numbers)
-    coord_channels: bool = False  # True: the first conv also reads the pixel coordinates (CoordConv), see UNet
     context_dim: int = 0  # >0: width D_ctx of cond["text_tokens"]; cross-attention at every attention place
     pooled_dim: int = 0  # >0: width of cond["text_pooled"], added to the time embedding through a Linear
     vector_dim: int = 0  # >0: width of cond["vector"], added to the time embedding through a Linear
-    layout_dim: int = 0  # >0: channels of cond["layout"] (a map at the input's resolution), read by a conv
-    context_refiner_layers: int = 0  # >0: a trainable transformer of this many layers refines the text tokens
-    context_refiner_width: int = 128  # its width (the cross-attention keys/values then read this width)
-    context_refiner_heads: int = 4  # its attention heads (must divide context_refiner_width)
-    context_refiner_max_tokens: int = 77  # the longest token sequence it takes (learned position embedding)
-    context_refiner_kernel: int = 0  # odd >0: an n-gram block (conv over this many tokens + MLP) in the refiner
-    context_refiner_pool: bool = False  # True: the mean refined token, projected, joins the conditioning vector
-    context_refiner_residual: bool = False  # True: tokens + zero-initialised projection of the refined ones
+    concat_channels: int = 0  # >0: channels of cond["concat"], concatenated to x before the first conv
+    refiner: TokenRefinerConfig = field(default_factory=TokenRefinerConfig)  # n-gram block over the text tokens
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -112,55 +102,56 @@ class UNetConfig:
         self._check_widths()
 
     def _check_types(self) -> None:
-        for field in ("in_channels", "dims", "base_channels", "num_res_blocks", "head_channels",
-                      "norm_groups", "num_classes", "time_embed_mult", "context_dim", "pooled_dim", "vector_dim",
-                      "layout_dim", *REFINER_FIELDS):
-            _require(_is_int(getattr(self, field)), field, f"expected an integer, got {getattr(self, field)!r}")
-        _require(self.out_channels is None or _is_int(self.out_channels), "out_channels",
-                 f"expected an integer or None, got {self.out_channels!r}")
-        for field in ("channel_mult", "attention_levels"):
-            value = getattr(self, field)
-            _require(isinstance(value, tuple) and all(_is_int(v) for v in value), field,
-                     f"expected a tuple of integers, got {value!r}")
-        _require(isinstance(self.dropout, int | float) and not isinstance(self.dropout, bool), "dropout",
-                 f"expected a number, got {self.dropout!r}")
-        for field in ("scale_shift_norm", "mid_attention", "channels_last", "coord_channels"):
-            _require(isinstance(getattr(self, field), bool), field,
-                     f"expected true or false, got {getattr(self, field)!r}")
+        for name in ("in_channels", "dims", "base_channels", "num_res_blocks", "head_channels", "norm_groups",
+                     "num_classes", "time_embed_mult", "context_dim", "pooled_dim", "vector_dim", "concat_channels"):
+            value = getattr(self, name)
+            require(_is_int(value), f"UNetConfig.{name}", f"expected an integer, got {value!r}")
+        require(self.out_channels is None or _is_int(self.out_channels), "UNetConfig.out_channels",
+                f"expected an integer or None, got {self.out_channels!r}")
+        for name in ("channel_mult", "attention_levels"):
+            value = getattr(self, name)
+            require(isinstance(value, tuple) and all(_is_int(v) for v in value), f"UNetConfig.{name}",
+                    f"expected a tuple of integers, got {value!r}")
+        require(isinstance(self.dropout, int | float) and not isinstance(self.dropout, bool), "UNetConfig.dropout",
+                f"expected a number, got {self.dropout!r}")
+        for name in ("scale_shift_norm", "mid_attention", "channels_last"):
+            require(isinstance(getattr(self, name), bool), f"UNetConfig.{name}",
+                    f"expected true or false, got {getattr(self, name)!r}")
+        require(isinstance(self.refiner, TokenRefinerConfig), "UNetConfig.refiner",
+                f"expected a TokenRefinerConfig, got {type(self.refiner).__name__}")
 
     def _check_values(self) -> None:
-        _require(self.dims in (1, 2, 3), "dims", f"must be one of 1, 2, 3; got {self.dims}")
-        for field in ("in_channels", "base_channels", "num_res_blocks", "head_channels", "norm_groups",
-                      "time_embed_mult"):
-            _require(getattr(self, field) >= 1, field, f"must be >= 1, got {getattr(self, field)}")
-        _require(self.out_channels is None or self.out_channels >= 1, "out_channels",
-                 f"must be >= 1 or None, got {self.out_channels}")
-        _require(len(self.channel_mult) >= 1 and min(self.channel_mult) >= 1, "channel_mult",
-                 f"must be a non-empty tuple of integers >= 1, got {self.channel_mult}")
+        require(self.dims in (1, 2, 3), "UNetConfig.dims", f"must be one of 1, 2, 3; got {self.dims}")
+        for name in ("in_channels", "base_channels", "num_res_blocks", "head_channels", "norm_groups",
+                     "time_embed_mult"):
+            require(getattr(self, name) >= 1, f"UNetConfig.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.out_channels is None or self.out_channels >= 1, "UNetConfig.out_channels",
+                f"must be >= 1 or None, got {self.out_channels}")
+        require(len(self.channel_mult) >= 1 and min(self.channel_mult) >= 1, "UNetConfig.channel_mult",
+                f"must be a non-empty tuple of integers >= 1, got {self.channel_mult}")
         levels = len(self.channel_mult)
-        _require(all(0 <= lv < levels for lv in self.attention_levels), "attention_levels",
-                 f"levels must be in 0..{levels - 1} (one per channel_mult entry), got {self.attention_levels}")
-        _require(len(set(self.attention_levels)) == len(self.attention_levels), "attention_levels",
-                 f"must not repeat a level, got {self.attention_levels}")
-        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
-        _require(self.num_classes >= 0, "num_classes", f"must be >= 0 (0 = unconditional), got {self.num_classes}")
-        for field in ("context_dim", "pooled_dim", "vector_dim", "layout_dim"):
-            _require(getattr(self, field) >= 0, field, f"must be >= 0 (0 = off), got {getattr(self, field)}")
-        _require(self.context_dim == 0 or self.attention_levels or self.mid_attention, "context_dim",
-                 "cross-attention needs an attention place: set attention_levels or mid_attention = true")
-        problem = refiner_problem(self)
-        if problem is not None:
-            _require(False, *problem)
+        require(all(0 <= lv < levels for lv in self.attention_levels), "UNetConfig.attention_levels",
+                f"levels must be in 0..{levels - 1} (one per channel_mult entry), got {self.attention_levels}")
+        require(len(set(self.attention_levels)) == len(self.attention_levels), "UNetConfig.attention_levels",
+                f"must not repeat a level, got {self.attention_levels}")
+        require(0.0 <= self.dropout < 1.0, "UNetConfig.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.num_classes >= 0, "UNetConfig.num_classes",
+                f"must be >= 0 (0 = unconditional), got {self.num_classes}")
+        for name in ("context_dim", "pooled_dim", "vector_dim", "concat_channels"):
+            require(getattr(self, name) >= 0, f"UNetConfig.{name}",
+                    f"must be >= 0 (0 = off), got {getattr(self, name)}")
+        require(self.context_dim == 0 or self.attention_levels or self.mid_attention, "UNetConfig.context_dim",
+                "cross-attention needs an attention place: set attention_levels or mid_attention = true")
 
     def _check_widths(self) -> None:
         for level, width in enumerate(self.widths):
-            _require(width % self.norm_groups == 0, "norm_groups",
-                     f"{self.norm_groups} must divide every level width base_channels * channel_mult = "
-                     f"{self.widths}; level {level} has {width} channels")
+            require(width % self.norm_groups == 0, "UNetConfig.norm_groups",
+                    f"{self.norm_groups} must divide every level width base_channels * channel_mult = "
+                    f"{self.widths}; level {level} has {width} channels")
             needs_heads = level in self.attention_levels or (self.mid_attention and level == len(self.widths) - 1)
-            _require(not needs_heads or width % self.head_channels == 0, "head_channels",
-                     f"{self.head_channels} must divide the width (base_channels * channel_mult) of every "
-                     f"attention level; level {level} has {width} channels")
+            require(not needs_heads or width % self.head_channels == 0, "UNetConfig.head_channels",
+                    f"{self.head_channels} must divide the width (base_channels * channel_mult) of every "
+                    f"attention level; level {level} has {width} channels")
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -173,7 +164,18 @@ class UNetConfig:
 
     @property
     def cond_spec(self) -> CondSpec:
-        return CondSpec(self.num_classes, self.context_dim, self.pooled_dim, self.vector_dim, self.layout_dim)
+        return CondSpec(self.num_classes, self.context_dim, self.pooled_dim, self.vector_dim, self.concat_channels)
+
+    def for_data(self, shape: tuple[int, ...]) -> UNetConfig:
+        """This config with in_channels from a data sample's shape (C, *S), which must have `dims` axes S."""
+        if len(shape) != self.dims + 1:
+            raise ConfigError(f"UNetConfig.dims: the U-Net has dims = {self.dims} but the data samples have shape "
+                              f"{tuple(shape)}; expected (C, " + ", ".join(["S"] * self.dims) + ")")
+        return replace(self, in_channels=shape[0])
+
+    def data_shape(self, side) -> tuple[int, ...]:
+        """(in_channels, side(), ..., side()): the U-Net takes any size, so `side()` gives the data's."""
+        return (self.in_channels, *[side()] * self.dims)
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
@@ -345,7 +347,7 @@ class Upsample(nn.Module):
 class _ConcatSkip(torch.autograd.Function):
     """torch.cat([h, skip], dim=1) whose backward hands out densely stored gradients. The plain
     backward returns channel slices of the incoming gradient; in channels-last layout those are
-    strided tensors, and the convolutions they reach fall onto slow paths (3-10x slower on CPU)."""
+    strided tensors, and the convolutions they reach fall onto slow paths on CPU."""
 
     @staticmethod
     def forward(ctx, h: Tensor, skip: Tensor, memory_format: torch.memory_format) -> Tensor:
@@ -374,29 +376,18 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
-def coordinate_channels(x: Tensor) -> Tensor:
-    """(B, dims, *S): channel i holds the coordinate along spatial axis i, linspace(-1, 1, S_i)."""
-    axes = [torch.linspace(-1.0, 1.0, n, device=x.device, dtype=x.dtype) for n in x.shape[2:]]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (dims, *S)
-    return grid.unsqueeze(0).expand(x.shape[0], *grid.shape)
-
-
 class UNet(nn.Module):
     """ADM-style U-Net (Ho et al. 2020; Dhariwal & Nichol 2021) predicting a tensor shaped like x.
 
     forward(x, c_noise, cond) with x: (B, in_channels, *S), c_noise: (B,) real-valued noise
     condition (a timestep 0..999, or EDM's ln(sigma) / 4), cond: None or a dict following the contract of
-    `noisecraft.models.conditioning` (class_labels, text_tokens/text_mask, text_pooled, vector); label
-    `num_classes` is the null label for classifier-free guidance (Ho & Salimans 2022).
+    `noisecraft.models.conditioning` (class_labels, text_tokens/text_mask, text_pooled, vector, concat);
+    label `num_classes` is the null label for classifier-free guidance (Ho & Salimans 2022).
     Output: (B, out_channels, *S). Residual convs, attention projections and the output conv start
     at zero (ADM), so the network outputs exactly 0 at initialisation.
 
-    coord_channels: the first conv reads x plus one channel per spatial axis holding the pixel coordinate,
-    linearly from -1 to 1 (CoordConv, Liu et al. 2018, "An intriguing failing of convolutional neural
-    networks and the CoordConv solution", Sec. 4). A convolution is translation-equivariant and knows where
-    it is only from the zero padding at the border; with the coordinates one FiLM scale can turn a global
-    condition into a position-dependent one ("the first-named object's colour on the left" for "A left of
-    B"). Measured on the scene set (benchmarks/scenes_text.md): no gain in prompt adherence at 3000 steps.
+    cond["concat"] (B, concat_channels, *S): conv_in(x) + concat_in(c) with a bias-free concat_in, which is
+    exactly the first convolution of the concatenation [x, c] (weight [W_x, W_c], bias conv_in's).
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -410,12 +401,11 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(cfg.base_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_ch) if cfg.num_classes > 0 else None
         self.cond_emb = CondEmbedding(cfg.cond_spec, emb_ch)  # text_pooled / vector (no parameters when off)
-        self.refiner = build_refiner(cfg, emb_ch)  # trainable n-gram/transformer layers over the text tokens, or None
-        coords = cfg.dims if cfg.coord_channels else 0
-        self.conv_in = _CONV[cfg.dims](cfg.in_channels + coords, cfg.base_channels, 3, padding=1)
-        # cond["layout"]: a bias-free conv of the map added to the first features (= concatenating the map to x)
-        self.layout_in = (_CONV[cfg.dims](cfg.layout_dim, cfg.base_channels, 3, padding=1, bias=False)
-                          if cfg.layout_dim else None)
+        self.refiner = build_refiner(cfg, emb_ch)  # trainable n-gram block over the text tokens, or None
+        self.conv_in = _CONV[cfg.dims](cfg.in_channels, cfg.base_channels, 3, padding=1)
+        # cond["concat"]: W_c of the first conv of [x, c] (bias-free: the bias is conv_in's)
+        self.concat_in = (_CONV[cfg.dims](cfg.concat_channels, cfg.base_channels, 3, padding=1, bias=False)
+                          if cfg.concat_channels else None)
         skip_chs = self._build_down(emb_ch)
         self.mid = EmbedSequential(ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg),
                                    *(self._attention(cfg.widths[-1]) if cfg.mid_attention else []),
@@ -471,15 +461,13 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: dict | None = None) -> Tensor:
         c_noise = self._check_input(x, c_noise)
-        cond = check_cond(cond, x.shape[0], self.config.cond_spec, "UNet")
+        cond = check_cond(cond, x.shape[0], self.config.cond_spec, "UNet", spatial=x.shape[2:])
         context, pooled = refined_context(self.refiner, cond)  # (tokens (B, T, D), mask) or None; (B, E) or 0
         emb = self._embed(c_noise, cond, x.shape[0]) + pooled  # (B, E)
         emb_act = F.silu(emb)
-        if self.config.coord_channels:
-            x = torch.cat([x, coordinate_channels(x)], 1)  # (B, in_channels + dims, *S)
         h = self.conv_in(x.contiguous(memory_format=self.memory_format))  # (B, C_0, *S)
-        if cond.get("layout") is not None:
-            h = h + self.layout_in(self._layout(cond["layout"], x).contiguous(memory_format=self.memory_format))
+        if cond.get("concat") is not None:  # = conv of [x, c]
+            h = h + self.concat_in(cond["concat"].to(x.dtype).contiguous(memory_format=self.memory_format))
         skips = [h]
         for block in self.down:
             h = block(h, emb_act, context)
@@ -497,13 +485,6 @@ class UNet(nn.Module):
             emb = emb + self.class_emb(null_labels(cond.get("class_labels"), batch, self.config.num_classes,
                                                    emb.device))
         return emb + self.cond_emb(cond, dtype)  # (B, E)
-
-    @staticmethod
-    def _layout(layout: Tensor, x: Tensor) -> Tensor:
-        if layout.shape[2:] != x.shape[2:]:
-            raise NoisecraftError(f"cond['layout']: its spatial size {tuple(layout.shape[2:])} must match the input's "
-                                  f"{tuple(x.shape[2:])}")
-        return layout.to(x.dtype)
 
     def _check_input(self, x: Tensor, c_noise: Tensor) -> Tensor:
         """Raise NoisecraftError for a wrong shape; a scalar c_noise is expanded to (B,)."""

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from noisecraft.conditions.config import ConditioningConfig
 from noisecraft.core.prediction import PREDICTIONS
-from noisecraft.errors import ConfigError, unknown_name
+from noisecraft.errors import ConfigError, require, unknown_name
+from noisecraft.models import DEFAULT_MODEL, MODELS, network_configs
 from noisecraft.models.dit import DiTConfig
 from noisecraft.models.mlp import MLPConfig
 from noisecraft.models.unet import UNetConfig
 from noisecraft.schedules.steps import STEP_SCHEDULES
 from noisecraft.schedules.training import SCHEDULES
-from noisecraft.text.config import ConditioningConfig, TextConfig
+from noisecraft.text.config import TextConfig
 from noisecraft.training.losses import WEIGHTINGS
-
-
-def _check(ok: bool, where: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{where}: {message}")
 
 
 @dataclass(frozen=True)
@@ -44,12 +41,12 @@ class DiffusionConfig:
             raise unknown_name("prediction", self.prediction, PREDICTIONS)
         if self.weighting not in WEIGHTINGS:
             raise unknown_name("loss weighting", self.weighting, WEIGHTINGS)
-        _check(self.num_timesteps >= 2, "diffusion.num_timesteps", f"must be >= 2, got {self.num_timesteps}")
-        _check(0 < self.beta_start < self.beta_end < 1, "diffusion.beta_start/beta_end",
+        require(self.num_timesteps >= 2, "diffusion.num_timesteps", f"must be >= 2, got {self.num_timesteps}")
+        require(0 < self.beta_start < self.beta_end < 1, "diffusion.beta_start/beta_end",
                f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
-        _check(self.sigma_data > 0, "diffusion.sigma_data", f"must be > 0, got {self.sigma_data}")
-        _check(self.min_snr_gamma > 0, "diffusion.min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
-        _check(self.p_std > 0, "diffusion.p_std", f"must be > 0, got {self.p_std}")
+        require(self.sigma_data > 0, "diffusion.sigma_data", f"must be > 0, got {self.sigma_data}")
+        require(self.min_snr_gamma > 0, "diffusion.min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
+        require(self.p_std > 0, "diffusion.p_std", f"must be > 0, got {self.p_std}")
 
     def schedule_options(self) -> dict:
         if self.schedule == "edm":
@@ -102,19 +99,19 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("batch_size", "steps", "checkpoint_every", "log_every", "max_bad_steps", "grad_accum"):
-            _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
-        _check(self.batch_size % self.grad_accum == 0, "train.grad_accum",
+            require(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.batch_size % self.grad_accum == 0, "train.grad_accum",
                f"must divide train.batch_size={self.batch_size}, got {self.grad_accum}")
-        _check(not (self.bf16 and self.fp16), "train.bf16/fp16", "choose at most one autocast dtype")
-        _check(all(0 < s < 12 ** -0.5 for s in self.phema_sigma_rels), "train.phema_sigma_rels",
+        require(not (self.bf16 and self.fp16), "train.bf16/fp16", "choose at most one autocast dtype")
+        require(all(0 < s < 12 ** -0.5 for s in self.phema_sigma_rels), "train.phema_sigma_rels",
                f"each sigma_rel must be in (0, 12^-1/2 = 0.2887) (exponent gamma > 0), got {self.phema_sigma_rels}")
-        _check(self.phema_every >= 0, "train.phema_every", f"must be >= 0, got {self.phema_every}")
-        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
-        _check(self.minutes is None or self.minutes > 0, "train.minutes", f"must be > 0, got {self.minutes}")
-        _check(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas",
+        require(self.phema_every >= 0, "train.phema_every", f"must be >= 0, got {self.phema_every}")
+        require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        require(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(self.minutes is None or self.minutes > 0, "train.minutes", f"must be > 0, got {self.minutes}")
+        require(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas",
                f"must be in [0, 1), got {self.adam_betas}")
 
 
@@ -128,8 +125,8 @@ class SampleConfig:
     def __post_init__(self):
         if self.step_schedule not in STEP_SCHEDULES:
             raise unknown_name("step schedule", self.step_schedule, STEP_SCHEDULES)
-        _check(self.steps >= 1, "sample.steps", f"must be >= 1, got {self.steps}")
-        _check(self.num >= 1, "sample.num", f"must be >= 1, got {self.num}")
+        require(self.steps >= 1, "sample.steps", f"must be >= 1, got {self.steps}")
+        require(self.num >= 1, "sample.num", f"must be >= 1, got {self.num}")
 
 
 @dataclass(frozen=True)
@@ -140,21 +137,21 @@ class EvalConfig:
     features: str | None = None         # feature extractor (None: the dataset's default)
 
     def __post_init__(self):
-        _check(self.every >= 0, "eval.every", f"must be >= 0 (0 turns evaluation off), got {self.every}")
-        _check(self.num_samples >= 2, "eval.num_samples", f"must be >= 2, got {self.num_samples}")
-        _check(len(self.metrics) >= 1, "eval.metrics", "name at least one metric")
-
-
-MODEL_KINDS = ("unet", "mlp", "dit")
+        require(self.every >= 0, "eval.every", f"must be >= 0 (0 turns evaluation off), got {self.every}")
+        require(self.num_samples >= 2, "eval.num_samples", f"must be >= 2, got {self.num_samples}")
+        require(len(self.metrics) >= 1, "eval.metrics", "name at least one metric")
 
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A whole run. `network` is the config of the network `model` names (the MODELS registry): a UNetConfig,
+    MLPConfig or DiTConfig (None: that class's defaults), serialised as {"model": "unet", "network": {...}};
+    `from_dict` reads the tag first and builds `network` as that model's config class."""
+
     name: str = "run"                                          # preset or run name
-    model: str = "unet"                                        # which network section is used: unet, mlp or dit
-    unet: UNetConfig = field(default_factory=UNetConfig)       # U-Net hyper-parameters
-    mlp: MLPConfig = field(default_factory=MLPConfig)          # MLP hyper-parameters (2-D toy data)
-    dit: DiTConfig = field(default_factory=DiTConfig)          # DiT hyper-parameters (Peebles & Xie 2023)
+    model: str = DEFAULT_MODEL                                 # which network: unet, mlp or dit (models.MODELS)
+    network: UNetConfig | MLPConfig | DiTConfig | None = field(  # the hyper-parameters of that network
+        default=None, metadata={"tagged_by": "model", "classes": network_configs})
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -164,9 +161,10 @@ class RunConfig:
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)  # condition dropout, text routes
 
     def __post_init__(self):
-        if self.model not in MODEL_KINDS:
-            raise unknown_name("model", self.model, MODEL_KINDS)
-
-    @property
-    def network(self):
-        return {"unet": self.unet, "mlp": self.mlp, "dit": self.dit}[self.model]
+        require(self.model in MODELS, "model", f"unknown model {self.model!r}; allowed: {', '.join(sorted(MODELS))}")
+        config_cls = MODELS[self.model][0]
+        if self.network is None:
+            object.__setattr__(self, "network", config_cls())
+        if not isinstance(self.network, config_cls):
+            raise ConfigError(f"network: model {self.model!r} needs a {config_cls.__name__}, got "
+                              f"{type(self.network).__name__} (set model and network together)")
