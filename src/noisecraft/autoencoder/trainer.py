@@ -11,9 +11,9 @@ One step s:
 The KL is summed over the latent and divided by the number of pixel values, so `kl_weight` means what it
 means in LDM (where both the reconstruction NLL and the KL are sums): 1e-6 there = 1e-6 here.
 
-Determinism as in the diffusion trainer: the batch order of epoch e comes from a permutation seeded by
-(seed, e), the posterior noise of step s from a generator seeded by (seed, s); the checkpoint stores the step,
-both networks and both Adam states, so a resumed run continues exactly.
+Determinism as in the diffusion trainer (training/batches.py): the batch order of epoch e comes from a
+permutation seeded by (seed, e), the posterior noise of step s from a generator seeded by (seed, s, 0, 7);
+the checkpoint stores the step, both networks and both Adam states, so a resumed run continues exactly.
 
 At every `eval_every` steps and at the end: PSNR, SSIM and FD of reconstructions on held-out images
 (`metrics.py`), plotted to DIR/metrics.png; the latent scaling factor 1 / std(z) measured on `scale_num`
@@ -23,13 +23,11 @@ above reconstructions), DIR/loss.png and DIR/diffusers/ (the weights as a diffus
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from noisecraft.autoencoder.checkpoint import load_ae_checkpoint, save_ae_checkpoint
@@ -42,16 +40,16 @@ from noisecraft.autoencoder.losses import (
     hinge_g_loss,
 )
 from noisecraft.config import from_dict, to_dict
-from noisecraft.errors import CheckpointError, DataError, NoisecraftError, TrainingDiverged
+from noisecraft.errors import CheckpointError, DataError, NoisecraftError
 from noisecraft.models.autoencoder import Autoencoder
-from noisecraft.training.checkpoint import atomic_write_bytes, atomic_write_json
-from noisecraft.training.trainer import _advance, _out_of_time, _progress_bar, _read_log
+from noisecraft.training.batches import BatchOrder, step_seed
+from noisecraft.training.checkpoint import atomic_write_json
+from noisecraft.training.precision import raise_if_diverged
+from noisecraft.training.progress import advance, out_of_time, progress_bar, smoothed
+from noisecraft.training.state import read_log, write_log
 
 MAX_BAD_STEPS = 5
-
-
-def _step_seed(seed: int, step: int, stream: int = 0) -> int:
-    return int(np.random.SeedSequence([seed, step, stream, 7]).generate_state(1, dtype=np.uint64)[0] >> 1)
+SEED_STREAM = 7  # the last entry of this trainer's per-step seeds: (seed, step, 0, 7)
 
 
 def load_ae_data(config: AERunConfig, split: str | None = None, limit: int | None = None):
@@ -95,6 +93,7 @@ class AutoencoderTrainer:
         self.eval_images = self._eval_images()
         self._eval_features = None  # features of eval_images, computed at the first FD
         self._build()
+        self.order = BatchOrder(len(self.data), config.train.batch_size, config.train.seed)
         self.step, self.bad_steps, self.consecutive_bad = 0, 0, 0
         self.scaling_factor, self.metrics = 1.0, {}
         self.log: list[dict] = []
@@ -145,7 +144,7 @@ class AutoencoderTrainer:
         self.step, self.bad_steps = int(s["step"]), int(s["bad_steps"])
         self.scaling_factor, self.metrics = float(s["scaling_factor"]), dict(s.get("metrics", {}))
         self.ae.scaling_factor = self.scaling_factor
-        self.log = [r for r in _read_log(self.out_dir) if r["step"] <= self.step]
+        self.log = [r for r in read_log(self.out_dir) if r["step"] <= self.step]
 
     # ------------------------------------------------------------------------------------ one step
     def lr_at(self, step: int) -> float:
@@ -153,10 +152,8 @@ class AutoencoderTrainer:
         return t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
 
     def batch(self, step: int) -> torch.Tensor:
-        n, b = len(self.data), self.config.train.batch_size
-        epoch, j = divmod(step, n // b)
-        perm = np.random.default_rng([self.config.train.seed, epoch]).permutation(n)
-        return self.images[torch.from_numpy(perm[j * b:(j + 1) * b].copy()).to(self.device)]
+        """The images of step's batch (epoch e in the permutation seeded by (seed, e), as the diffusion trainer)."""
+        return self.images[self.order(step).to(self.device)]
 
     def disc_active(self, step: int) -> bool:
         return self.disc is not None and step >= self.config.loss.disc_start
@@ -164,7 +161,7 @@ class AutoencoderTrainer:
     def generator_loss(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(total autoencoder loss, x_hat, parts) of step's batch x."""
         w = self.config.loss
-        gen = torch.Generator().manual_seed(_step_seed(self.config.train.seed, step))
+        gen = torch.Generator().manual_seed(step_seed(self.config.train.seed, step, 0, SEED_STREAM))
         x_hat, post = self.ae(x, gen)
         l1 = (x - x_hat).abs().mean()
         perc = self.perceptual(x, x_hat).mean() if self.perceptual is not None else torch.zeros((), device=x.device)
@@ -218,10 +215,8 @@ class AutoencoderTrainer:
             return
         self.bad_steps += 1
         self.consecutive_bad += 1
-        if self.consecutive_bad >= MAX_BAD_STEPS:
-            raise TrainingDiverged(f"{self.consecutive_bad} consecutive non-finite losses/gradients at step "
-                                   f"{self.step} (last loss {loss}); the last good checkpoint in {self.out_dir} is "
-                                   f"intact; try a lower train.lr")
+        raise_if_diverged(self.consecutive_bad, MAX_BAD_STEPS, step=self.step, out_dir=self.out_dir,
+                          last=f"loss {loss}")
 
     # ------------------------------------------------------------------------------ measurements
     @torch.no_grad()
@@ -270,7 +265,7 @@ class AutoencoderTrainer:
         disc = None if self.disc is None else self.disc.state_dict()
         path = save_ae_checkpoint(self.out_dir, config=to_dict(self.config), state=state, model=self.ae.state_dict(),
                                   disc=disc, optimizers=optimizers)
-        atomic_write_bytes(self.out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.log).encode())
+        write_log(self.out_dir, self.log)
         return path
 
     def run(self) -> dict:
@@ -279,26 +274,30 @@ class AutoencoderTrainer:
         atomic_write_json(self.out_dir / "config.json", to_dict(self.config))
         t = self.config.train
         start, smooth = time.monotonic(), None
-        bar = _progress_bar(t, self.step, self.progress, desc="autoencoder")
+        bar = progress_bar(t.steps, t.minutes, step=self.step, enabled=self.progress, desc="autoencoder")
         try:
-            while self.step < t.steps and not _out_of_time(start, t.minutes):
+            while self.step < t.steps and not out_of_time(start, t.minutes):
                 rec = self.train_step()
-                if math.isfinite(rec["loss"]):
-                    smooth = rec["loss"] if smooth is None else 0.98 * smooth + 0.02 * rec["loss"]
-                if self.step % t.log_every == 0:
-                    self.log.append({"step": self.step, **rec, "loss_smooth": smooth, "lr": self.lr_at(self.step - 1),
-                                     "time": time.monotonic() - start})
-                if self.step % t.eval_every == 0 or self.step % t.fd_every == 0:
-                    self.evaluate(with_fd=self.step % t.fd_every == 0)
-                if self.step % t.checkpoint_every == 0:
-                    self.save()
-                _advance(bar, self.step, start, t, smooth)
+                smooth = smoothed(smooth, rec["loss"])
+                self._after_step(rec, smooth, start)
+                advance(bar, self.step, start, t.minutes, smooth)
         except KeyboardInterrupt:
             self.save()
             raise
         finally:
             bar.close()
         return self.finish(time.monotonic() - start, smooth)
+
+    def _after_step(self, rec: dict, smooth: float | None, start: float) -> None:
+        """Log every log_every steps, evaluate every eval_every (with FD every fd_every), checkpoint."""
+        t = self.config.train
+        if self.step % t.log_every == 0:
+            self.log.append({"step": self.step, **rec, "loss_smooth": smooth, "lr": self.lr_at(self.step - 1),
+                             "time": time.monotonic() - start})
+        if self.step % t.eval_every == 0 or self.step % t.fd_every == 0:
+            self.evaluate(with_fd=self.step % t.fd_every == 0)
+        if self.step % t.checkpoint_every == 0:
+            self.save()
 
     def finish(self, seconds: float, smooth) -> dict:
         from noisecraft.autoencoder.interop import save_diffusers

@@ -8,6 +8,9 @@ statistics, log, plot, and say whether this is the best model so far.
     if result is not None and result["is_best"]:
         ...  # keep the best/ checkpoint
 
+In a noisecraft training run this is an after-step callback, `EvaluationCallback`, built from the run's
+`eval` section; it also keeps the best checkpoint in out_dir/best/.
+
 Each evaluation appends one JSON line to out_dir/metrics.jsonl (step, metrics, num_samples, features,
 seconds), re-draws out_dir/metrics.png (each metric against step), and returns that record plus
 "is_best". The first metric decides "best" (PRIMARY gives the value used and LOWER_IS_BETTER its
@@ -45,10 +48,14 @@ def _as_config(config):
     raise EvalError(f"config must be a RunConfig or its dict, got {type(config).__name__}")
 
 
-def _resolve_sampler(name: str) -> tuple[str, str | None]:
+def resolve_sampler(name: str) -> tuple[str, str | None]:
+    """(sampler, the step schedule its alias implies or None) for a sampler name or alias."""
     from noisecraft.samplers import resolve_alias
 
     return resolve_alias(name)
+
+
+_resolve_sampler = resolve_sampler  # the old name, still imported by cli/eval_cmd.py
 
 
 class TrainingEvaluator:
@@ -83,7 +90,7 @@ class TrainingEvaluator:
         self.every_n_steps, self.num_samples, self.seed = every_n_steps, num_samples, seed
         self.features = features or default_features(self.config.data.dataset)
         s = self.config.sample
-        self.sampler, implied = _resolve_sampler(sampler or s.sampler)
+        self.sampler, implied = resolve_sampler(sampler or s.sampler)
         self.steps, self.step_schedule = steps or s.steps, step_schedule or implied or s.step_schedule
         self.batch_size, self.device, self.inception_weights = batch_size, device, inception_weights
         self.primary = PRIMARY[self.metrics[0]]
@@ -204,6 +211,47 @@ class TrainingEvaluator:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         atomic_write_bytes(self.out_dir / METRICS_FILE, text.encode())
         plot_metrics(records, self.out_dir / PLOT_FILE, title=f"{self.config.name}: {self.features} features")
+
+
+class EvaluationCallback:
+    """The after-step callback of a training run that evaluates it: every `every` steps the EMA model is
+    scored by `evaluator` (rank 0; None on the other ranks, which wait for its verdict), and when it is the
+    best so far the run's checkpoint is saved and copied to out_dir/best/.
+
+    evaluator:  the TrainingEvaluator on rank 0, None elsewhere
+    every:      evaluate at the positive multiples of this step count (the config's eval.every)
+    """
+
+    def __init__(self, evaluator: TrainingEvaluator | None, every: int):
+        self.evaluator, self.every = evaluator, every
+
+    @classmethod
+    def from_config(cls, config, out_dir, *, main: bool = True) -> EvaluationCallback:
+        """The callback of a RunConfig's `eval` section (eval.every must be set); the evaluator only on `main`."""
+        e = config.eval
+        evaluator = TrainingEvaluator(config, out_dir, metrics=e.metrics, every_n_steps=e.every,
+                                      num_samples=e.num_samples, features=e.features) if main else None
+        return cls(evaluator, e.every)
+
+    def __call__(self, trainer) -> dict | None:
+        """Evaluate `trainer` (a noisecraft Trainer) after its step `trainer.step` if due; the record or None."""
+        from noisecraft.build import build_denoiser
+        from noisecraft.training.state import keep_best
+
+        step, dist = trainer.step, trainer.dist
+        if step <= 0 or step % self.every:
+            return None
+        ema = trainer.plain_ema()  # (collective under FSDP)
+        result = None
+        if dist.is_main:
+            denoiser = build_denoiser(trainer.config, ema).eval()
+            result = self.evaluator.maybe_evaluate(step, denoiser, trainer.data.data_shape)
+        result = dist.broadcast(result)
+        if result is not None and result["is_best"]:
+            path = trainer.save()  # (collective)
+            if dist.is_main:
+                keep_best(trainer.out_dir, path)
+        return result
 
 
 def plot_metrics(records: list[dict], path, *, title: str = "") -> None:

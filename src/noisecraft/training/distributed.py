@@ -6,7 +6,7 @@ the trainer sees: rank, world size, and the few collectives it uses; a single pr
 world 1, where every collective is a no-op.
 
 Sharding is a pure function of (seed, step, rank): step s's global batch is the same as in a
-one-process run (a permutation seeded by (seed, epoch), see `Trainer.batch_indices`), cut into
+one-process run (a permutation seeded by (seed, epoch), see `batches.BatchOrder`), cut into
 world x grad_accum equal micro-batches; process r takes micro-batches r*A, ..., r*A + A - 1. Noise
 levels and noise are drawn for the whole global batch from the (seed, step) generator and sliced the
 same way, so a run is the same (to float rounding of the gradient sums) whatever the world size and
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from noisecraft.core.denoiser import Denoiser
 from noisecraft.errors import ConfigError
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -120,6 +121,20 @@ def micro_slice(batch: int, chunk: int, chunks: int) -> slice:
     return slice(chunk * size, (chunk + 1) * size)
 
 
+def micro_rows(cond: dict | None, rows: slice, batch: int) -> dict | None:
+    """The micro-batch `rows` of a conditioning dict: its per-sample entries (tensors, lists or tuples of
+    length `batch`) sliced, the others (shared by all samples) kept."""
+    if cond is None:
+        return None
+
+    def per_sample(v) -> bool:
+        if isinstance(v, torch.Tensor):
+            return v.ndim > 0 and v.shape[0] == batch
+        return isinstance(v, list | tuple) and len(v) == batch
+
+    return {k: v[rows] if per_sample(v) else v for k, v in cond.items()}
+
+
 def is_block(module: nn.Module) -> bool:
     """The units of sharding and activation checkpointing: the network's residual/attention blocks
     (classes named *Block) and the U-Net's EmbedSequential stages. Duck-typed so any network's blocks count."""
@@ -182,6 +197,30 @@ def ddp(net: nn.Module, device: torch.device) -> nn.Module:
 
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return DistributedDataParallel(net, device_ids=ids)
+
+
+def parallelize(denoiser, averages: list[nn.Module], train, dist: Dist, device: torch.device):
+    """Speed options and data-parallel wrapping of denoiser.net (train.grad_checkpointing, fsdp, compile);
+    the moving `averages` of the network are sharded with it under FSDP.
+
+    Returns (model, train_denoiser): the module whose forward/backward syncs gradients (the network itself,
+    or its DDP wrapper), and the denoiser the training forward runs through (`denoiser`, or one around the
+    DDP wrapper)."""
+    net = denoiser.net
+    if train.grad_checkpointing:
+        checkpoint_blocks(net)
+    if train.fsdp:
+        if dist.world == 1:
+            raise ConfigError("train.fsdp=true needs a distributed launch, e.g. torchrun --nproc_per_node G "
+                              "-m noisecraft train ... train.fsdp=true")
+        for module in [net, *averages]:
+            fully_shard_blocks(module)
+    model = net if dist.world == 1 or train.fsdp else ddp(net, device)
+    if train.compile:
+        net.compile()  # in place: parameter names and state_dict keys stay the same
+    if model is net:
+        return model, denoiser
+    return model, Denoiser(model, denoiser.schedule, denoiser.prediction)
 
 
 def no_sync(model: nn.Module, net: nn.Module, sync: bool):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from noisecraft.core.denoiser import Denoiser, _bcast
+from noisecraft.core.denoiser import Denoiser
 from noisecraft.errors import unknown_name
 
 WEIGHTINGS = ("simple", "min_snr", "edm")
@@ -52,9 +52,10 @@ def denoising_loss(
 ) -> torch.Tensor:
     """Per-sample weighted loss (B,) at noise levels sigma (B,) with the given unit noise."""
     sigma = sigma.to(device=x0.device, dtype=torch.float64)
-    x = x0 + _bcast(sigma, x0).to(x0.dtype) * noise  # (B, ...) VE noisy sample
+    sigma_x = sigma.reshape(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)  # (B, 1, ..., 1), broadcasts against x0
+    x = x0 + sigma_x * noise  # (B, ...) VE noisy sample
     F = denoiser.raw(x, sigma, cond).float()
-    target = denoiser.prediction.target(x0, noise, _bcast(sigma, x0).to(x0.dtype))
+    target = denoiser.prediction.target(x0, noise, sigma_x)
     _, c_out = denoiser.prediction.scalings(sigma)
     w = output_weight(weighting, sigma, c_out, gamma=gamma, sigma_data=denoiser.prediction.sigma_data)
     per_sample = (F - target).square().flatten(1).mean(1)

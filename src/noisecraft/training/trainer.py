@@ -1,9 +1,18 @@
-"""The training loop, split into steps (DESIGN habit 10).
+"""The training loop of a diffusion model: a short loop over steps, composed of the training pieces.
+
+    Trainer(config, out_dir).run()      # train.steps or train.minutes; checkpoints in out_dir
+
+One step (`train_step`): draw the global batch of step s (`draw`), accumulate the gradients of this
+process's micro-batches (`loss`, under autocast), all-reduce them, clip, check and step (precision.py),
+then update the EMA and the post-hoc EMA profiles (ema.py). After a step the loop logs, snapshots the
+post-hoc EMA, checkpoints (state.py) and calls its callbacks (evaluation during training:
+`noisecraft.eval.during_training.EvaluationCallback`); the progress bar, time limit and Ctrl-C are
+progress.py's.
 
 Determinism: every random draw of step s (batch order, sigma, noise, flips, dropout) comes from
-generators seeded by (seed, s), and the batch order of epoch e from a permutation seeded by (seed, e).
-The RNG state is therefore a pure function of (seed, step): a checkpoint stores the step, and a resumed
-run draws exactly what an uninterrupted run would (tested to bit equality on CPU).
+generators seeded by (seed, s), and the batch order of epoch e from a permutation seeded by (seed, e)
+(batches.py). The RNG state is therefore a pure function of (seed, step): a checkpoint stores the step, and
+a resumed run draws exactly what an uninterrupted run would (tested to bit equality on CPU).
 
 Scale (see training/distributed.py): under torchrun the global batch of step s is cut into
 world x grad_accum micro-batches; sigma and noise are drawn for the whole global batch and sliced, so
@@ -13,67 +22,42 @@ options (train.bf16/fp16/compile/grad_checkpointing/fused_adam) are switches in 
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import hashlib
-import json
-import math
-import signal
-import threading
 import time
-import warnings
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from noisecraft.build import adapt_config, build_denoiser
-from noisecraft.config import from_dict, to_dict
-from noisecraft.core.denoiser import Denoiser
-from noisecraft.errors import CheckpointError, ConfigError, DataError, NoisecraftError, TrainingDiverged
+from noisecraft.config import to_dict
+from noisecraft.errors import CheckpointError
 from noisecraft.training import distributed
-from noisecraft.training.checkpoint import (
-    CHECKPOINT_FILE,
-    atomic_write_bytes,
-    atomic_write_json,
-    load_checkpoint,
-    save_checkpoint,
-    unflatten_optimizer,
-)
+from noisecraft.training.batches import BatchOrder, chain_hash, load_data, step_seed
+from noisecraft.training.checkpoint import CHECKPOINT_FILE, atomic_write_json, save_checkpoint
 from noisecraft.training.conditioning import Conditioner
 from noisecraft.training.config import RunConfig
-from noisecraft.training.distributed import Dist, local_tensors, micro_slice
+from noisecraft.training.distributed import Dist, micro_rows, micro_slice
+from noisecraft.training.ema import ema_copy, ema_decay, phema_every, power_ema, snapshot_phema, update_ema
 from noisecraft.training.losses import denoising_loss
-from noisecraft.training.posthoc_ema import PowerEMA, write_snapshot
+from noisecraft.training.precision import (
+    OVERFLOW,
+    STEPPED,
+    adamw,
+    autocast,
+    grad_scaler,
+    guarded_update,
+    halved_micro_batch,
+    raise_if_diverged,
+)
+from noisecraft.training.progress import advance, deferred_interrupt, out_of_time, progress_bar, smoothed
+from noisecraft.training.state import full_state, open_resume, read_log, restore_weights, resumed_config, write_log
 
-
-def load_data(config: RunConfig):
-    from noisecraft.data import load_dataset
-
-    c = config.data
-    ds = load_dataset(c.dataset, root=c.root, resolution=c.resolution, channels=c.channels, split=c.split,
-                      limit=c.limit, seed=config.train.seed, count=c.count)
-    if c.autoencoder:  # latent diffusion: cached scaled latents of the images (noisecraft.autoencoder.latents)
-        from noisecraft.autoencoder.latents import encode_dataset, resolve_autoencoder_path
-
-        ds = encode_dataset(ds, resolve_autoencoder_path(c.autoencoder), hflip=c.hflip)  # + flipped images' latents
-    if len(ds) < config.train.batch_size:
-        raise DataError(f"dataset {c.dataset!r} has {len(ds)} items, fewer than train.batch_size="
-                        f"{config.train.batch_size}; lower the batch size")
-    return ds
-
-
-# TrainConfig fields a resumed run takes from the request: they change how, not what, is computed.
-_EXECUTION = ("threads", "grad_accum", "compile", "grad_checkpointing", "fused_adam", "fsdp", "oom_retry")
-
-
-def _step_seed(seed: int, step: int, stream: int = 0) -> int:
-    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+DIVERGED_HINT = "try a lower train.lr, train.bf16=false, or check the data for NaN"
 
 
 class Trainer:
-    """Trains `config` into `out_dir`; `resume=True` continues from out_dir's checkpoint exactly."""
+    """A diffusion training run: trains `config` into `out_dir`; `resume=True` continues from out_dir's
+    checkpoint exactly. `device` is the torch device (under torchrun each process takes its own GPU);
+    `progress` shows a progress bar (rank 0)."""
 
     def __init__(self, config: RunConfig, out_dir: str | Path, *, resume: bool = False, device: str = "cpu",
                  progress: bool = True):
@@ -81,128 +65,117 @@ class Trainer:
         self.device = torch.device(distributed.setup(device))  # joins a torchrun/accelerate launch, if any
         self.dist = Dist.current()
         self.progress = progress and self.dist.is_main
-        ckpt = self._open_resume() if resume else None
+        ckpt = open_resume(self.out_dir) if resume else None
         if ckpt is not None:
-            config = self._resumed_config(ckpt, config)
+            config = resumed_config(ckpt, config)
         self.data = load_data(config)
         self.config = adapt_config(config, self.data.data_shape)
         if self.config.train.threads:
             torch.set_num_threads(self.config.train.threads)
         self._build()
-        self.evaluator = self._evaluator() if self.dist.is_main else None
+        self._setup_callbacks()
         self.step, self.bad_steps, self.consecutive_bad = 0, 0, 0
         self.scaler_skipped = 0  # fp16 steps skipped by the grad scaler (overflow; not counted as bad)
         self.accum = self.config.train.grad_accum  # micro-batches per process (doubles after an OOM)
         self.data_hash = ""  # SHA-256 chain over the batch indices of every step taken (the data order)
-        self._drawn = self._perm = None
+        self.order = BatchOrder(len(self.data), self.config.train.batch_size, self.config.train.seed)
+        self._drawn = None  # (step, draw(step)) of the step in progress
         self.log: list[dict] = []
         if ckpt is not None:
             self._restore(ckpt)
 
     # ----------------------------------------------------------------------------------------- set-up
     def _build(self) -> None:
+        """Network (seeded initialisation), EMA, wrapping, optimiser, scaler, data on the device, conditions."""
         t = self.config.train
         torch.manual_seed(t.seed)  # network initialisation
         self.denoiser = build_denoiser(self.config).to(self.device)
         self.net = self.denoiser.net
-        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
-        self.phema = PowerEMA(self.net, t.phema_sigma_rels) if t.phema_sigma_rels else None
-        self.train_denoiser = self._parallelize()
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=t.lr, betas=t.adam_betas,
-                                           weight_decay=t.weight_decay, fused=self._fused_adam())
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.fp16)
+        self.ema = ema_copy(self.net)
+        self.phema = power_ema(self.net, t)
+        averages = [self.ema, *(self.phema.models if self.phema else [])]
+        self.model, self.train_denoiser = distributed.parallelize(self.denoiser, averages, t, self.dist, self.device)
+        self.optimizer = adamw(self.net.parameters(), t, self.device)
+        self.scaler = grad_scaler(self.device, t)
         self.images = self.data.images.to(self.device)
         flipped = (self.data.attributes or {}).get("latents_hflip")  # latent runs: E(flip(x)), not flip(E(x))
         self.images_hflip = None if flipped is None else flipped.to(self.device)
         self.labels = None if self.data.labels is None else self.data.labels.to(self.device)
+        self._setup_conditions()
+
+    def _setup_conditions(self) -> None:
+        """The batch conditions (labels, captions, layouts): built here, prepared in run(), drawn in batch()."""
         self.conditioner = Conditioner(self.config, self.data, self.net, self.device, self.progress)
 
     def _fit_layout_planner(self) -> None:
         """Layout-conditioned runs: train the prompt -> boxes planner once (rank 0; kept when resuming)."""
-        from noisecraft.text.layout import PLANNER_FILE
+        self.conditioner.prepare(self.out_dir, self.progress)
 
-        layout = self.conditioner.layout
-        if layout is not None and not (self.out_dir / PLANNER_FILE).is_file():
-            layout.fit_planner(self.config, self.out_dir, self.progress)
+    def _setup_callbacks(self) -> None:
+        """After-step callbacks, each called as callback(trainer): evaluation during training when eval.every
+        is set (its TrainingEvaluator, `self.evaluator`, lives on rank 0)."""
+        self.callbacks, self.evaluator = [], None
+        if self.config.eval.every:
+            from noisecraft.eval.during_training import EvaluationCallback
 
-    def _parallelize(self) -> Denoiser:
-        """Speed options and data-parallel wrapping; returns the denoiser the training forward runs through
-        (self.denoiser itself, or one around the DDP wrapper whose forward/backward syncs gradients)."""
-        t = self.config.train
-        if t.grad_checkpointing:
-            distributed.checkpoint_blocks(self.net)
-        if t.fsdp:
-            if self.dist.world == 1:
-                raise ConfigError("train.fsdp=true needs a distributed launch, e.g. torchrun --nproc_per_node G "
-                                  "-m noisecraft train ... train.fsdp=true")
-            for module in [self.net, self.ema, *(self.phema.models if self.phema else [])]:
-                distributed.fully_shard_blocks(module)
-        self.model = self.net if self.dist.world == 1 or t.fsdp else distributed.ddp(self.net, self.device)
-        if t.compile:
-            self.net.compile()  # in place: parameter names and state_dict keys stay the same
-        if self.model is self.net:
-            return self.denoiser
-        return Denoiser(self.model, self.denoiser.schedule, self.denoiser.prediction)
+            evaluation = EvaluationCallback.from_config(self.config, self.out_dir, main=self.dist.is_main)
+            self.callbacks.append(evaluation)
+            self.evaluator = evaluation.evaluator
 
-    def _fused_adam(self) -> bool | None:
-        """train.fused_adam: None -> the fused kernel on CUDA (torch's default elsewhere); true -> fused on
-        any device torch has it for (CUDA, CPU, MPS, XPU); false -> never."""
-        fused = self.config.train.fused_adam
-        if fused is None:
-            return True if self.device.type == "cuda" else None
-        return fused or None
+    # -------------------------------------------------------------------------------- saved state
+    def state_dict(self) -> dict:
+        """The run's counters, data position and RNG scheme (with the fp16 scaler's state), as checkpointed."""
+        state = {"step": self.step, "bad_steps": self.bad_steps, "scaler_skipped": self.scaler_skipped,
+                 "data_position": self.order.position(self.step), "data_hash": self.data_hash,
+                 "world_size": self.dist.world, "grad_accum": self.accum,
+                 "rng": {"scheme": "per-step SeedSequence(seed, step)", "seed": self.config.train.seed}}
+        if self.scaler.is_enabled():
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
 
-    def _evaluator(self):
-        e = self.config.eval
-        if not e.every:
-            return None
-        from noisecraft.eval.during_training import TrainingEvaluator
-
-        return TrainingEvaluator(self.config, self.out_dir, metrics=e.metrics, every_n_steps=e.every,
-                                 num_samples=e.num_samples, features=e.features)
-
-    def _open_resume(self):
-        try:
-            return load_checkpoint(self.out_dir)
-        except CheckpointError as e:
-            raise CheckpointError(f"cannot resume: {e}") from None
-
-    def _resumed_config(self, ckpt, requested: RunConfig) -> RunConfig:
-        """The checkpoint's config, with the stopping criteria and the execution options (which leave the
-        mathematics alone: process layout, accumulation, compile, checkpointing, threads) from the request."""
-        saved = from_dict(RunConfig, ckpt.config)
-        r = requested.train
-        train = replace(saved.train, steps=r.steps, minutes=r.minutes, **{k: getattr(r, k) for k in _EXECUTION})
-        return replace(saved, train=train)
+    def load_state_dict(self, s: dict) -> None:
+        """Restore the counters of `state_dict()` (and a micro-batch that an OOM made smaller, same world)."""
+        self.step, self.bad_steps = int(s["step"]), int(s["bad_steps"])
+        self.scaler_skipped, self.data_hash = int(s.get("scaler_skipped", 0)), str(s.get("data_hash", ""))
+        if self.scaler.is_enabled() and "grad_scaler" in s:
+            self.scaler.load_state_dict(s["grad_scaler"])
+        if s.get("world_size") == self.dist.world:
+            self.accum = max(self.accum, int(s.get("grad_accum", self.accum)))
 
     def _restore(self, ckpt) -> None:
         try:
-            optim = unflatten_optimizer(ckpt.optim, ckpt.optim_groups)
-            self._load_module(self.net, ckpt.model, optim)
-            self._load_module(self.ema, ckpt.ema)
-            if self.phema is not None:
-                if ckpt.phema is None or len(ckpt.phema) != len(self.phema.models):
-                    raise KeyError("the post-hoc EMA profiles of the config are missing from the checkpoint")
-                for k, model in enumerate(self.phema.models):
-                    self._load_module(model, ckpt.phema[str(k)])
-            s = ckpt.state
-            self.step, self.bad_steps = int(s["step"]), int(s["bad_steps"])
-            self.scaler_skipped, self.data_hash = int(s.get("scaler_skipped", 0)), str(s.get("data_hash", ""))
-            if self.scaler.is_enabled() and "grad_scaler" in s:
-                self.scaler.load_state_dict(s["grad_scaler"])
-            if s.get("world_size") == self.dist.world:  # keep a micro-batch that an OOM made smaller
-                self.accum = max(self.accum, int(s.get("grad_accum", self.accum)))
+            restore_weights(ckpt, self.net, self.ema, self.phema, self.optimizer, fsdp=self.config.train.fsdp)
+            self.load_state_dict(ckpt.state)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{ckpt.path} does not fit this model: {e}") from None
-        self.log = [r for r in _read_log(self.out_dir) if r["step"] <= self.step]
+        self.log = [r for r in read_log(self.out_dir) if r["step"] <= self.step]
 
-    def _load_module(self, module, state: dict, optim: dict | None = None) -> None:
-        if self.config.train.fsdp:
-            distributed.load_full_state(module, state, self.optimizer if optim else None, optim)
-            return
-        module.load_state_dict(state, strict=True)
-        if optim is not None:
-            self.optimizer.load_state_dict(optim)
+    def save(self) -> Path:
+        """Write the consolidated checkpoint and the log (rank 0 only; collective under FSDP), then a barrier."""
+        model, ema, optim, phema = full_state(self.net, self.ema, self.optimizer, self.phema,
+                                              fsdp=self.config.train.fsdp)
+        try:
+            if self.dist.is_main:
+                save_checkpoint(self.out_dir, config=to_dict(self.config), state=self.state_dict(), model=model,
+                                ema=ema, optimizer=optim, phema=phema)
+                write_log(self.out_dir, self.log)
+        finally:
+            self.dist.barrier()
+        return self.out_dir / CHECKPOINT_FILE
+
+    def plain_ema(self):
+        """The EMA network as an ordinary module on rank 0 (gathered from the shards under FSDP; None on the
+        other ranks)."""
+        if not self.config.train.fsdp:
+            return self.ema
+        state = distributed.full_model_state(self.ema)
+        if not self.dist.is_main:
+            return None
+        net = build_denoiser(self.config).net
+        net.load_state_dict(state)
+        return net.to(self.device)
+
+    _plain_ema = plain_ema  # the old name (tests/autoencoder/test_latent_runs.py)
 
     # ------------------------------------------------------------------------------------ one step
     def lr_at(self, step: int) -> float:
@@ -211,18 +184,16 @@ class Trainer:
         return t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
 
     def ema_decay_at(self, step: int) -> float:
-        return min(self.config.train.ema_decay, (1 + step) / (10 + step))
+        """The EMA decay of the update after `step` (ema.ema_decay with train.ema_decay)."""
+        return ema_decay(step, self.config.train.ema_decay)
 
     def batch_indices(self, step: int) -> torch.Tensor:
         """Indices of step's batch: epoch e = step // batches_per_epoch uses permutation seeded by (seed, e)."""
-        n, b = len(self.data), self.config.train.batch_size
-        per_epoch = n // b
-        epoch, j = divmod(step, per_epoch)
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.config.train.seed, epoch]).permutation(n))
-        return torch.from_numpy(self._perm[1][j * b:(j + 1) * b].copy())
+        return self.order(step)
 
     def batch(self, step: int, gen: torch.Generator):
+        """(x0, cond) of step's global batch: the images (flipped with probability 1/2 when data.hflip),
+        then their conditions, drawing from `gen` in that order."""
         idx = self.batch_indices(step).to(self.device)
         x0 = self.images[idx]
         if self.config.data.hflip:
@@ -237,7 +208,7 @@ class Trainer:
         from generators seeded by (seed, step). Each process slices its micro-batches out of it."""
         if self._drawn is not None and self._drawn[0] == step:
             return self._drawn[1]
-        gen = torch.Generator().manual_seed(_step_seed(self.config.train.seed, step))
+        gen = torch.Generator().manual_seed(step_seed(self.config.train.seed, step, 0))
         x0, cond = self.batch(step, gen)
         sigma = self.denoiser.schedule.sample_sigma(x0.shape[0], gen)
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
@@ -249,17 +220,13 @@ class Trainer:
         batch (default: the whole batch); all randomness from (seed, step)."""
         x0, cond, sigma, noise = self.draw(step)
         rows = micro_slice(x0.shape[0], chunk, chunks)
-        torch.manual_seed(_step_seed(self.config.train.seed, step, 1 + chunk))  # dropout
+        torch.manual_seed(step_seed(self.config.train.seed, step, 1 + chunk))  # dropout
         d = self.config.diffusion
-        with self._autocast():
+        with autocast(self.device, self.config.train):
             per_sample = denoising_loss(self.train_denoiser, x0[rows], sigma[rows], noise[rows],
-                                        _rows(cond, rows, x0.shape[0]), weighting=d.weighting, gamma=d.min_snr_gamma)
+                                        micro_rows(cond, rows, x0.shape[0]), weighting=d.weighting,
+                                        gamma=d.min_snr_gamma)
         return per_sample.float().mean()
-
-    def _autocast(self):
-        t = self.config.train
-        dtype = torch.bfloat16 if t.bf16 else torch.float16 if t.fp16 else None
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def train_step(self) -> float:
         """One optimiser step over the global batch: this process's micro-batches accumulated, gradients
@@ -268,9 +235,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         loss = self._accumulate()
-        self._apply_update(loss)
-        idx = self.batch_indices(self.step).numpy().astype(np.int64)
-        self.data_hash = hashlib.sha256(self.data_hash.encode() + idx.tobytes()).hexdigest()
+        self._update(loss)
+        self.data_hash = chain_hash(self.data_hash, self.batch_indices(self.step))
         self._drawn = None
         self.step += 1
         return float(loss)
@@ -282,7 +248,9 @@ class Trainer:
             try:
                 return self._forward_backward()
             except torch.OutOfMemoryError as e:
-                self._halve_micro_batch(e)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.accum = halved_micro_batch(e, step=self.step, accum=self.accum, world=self.dist.world,
+                                                train=self.config.train, device=self.device)
 
     def _forward_backward(self) -> torch.Tensor:
         """sum over micro-batches m of grad(loss_m / A), all-reduced (mean) over processes on the last one;
@@ -296,170 +264,24 @@ class Trainer:
             total += loss.detach() / A
         return self.dist.mean(total)
 
-    def _halve_micro_batch(self, error: Exception) -> None:
-        """Out of memory: keep the global batch, halve the micro-batch, double the accumulation."""
-        t, world = self.config.train, self.dist.world
-        micro = t.batch_size // (world * self.accum)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        if not t.oom_retry or world > 1 or micro < 2 or micro % 2:
-            why = "automatic halving is for single-process runs" if world > 1 else \
-                "train.oom_retry is off" if not t.oom_retry else f"{micro} cannot be halved"
-            raise NoisecraftError(f"out of memory at step {self.step} with a micro-batch of {micro} per process "
-                                  f"({why}); lower train.batch_size or raise train.grad_accum (now {self.accum}). "
-                                  f"{type(error).__name__}: {error}") from None
-        self.accum *= 2
-        warnings.warn(f"out of memory at step {self.step} with a micro-batch of {micro}: continuing with "
-                      f"{micro // 2} x {self.accum} accumulated (the same global batch of {t.batch_size})",
-                      RuntimeWarning, stacklevel=2)
-
-    def _apply_update(self, loss: torch.Tensor) -> None:
-        """Clip, check, step. fp16 overflow in the gradients is the grad scaler's business (skipped and
-        counted in scaler_skipped); any other non-finite loss or gradient is a bad step."""
-        t = self.config.train
-        self.scaler.unscale_(self.optimizer)  # (no-op without fp16)
-        params = [p for p in self.net.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        full = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
-        finite_loss, finite_grad = bool(torch.isfinite(loss)), bool(torch.isfinite(full))
-        if finite_grad and t.grad_clip:  # (clipping by a non-finite norm would turn every gradient NaN)
-            torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip, norm)
-        if finite_loss and not finite_grad and self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # finds the inf and skips
-            self.scaler.update()  # lowers the scale
+    def _update(self, loss: torch.Tensor) -> None:
+        """Clip, check and step (precision.guarded_update), then the moving averages; count skipped steps."""
+        outcome = guarded_update(self.optimizer, self.scaler, self.net, loss, self.config.train.grad_clip)
+        if outcome == STEPPED:
+            update_ema(self.ema, self.net, self.ema_decay_at(self.step))
+            if self.phema is not None:
+                self.phema.update(self.net, self.step + 1)  # t = optimiser steps taken, including this one
+            self.consecutive_bad = 0
+        elif outcome == OVERFLOW:
             self.scaler_skipped += 1
-            return
-        if not (finite_loss and finite_grad):
-            where = "loss" if not finite_loss else f"gradient (first in {self._first_bad_grad()})"
-            if self.scaler.is_enabled():
-                self.scaler.update()
-            self._skip_bad_step(float(loss), where)
-            return
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self._update_ema()
-        self.consecutive_bad = 0
-
-    def _first_bad_grad(self) -> str | None:
-        for name, p in self.net.named_parameters():
-            g = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
-            if g is not None and not bool(torch.isfinite(g).all()):
-                return name
-        return None
-
-    def _skip_bad_step(self, loss: float, where: str = "loss") -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.bad_steps += 1
-        self.consecutive_bad += 1
-        if self.consecutive_bad >= self.config.train.max_bad_steps:
-            raise TrainingDiverged(
-                f"{self.consecutive_bad} consecutive non-finite losses/gradients at step {self.step} (last: "
-                f"non-finite {where}, loss {loss}); stopped. The last good checkpoint in {self.out_dir} is intact; "
-                f"try a lower train.lr, train.bf16=false, or check the data for NaN."
-            )
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        w = 1 - self.ema_decay_at(self.step)
-        ema, live = local_tensors(self.ema.parameters()), local_tensors(self.net.parameters())
-        torch._foreach_lerp_(ema, live, w)
-        for b_ema, b in zip(self.ema.buffers(), self.net.buffers()):
-            b_ema.copy_(b)
-        if self.phema is not None:
-            self.phema.update(self.net, self.step + 1)  # t = optimiser steps taken, including this one
+        else:  # a non-finite loss or gradient: a bad step
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps, self.consecutive_bad = self.bad_steps + 1, self.consecutive_bad + 1
+            raise_if_diverged(self.consecutive_bad, self.config.train.max_bad_steps, step=self.step,
+                              out_dir=self.out_dir, last=f"non-finite {outcome}, loss {float(loss)}",
+                              hint=DIVERGED_HINT)
 
     # ---------------------------------------------------------------------------------- the loop
-    def save(self) -> Path:
-        """Write the consolidated checkpoint (rank 0 only; collective under FSDP), then a barrier."""
-        per_epoch = len(self.data) // self.config.train.batch_size
-        state = {"step": self.step, "bad_steps": self.bad_steps, "scaler_skipped": self.scaler_skipped,
-                 "data_position": {"epoch": self.step // per_epoch, "batch": self.step % per_epoch},
-                 "data_hash": self.data_hash, "world_size": self.dist.world, "grad_accum": self.accum,
-                 "rng": {"scheme": "per-step SeedSequence(seed, step)", "seed": self.config.train.seed}}
-        if self.scaler.is_enabled():
-            state["grad_scaler"] = self.scaler.state_dict()
-        model, ema, optim, phema = self._full_state()
-        try:
-            if self.dist.is_main:
-                save_checkpoint(self.out_dir, config=to_dict(self.config), state=state, model=model, ema=ema,
-                                optimizer=optim, phema=phema)
-                _write_log(self.out_dir, self.log)
-        finally:
-            self.dist.barrier()
-        return self.out_dir / CHECKPOINT_FILE
-
-    def _full_state(self):
-        """(model, ema, optimizer, post-hoc EMA) state dicts, gathered to rank 0 when sharded."""
-        phema = self.phema.models if self.phema is not None else []
-        if self.config.train.fsdp:
-            full = distributed.full_model_state
-            return (full(self.net), full(self.ema), distributed.full_optimizer_state(self.net, self.optimizer),
-                    [full(m) for m in phema] or None)
-        return (self.net.state_dict(), self.ema.state_dict(), self.optimizer.state_dict(),
-                [m.state_dict() for m in phema] or None)
-
-    def snapshot_phema(self) -> None:
-        """Write the post-hoc EMA profiles at this step to DIR/phema/ (rank 0; collective under FSDP)."""
-        models = self.phema.models
-        states = [distributed.full_model_state(m) for m in models] if self.config.train.fsdp else \
-            [m.state_dict() for m in models]
-        try:
-            if self.dist.is_main:
-                write_snapshot(self.out_dir, self.step, states, self.phema.meta())
-        finally:
-            self.dist.barrier()
-
-    def _maybe_snapshot_phema(self, final: bool = False) -> None:
-        t = self.config.train
-        if self.phema is not None and self.step > 0 and (final or self.step % (t.phema_every or t.checkpoint_every)
-                                                         == 0):
-            self.snapshot_phema()
-
-    def maybe_evaluate(self) -> dict | None:
-        """Score the EMA model every eval.every steps; keep its checkpoint in best/ when it is the best."""
-        every = self.config.eval.every
-        if not every or self.step <= 0 or self.step % every:
-            return None
-        ema = self._plain_ema()
-        result = None
-        if self.dist.is_main:  # the other ranks wait for rank 0's verdict
-            result = self.evaluator.maybe_evaluate(self.step, build_denoiser(self.config, ema).eval(),
-                                                   self.data.data_shape)
-        result = self.dist.broadcast(result)
-        if result is not None and result["is_best"]:
-            path = self.save()
-            if self.dist.is_main:
-                (self.out_dir / "best").mkdir(exist_ok=True)
-                atomic_write_bytes(self.out_dir / "best" / CHECKPOINT_FILE, path.read_bytes())
-        return result
-
-    def _plain_ema(self):
-        """The EMA network as an ordinary module on rank 0 (gathered from the shards under FSDP)."""
-        if not self.config.train.fsdp:
-            return self.ema
-        state = distributed.full_model_state(self.ema)
-        if not self.dist.is_main:
-            return None
-        net = build_denoiser(self.config).net
-        net.load_state_dict(state)
-        return net.to(self.device)
-
-    def _log_record(self, loss: float, ema_loss: float | None, start: float) -> dict:
-        record = {"step": self.step, "loss": loss, "loss_smooth": ema_loss, "lr": self.lr_at(self.step - 1),
-                  "time": time.monotonic() - start, "bad_steps": self.bad_steps}
-        if self.config.train.fp16:
-            record["scaler_skipped"] = self.scaler_skipped
-            record["grad_scale"] = float(self.scaler.get_scale())
-        if self.accum != self.config.train.grad_accum:
-            record["grad_accum"] = self.accum  # raised after an out-of-memory error
-        return record
-
-    def _finishing(self, start: float) -> bool:
-        """True when the step just taken is the run's last (so it is always logged)."""
-        t = self.config.train
-        return self.step >= t.steps or _out_of_time(start, t.minutes)
-
     def run(self) -> dict:
         """Train until train.steps or train.minutes; checkpoint periodically and at the end."""
         if self.dist.is_main:
@@ -468,101 +290,51 @@ class Trainer:
             self._fit_layout_planner()
         self.dist.barrier()
         t = self.config.train
-        start, bar, ema_loss = time.monotonic(), _progress_bar(t, self.step, self.progress), None
+        start, smooth = time.monotonic(), None
+        bar = progress_bar(t.steps, t.minutes, step=self.step, enabled=self.progress)
         try:
-            with _deferred_interrupt() as interrupt:
-                while self.step < t.steps:
-                    out_of_time, interrupted = self.dist.any([_out_of_time(start, t.minutes), interrupt["hit"]],
-                                                             self.device)
-                    if interrupted:  # Ctrl-C: the step in progress was finished; save and stop
-                        self.save()
-                        raise KeyboardInterrupt
-                    if out_of_time:
-                        break
+            with deferred_interrupt() as interrupt:
+                while self.step < t.steps and not self._should_stop(start, interrupt):
                     loss = self.train_step()
-                    if math.isfinite(loss):
-                        ema_loss = loss if ema_loss is None else 0.98 * ema_loss + 0.02 * loss
-                    if self.step % t.log_every == 0 or self._finishing(start):
-                        self.log.append(self._log_record(loss, ema_loss, start))
-                    self._maybe_snapshot_phema()
-                    if self.step % t.checkpoint_every == 0:
-                        self.save()
-                    self.maybe_evaluate()
-                    _advance(bar, self.step, start, t, ema_loss)
+                    smooth = smoothed(smooth, loss)
+                    self._after_step(loss, smooth, start)
+                    advance(bar, self.step, start, t.minutes, smooth)
         finally:
             bar.close()
-        if self.phema is not None and self.step % (t.phema_every or t.checkpoint_every):
-            self._maybe_snapshot_phema(final=True)
+        if self.phema is not None and self.step > 0 and self.step % phema_every(t):
+            snapshot_phema(self.phema, self.out_dir, self.step, self.dist, fsdp=t.fsdp)  # the final profiles
         self.save()
-        return {"step": self.step, "loss": ema_loss, "bad_steps": self.bad_steps,
+        return {"step": self.step, "loss": smooth, "bad_steps": self.bad_steps,
                 "scaler_skipped": self.scaler_skipped, "seconds": time.monotonic() - start}
 
+    def _should_stop(self, start: float, interrupt: dict) -> bool:
+        """Agreed by all ranks before a step: out of time (stop), or Ctrl-C (save, then KeyboardInterrupt)."""
+        late, interrupted = self.dist.any([out_of_time(start, self.config.train.minutes), interrupt["hit"]],
+                                          self.device)
+        if interrupted:  # the step in progress was finished; save and stop
+            self.save()
+            raise KeyboardInterrupt
+        return late
 
-def _rows(cond, rows: slice, batch: int):
-    """The micro-batch `rows` of a conditioning dict (per-sample entries: tensors/lists of length batch)."""
-    if cond is None:
-        return None
-    def per_sample(v) -> bool:
-        if isinstance(v, torch.Tensor):
-            return v.ndim > 0 and v.shape[0] == batch
-        return isinstance(v, list | tuple) and len(v) == batch
+    def _after_step(self, loss: float, smooth: float | None, start: float) -> None:
+        """Log (every log_every steps and the last), snapshot the post-hoc EMA, checkpoint, call the callbacks."""
+        t = self.config.train
+        if self.step % t.log_every == 0 or self.step >= t.steps or out_of_time(start, t.minutes):
+            self.log.append(self._log_record(loss, smooth, start))
+        if self.phema is not None and self.step % phema_every(t) == 0:
+            snapshot_phema(self.phema, self.out_dir, self.step, self.dist, fsdp=t.fsdp)
+        if self.step % t.checkpoint_every == 0:
+            self.save()
+        for callback in self.callbacks:
+            callback(self)
 
-    return {k: v[rows] if per_sample(v) else v for k, v in cond.items()}
-
-
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Ctrl-C during a step lets the step finish, so the checkpoint written after it is consistent; a
-    second Ctrl-C interrupts at once. (Only in the main thread, where Python delivers signals.)"""
-    flag = {"hit": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        flag["hit"] = True
-        signal.signal(signal.SIGINT, previous)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _out_of_time(start: float, minutes: float | None) -> bool:
-    """True once `minutes` of wall time have passed since `start` (never when minutes is None)."""
-    return minutes is not None and time.monotonic() - start >= minutes * 60
-
-
-def _progress_bar(t, step: int, enabled: bool, desc: str = "training"):
-    """A tqdm bar over seconds (when t.minutes is set) or steps; shared with the autoencoder trainer."""
-    from tqdm.auto import tqdm
-
-    if t.minutes is not None:
-        return tqdm(total=round(t.minutes * 60), unit="s", desc=desc, disable=not enabled,
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f}s [{postfix}]")
-    return tqdm(total=t.steps, initial=step, unit="step", desc=desc, disable=not enabled)
-
-
-def _advance(bar, step: int, start: float, t, loss) -> None:
-    if bar.disable:
-        return
-    if t.minutes is not None:
-        bar.n = min(bar.total, time.monotonic() - start)
-    else:
-        bar.n = step
-    if step % 10 == 0:
-        bar.set_postfix_str(f"step {step}, loss {loss:.4f}" if loss is not None else f"step {step}", refresh=False)
-    bar.refresh()
-
-
-def _read_log(out_dir: Path) -> list[dict]:
-    path = out_dir / "log.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_log(out_dir: Path, log: list[dict]) -> None:
-    atomic_write_bytes(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
+    def _log_record(self, loss: float, smooth: float | None, start: float) -> dict:
+        """One log.jsonl record of the step just taken."""
+        record = {"step": self.step, "loss": loss, "loss_smooth": smooth, "lr": self.lr_at(self.step - 1),
+                  "time": time.monotonic() - start, "bad_steps": self.bad_steps}
+        if self.config.train.fp16:
+            record["scaler_skipped"] = self.scaler_skipped
+            record["grad_scale"] = float(self.scaler.get_scale())
+        if self.accum != self.config.train.grad_accum:
+            record["grad_accum"] = self.accum  # raised after an out-of-memory error
+        return record
