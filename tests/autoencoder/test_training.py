@@ -155,7 +155,8 @@ def test_latent_cache_is_reused_and_invalidated_when_the_autoencoder_changes(tmp
 
 
 def test_latent_diffusion_trains_and_samples_decoded_images(tmp_path, cache):
-    from noisecraft.cli.commands import _write_samples
+    from noisecraft.cli.sample_cmd import write_generation
+    from noisecraft.pipelines import Request, load
     from noisecraft.presets import get_preset
     from noisecraft.training.trainer import Trainer
 
@@ -167,11 +168,9 @@ def test_latent_diffusion_trains_and_samples_decoded_images(tmp_path, cache):
     trainer = Trainer(cfg, tmp_path / "ldm", progress=False)
     assert trainer.data.data_shape == (2, 4, 4) and trainer.config.network.in_channels == 2
     trainer.run()
-    from noisecraft.pipeline import load_denoiser
-
-    loaded = load_denoiser(tmp_path / "ldm")
+    loaded = load(tmp_path / "ldm")
     assert loaded.data_shape == (2, 4, 4) and loaded.autoencoder is not None
-    out = _write_samples(tmp_path / "ldm", tmp_path / "s.png", num=3, seed=0, steps=2)
+    out = write_generation(loaded, Request(num=3, seed=0, steps=2), tmp_path / "s.png")
     from PIL import Image
 
     with Image.open(out) as img:

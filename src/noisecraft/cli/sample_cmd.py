@@ -1,18 +1,9 @@
-"""`noisecraft sample`: generate images from a trained run.
-
-NOTE to the lead: the CLI helper overwrote your first sample_cmd.py here by mistake (about 01:11; it was
-untracked, so git cannot bring it back) -- sorry. This version holds the parser of the command table;
-`run` still calls the old handler. Put your `run` (and anything else) back over it; drop this note.
-
-The parser is here; the handler is still `noisecraft.cli.commands.sample` (to be moved here, on top of
-`noisecraft.pipelines`). The handler reads args.checkpoint, sampler, steps, step_schedule, seed, num,
-batch_size, out, options (a dict of raw strings from --option KEY=VALUE, --eta merged in), trajectory,
-no_ema, prompt, negative_prompt, class_ids, guidance, guidance_interval, guidance_rescale and device.
-"""
+"""`noisecraft sample`: a thin shell over `noisecraft.pipelines` - arguments -> Request -> generate -> PNG files."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from noisecraft.cli.argtypes import KeyValues, key_value, positive_int
 
@@ -69,7 +60,81 @@ def _add_conditioning(p) -> None:
                    help="guidance rescale phi in [0, 1] (Lin et al. 2024; default 0 = off)")
 
 
-def run(args) -> int:
-    from noisecraft.cli.commands import sample
+def request_from_args(args):
+    """The pipelines.Request of the sample command's arguments."""
+    from noisecraft.pipelines import Request
 
-    return sample(args)
+    def tup(v):
+        return None if v is None else tuple(v)
+
+    return Request(prompts=None if args.prompt is None else (args.prompt,), negative_prompt=args.negative_prompt,
+                   class_ids=tup(args.class_ids), guidance=args.guidance, guidance_interval=tup(args.guidance_interval),
+                   guidance_rescale=args.guidance_rescale, sampler=args.sampler, options=dict(args.options or {}),
+                   steps=args.steps, step_schedule=args.step_schedule, seed=args.seed, num=args.num,
+                   batch_size=args.batch_size)
+
+
+def write_generation(run, request, out, *, callback=None) -> Path:
+    """Generate `request` on `run` and write it: a grid PNG (out ends in .png), one PNG per image (out is a
+    directory), or a scatter plot for 1-D data; each PNG carries its parameters (A1111 layout) and metadata."""
+    from noisecraft.pipelines import generate
+    from noisecraft.viz import save_grid, save_points
+
+    result = generate(run, request, callback=callback)
+    out, images = Path(out), result.images
+    if len(run.data_shape) == 1:
+        save_points(images, out, title=f"{run.config.name}: {request.num} samples")
+        return out
+    info = result.parameters
+    if out.suffix.lower() == ".png":
+        save_grid(images, out, parameters=result.infotext(0), info=info)
+        return out
+    for i, img in enumerate(images):
+        save_grid(img[None], out / f"{result.seeds[i]:06d}.png", scale=1, parameters=result.infotext(i),
+                  info={**info, "seed": result.seeds[i], "num": 1})
+    return out
+
+
+def run(args) -> int:
+    from noisecraft.pipelines import load
+
+    loaded = load(args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    frames = []
+
+    def record(info):
+        frames.append((info["sigma"], info["x"][0].float().cpu(), info["denoised"][0].float().cpu()))
+
+    callback = None
+    if args.trajectory:
+        callback = record if loaded.autoencoder is None else decoding_callback(loaded, record)
+    out = write_generation(loaded, request_from_args(args), args.out, callback=callback)
+    print(f"wrote {out}")
+    if args.trajectory:
+        from noisecraft.viz import save_trajectory
+
+        save_trajectory(first_batch(frames), args.trajectory)
+        print(f"wrote {args.trajectory}")
+    return 0
+
+
+def decoding_callback(run, callback):
+    """Latent diffusion: pass the callback x_t and the x0 estimate of each batch's first sample decoded through
+    the autoencoder (the only one a trajectory shows), so trajectory frames are images, not latents. x_t is
+    decoded at unit scale, x_t / sqrt(1 + sigma^2), and scaled back, as viz.trajectory_frames divides by it."""
+    def decoded(info):
+        s = (1 + info["sigma"] ** 2) ** 0.5
+        x = run.to_images(info["x"][:1].float() / s) * s
+        callback({**info, "x": x, "denoised": run.to_images(info["denoised"][:1].float())})
+
+    return decoded
+
+
+def first_batch(frames):
+    """The callback saw every batch; keep the steps of the first (image 0's batch)."""
+    out, last_sigma = [], float("inf")
+    for f in frames:
+        if f[0] >= last_sigma:
+            break
+        out.append(f)
+        last_sigma = f[0]
+    return out

@@ -65,13 +65,13 @@ def train_and_preview(config, out: str, *, resume: bool, device: str) -> dict:
 
 def _after_training(trainer) -> None:
     """loss.png and a preview of samples from the EMA weights (conditional models: classes / captions)."""
-    from noisecraft.cli.commands import _write_samples
-    from noisecraft.prompting import preview_request
+    from noisecraft.cli.sample_cmd import write_generation
+    from noisecraft.pipelines import load
+    from noisecraft.pipelines.preview import preview_request
     from noisecraft.viz import plot_loss
 
     out = trainer.out_dir
     if trainer.log:
         plot_loss(trainer.log, out / "loss.png", title=f"{trainer.config.name}: training loss")
-    num = trainer.config.sample.num
-    request = preview_request(trainer.config, trainer.data, num)
-    _write_samples(out, out / "samples.png", num=num, seed=0, request=request)
+    request = preview_request(trainer.config, trainer.data, trainer.config.sample.num)
+    write_generation(load(out), request, out / "samples.png")
