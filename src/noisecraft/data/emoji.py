@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from noisecraft.errors import DataError
+from noisecraft.paths import cache_dir
 
 EMOJI_PACKAGE = "emoji-datasource-twitter"
 EMOJI_VERSION = "16.0.0"
@@ -34,8 +35,7 @@ SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F
 
 
 def emoji_cache_dir() -> Path:
-    from noisecraft.eval.reference import cache_dir
-
+    """$NOISECRAFT_CACHE/emoji (default ~/.cache/noisecraft/emoji)."""
     return cache_dir() / "emoji"
 
 
@@ -147,9 +147,10 @@ def load_emoji(*, root=None, resolution=None, channels=None, split="all", limit=
     """Twemoji 64x64 RGB in [-1, 1], labels = category, captions = names (see the module docstring);
     `seed` is unused (file order is kept)."""
     from noisecraft.data.base import ImageDataset, split_indices, uint8_to_float
-    from noisecraft.data.datasets import _no_root, convert_channels, resize_images
+    from noisecraft.data.datasets import convert_channels, resize_images
 
-    _no_root("emoji", root)
+    if root is not None:
+        raise DataError(f"dataset 'emoji' is bundled; root applies only to 'folder', got root={root!r}")
     pixels, categories, captions = load_emoji_raw()
     class_names = tuple(sorted(set(categories)))
     labels = np.array([class_names.index(c) for c in categories], dtype=np.int64)

@@ -1,6 +1,7 @@
 """Reference statistics of a dataset: features, mean and covariance, computed once and cached on disk.
 
-Cache directory: $NOISECRAFT_CACHE, else ~/.cache/noisecraft. One safetensors file per key:
+Cache directory: $NOISECRAFT_CACHE, else ~/.cache/noisecraft (`noisecraft.paths.cache_dir`). One
+safetensors file per key:
 
     ref-<dataset>-<split>-<features>-<hash>.safetensors
         tensors   features (N, D) float32 (the network's own precision, so lossless),
@@ -17,15 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from noisecraft.paths import cache_dir
+
 CACHE_VERSION = "1"
-CACHE_ENV = "NOISECRAFT_CACHE"
 
 
 @dataclass
@@ -40,11 +41,6 @@ class Reference:
 
     def __len__(self) -> int:
         return len(self.features)
-
-
-def cache_dir() -> Path:
-    """$NOISECRAFT_CACHE, else ~/.cache/noisecraft (created on first write)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "noisecraft")
 
 
 def _folder_state(root) -> dict:

@@ -27,6 +27,9 @@ from pathlib import Path
 import torch
 
 from noisecraft.errors import NoisecraftError
+from noisecraft.schedules.steps import load_sigmas  # the reader of the files OptimizedSchedule.save writes
+
+__all__ = ["OptimizedSchedule", "load_sigmas", "optimize_sigmas", "reference_solution"]
 
 
 @dataclass(frozen=True)
@@ -178,21 +181,3 @@ def _differential_evolution(denoiser, sampler, starts, x_T, reference, sigma_min
                              min_delta=min_delta, max_evaluations=max(1, budget - evaluations), gap=gap, cond=cond)
     return OptimizedSchedule(polish.sigmas, polish.loss, first, evaluations + polish.evaluations, name, options,
                              dict(meta or {}))
-
-
-def load_sigmas(path, steps: int | None = None) -> torch.Tensor:
-    """The sigmas of a saved schedule; for another step count, its positive levels (and sigma_max ..
-    sigma_{n-1}) are interpolated log-linearly to `steps` levels (Sabour et al. 2024's recipe) and 0 appended."""
-    from noisecraft.schedules.steps import loglinear_interp
-
-    try:
-        data = json.loads(Path(path).read_text())
-        sigmas = torch.tensor(data["sigmas"], dtype=torch.float64)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise NoisecraftError(f"cannot read a step schedule from {path}: {e}") from e
-    if sigmas.ndim != 1 or len(sigmas) < 2 or sigmas[-1] != 0 or not (sigmas[1:] < sigmas[:-1]).all():
-        raise NoisecraftError(f"{path}: sigmas must decrease and end in 0")
-    if steps is None or steps == len(sigmas) - 1:
-        return sigmas
-    positive = loglinear_interp(sigmas[:-1], steps)
-    return torch.cat([positive, positive.new_zeros(1)])

@@ -7,7 +7,9 @@ choices ("leading", "trailing", "linspace"; Lin et al. 2024, Table 2) on integer
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -71,6 +73,23 @@ def loglinear_interp(knots, n: int) -> torch.Tensor:
     return out
 
 
+def load_sigmas(path, steps: int | None = None) -> torch.Tensor:
+    """The sigmas of a schedule saved by `noisecraft schedule optimise` (`optimize.OptimizedSchedule.save`);
+    for another step count, its positive levels (sigma_max .. sigma_{n-1}) are interpolated log-linearly to
+    `steps` levels (Sabour et al. 2024's recipe) and 0 appended."""
+    try:
+        data = json.loads(Path(path).read_text())
+        sigmas = torch.tensor(data["sigmas"], dtype=torch.float64)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise NoisecraftError(f"cannot read a step schedule from {path}: {e}") from e
+    if sigmas.ndim != 1 or len(sigmas) < 2 or sigmas[-1] != 0 or not (sigmas[1:] < sigmas[:-1]).all():
+        raise NoisecraftError(f"{path}: sigmas must decrease and end in 0")
+    if steps is None or steps == len(sigmas) - 1:
+        return sigmas
+    positive = loglinear_interp(sigmas[:-1], steps)
+    return torch.cat([positive, positive.new_zeros(1)])
+
+
 def ays_sigmas(sigma_min: float, sigma_max: float, steps: int) -> torch.Tensor:
     """Align Your Steps (Sabour et al. 2024): the SD 1.5 knots, log-linearly interpolated to `steps` + 1
     values, the last set to 0; on another schedule the knots are mapped affinely in log sigma from
@@ -102,8 +121,6 @@ def get_sigmas(schedule: Schedule, steps: int, kind: str = "trailing", *, rho: f
     """
     _check_steps(steps)
     if str(kind).endswith(".json"):
-        from noisecraft.schedules.optimize import load_sigmas
-
         return load_sigmas(kind, steps)
     if kind in DISCRETE_SPACINGS:
         if not isinstance(schedule, DiscreteSchedule):
