@@ -45,6 +45,7 @@ from noisecraft.models.unet import (
     _group_norm_silu,
     timestep_embedding,
 )
+from noisecraft.training.progress import advance, out_of_time, progress_bar
 
 CLASSIFIER_FILE = "classifier.safetensors"
 CLASSIFIER_JSON = "classifier.json"
@@ -193,8 +194,6 @@ def train_noisy_classifier(dataset, schedule, *, config: ClassifierConfig | None
     (`schedule.sample_sigma`), cross-entropy on the labels, AdamW (Dhariwal & Nichol 2021, sec. 4: a
     classifier trained on noisy images at every noise level). Stops after `steps` or `minutes`. With
     out_dir, writes out_dir/classifier.safetensors (+ classifier.json). Returns the model in eval mode."""
-    from tqdm.auto import tqdm
-
     images, labels = _as_arrays(dataset)
     num_classes = int(labels.max()) + 1
     config = config or ClassifierConfig(in_channels=images.shape[1], num_classes=max(num_classes, 2),
@@ -209,28 +208,34 @@ def train_noisy_classifier(dataset, schedule, *, config: ClassifierConfig | None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     start, losses = time.monotonic(), []
-    bar = tqdm(range(steps), desc="noisy classifier", disable=not progress,
-               total=steps if minutes is None else None)  # a time limit makes the step count open-ended
-    for step in bar:
-        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
-        sigma = schedule.sample_sigma(batch_size, gen)  # (B,) float64
-        x0 = images[idx]
-        x = x0 + sigma.float().reshape(-1, *([1] * (x0.ndim - 1))) * torch.randn(x0.shape, generator=gen)
-        loss = F.cross_entropy(model(x.to(device), sigma.to(device)), labels[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if step % 25 == 0:
-            bar.set_postfix_str(f"loss {sum(losses[-25:]) / len(losses[-25:]):.3f}", refresh=False)
-        if minutes is not None and time.monotonic() - start > 60 * minutes:
-            break
+    bar = progress_bar(steps, minutes, enabled=progress, desc="noisy classifier")
+    try:
+        for step in range(steps):
+            losses.append(_classifier_step(model, opt, images, labels, schedule, batch_size, gen, device))
+            advance(bar, step + 1, start, minutes, sum(losses[-25:]) / len(losses[-25:]))
+            if out_of_time(start, minutes):
+                break
+    finally:
+        bar.close()
     model.eval()
     if out_dir is not None:
         info = {"steps": len(losses), "final_loss": sum(losses[-50:]) / len(losses[-50:]), "seed": seed,
                 "batch_size": batch_size, "lr": lr, "schedule": getattr(schedule, "name", type(schedule).__name__)}
         save_noisy_classifier(model, out_dir, info)
     return model
+
+
+def _classifier_step(model, opt, images, labels, schedule, batch_size: int, gen, device) -> float:
+    """One AdamW step of cross-entropy on a batch drawn from `gen` (items, sigma, noise, in that order)."""
+    idx = torch.randint(0, len(images), (batch_size,), generator=gen)
+    sigma = schedule.sample_sigma(batch_size, gen)  # (B,) float64
+    x0 = images[idx]
+    x = x0 + sigma.float().reshape(-1, *([1] * (x0.ndim - 1))) * torch.randn(x0.shape, generator=gen)
+    loss = F.cross_entropy(model(x.to(device), sigma.to(device)), labels[idx].to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def save_noisy_classifier(model: NoisyClassifier, out_dir: str | Path, info: dict | None = None) -> Path:
