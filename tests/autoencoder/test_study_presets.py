@@ -18,9 +18,9 @@ def test_study_presets_agree(ae_name, pixel_name, latent_name, side, latent_side
     assert ae.data == pixel.data == replace(latent.data, autoencoder=None, count=None)  # (latent: more scenes)
     assert latent.data.autoencoder == f"runs/{ae_name}"
     assert latent_preset_for(ae.data.dataset) == latent_name  # what train-autoencoder suggests next
-    assert pixel.unet.in_channels == ae.autoencoder.in_channels
+    assert pixel.network.in_channels == ae.autoencoder.in_channels
     channels, *spatial = latent_shape(ae.autoencoder, (ae.autoencoder.in_channels, side, side))
-    assert latent.unet.in_channels == channels and spatial == [latent_side, latent_side]
+    assert latent.network.in_channels == channels and spatial == [latent_side, latent_side]
     # the same recipe on both sides of the comparison (only the data space and the network differ)
     assert pixel.train == latent.train and pixel.sample == latent.sample
     assert pixel.diffusion.prediction == latent.diffusion.prediction == "edm"

@@ -150,7 +150,7 @@ def test_config_and_log_written(tmp_path):
     t = Trainer(tiny(10), tmp_path, progress=False)
     t.run()
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["train"]["steps"] == 10 and cfg["unet"]["in_channels"] == 1
+    assert cfg["train"]["steps"] == 10 and cfg["network"]["in_channels"] == 1
     assert [r["step"] for r in t.log] == [5, 10]
     short = Trainer(tiny(3), tmp_path / "short", progress=False)  # fewer steps than log_every
     short.run()
