@@ -14,6 +14,7 @@ from torch import nn
 
 from noisecraft.config import from_dict
 from noisecraft.errors import ConfigError, unknown_name
+from noisecraft.models.conditioning import TokenRefinerConfig
 from noisecraft.models.dit import DIT_PRESETS, DiT, DiTConfig
 from noisecraft.models.mlp import MLP_PRESETS, MLPConfig, MLPDenoiserNet
 from noisecraft.models.unet import UNET_PRESETS, UNet, UNetConfig
@@ -47,5 +48,5 @@ def build_model(kind: str, config=None) -> nn.Module:
 
 __all__ = [
     "DEFAULT_MODEL", "DIT_PRESETS", "DiT", "DiTConfig", "MLP_PRESETS", "MLPConfig", "MLPDenoiserNet", "MODELS",
-    "UNET_PRESETS", "UNet", "UNetConfig", "build_model", "network_configs",
+    "TokenRefinerConfig", "UNET_PRESETS", "UNet", "UNetConfig", "build_model", "network_configs",
 ]
