@@ -77,3 +77,14 @@ def test_removed_experiment_is_a_clear_error(field, value):
         migrate_config({"model": "unet", "unet": {field: value}})
     with pytest.raises(CheckpointError, match="text.phrases"):
         migrate_config({"model": "mlp", "mlp": {}, "text": {"phrases": 3}})
+
+
+def test_legacy_config_file_trains_from_the_cli(tmp_path):
+    from noisecraft.cli.main import main
+    from noisecraft.training.checkpoint import load_checkpoint
+
+    old = LEGACY / "unet-class" / "config.json"  # written by the previous release: "unet"/"mlp"/"dit" sections
+    assert "unet" in json.loads(old.read_text())
+    assert main(["train", "--config", str(old), "--steps", "1", "--out", str(tmp_path / "r"), "sample.num=1",
+                 "unet.base_channels=8"]) == 0
+    assert load_checkpoint(tmp_path / "r").config["network"]["num_classes"] == 10

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from noisecraft.errors import CheckpointError, ConfigError
+from noisecraft.errors import CheckpointError
 
 MODEL_SECTIONS = ("unet", "mlp", "dit")
 REMOVED_NETWORK_FIELDS = {"coord_channels": False, "context_refiner_layers": 0, "context_refiner_heads": None}
@@ -86,13 +86,3 @@ def migrate_checkpoint(ckpt):
     return dataclasses.replace(ckpt, config=config, model=migrate_weights(ckpt.model), ema=migrate_weights(ckpt.ema),
                                phema=phema)
 
-
-def read_run_config(ckpt):
-    """The RunConfig of a checkpoint (migrated when it was read), as a CheckpointError when it is invalid."""
-    from noisecraft.config import from_dict
-    from noisecraft.training.config import RunConfig
-
-    try:
-        return from_dict(RunConfig, ckpt.config)
-    except ConfigError as e:
-        raise CheckpointError(f"{ckpt.path}: its config is invalid: {e}") from None

@@ -165,19 +165,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply dotted `key=value` overrides to a nested dict (a copy is returned).
-
-    Run configs: `network.base_channels=48` sets a field of the network section; `unet.base_channels=48`
-    (also `dit.x=`, `mlp.x=`) is accepted for the same when it names the run's model, and is an error when it
-    names another. `model=dit` on a run of another model resets the network section to that model's defaults
-    (the old section's fields belong to the old network), so overrides after it set the new network's fields."""
+def apply_overrides(data: dict, overrides: list[str], rewrite=None) -> dict:
+    """Apply dotted `key=value` overrides to a nested dict (a copy is returned). rewrite(path, data, text), if
+    given, may map a path to another before it is set (run configs: the network aliases of
+    `training.config.apply_run_overrides`)."""
     data = json.loads(json.dumps(data))
     for text in overrides:
         path, value = parse_override(text)
-        path = _network_alias(path, data, text)
-        if path == ["model"] and "network" in data and value != _run_model(data):
-            data["network"] = {}
+        if rewrite is not None:
+            path = rewrite(path, data, text)
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -185,22 +181,3 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"override {text!r}: {part!r} is not a section")
         node[path[-1]] = value
     return data
-
-
-def _run_model(data: dict) -> str:
-    from noisecraft.models import DEFAULT_MODEL
-
-    return data.get("model", DEFAULT_MODEL)
-
-
-def _network_alias(path: list[str], data: dict, text: str) -> list[str]:
-    """`unet.x` / `dit.x` / `mlp.x` -> `network.x` when it names the run's model (an error when another)."""
-    from noisecraft.models import MODELS
-
-    if len(path) < 2 or path[0] not in MODELS:
-        return path
-    model = _run_model(data)
-    if path[0] != model:
-        raise ConfigError(f"override {text!r}: {path[0]}.* sets the {path[0]} network, but this run's model is "
-                          f"{model!r}; set network.{'.'.join(path[1:])} (or {model}.*), or model={path[0]} first")
-    return ["network", *path[1:]]

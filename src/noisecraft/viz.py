@@ -58,7 +58,7 @@ def save_grid(images: torch.Tensor, path, *, nrow: int | None = None, scale: int
 
 def save_points(points: torch.Tensor, path, *, title: str = "") -> None:
     """Scatter plot of 2-D samples."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     p = points.detach().cpu().numpy()
     ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.5)
@@ -68,7 +68,8 @@ def save_points(points: torch.Tensor, path, *, title: str = "") -> None:
     plt.close(fig)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files, no screen), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +80,7 @@ def _pyplot():
 
 def plot_loss(log: list[dict], path, *, title: str = "training loss") -> None:
     """Loss (raw and smoothed) against step, log-scale y."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in log]
     ax.plot(steps, [r["loss"] for r in log], lw=0.7, alpha=0.5, label="loss")

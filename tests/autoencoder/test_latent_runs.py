@@ -84,7 +84,7 @@ def test_evaluation_during_a_latent_run_scores_decoded_images(tmp_path, ae_dir, 
     from noisecraft.autoencoder.latents import decode_latents
     from noisecraft.build import build_denoiser
     from noisecraft.eval import TrainingEvaluator
-    from noisecraft.pipeline import generate
+    from noisecraft.pipelines import sample_batches as generate
     from noisecraft.schedules import get_sigmas
     from noisecraft.training.trainer import Trainer
 

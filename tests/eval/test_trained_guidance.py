@@ -9,6 +9,7 @@ as benchmarks/guidance.py.
 """
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +24,18 @@ NUM = 200
 
 
 def _sample(run: Path, request, num: int):
-    from noisecraft.pipeline import generate, load_denoiser
-    from noisecraft.prompting import conditioned
-    from noisecraft.schedules import get_sigmas
+    from noisecraft.pipelines import generate, load
 
-    loaded = load_denoiser(run)
-    denoiser, cond = conditioned(loaded, request, num, seed=0)  # (layout runs: drawn layouts, as the benchmark)
-    sigmas = get_sigmas(loaded.denoiser.schedule, 20, "karras")
-    with torch.no_grad():
-        images = generate(denoiser, sigmas, loaded.data_shape, num=num, seed=0, sampler="dpmpp_2m", cond=cond)
-        images = loaded.to_images(images)  # a latent run (ldm-scenes-text) is decoded
+    request = replace(request, sampler="dpmpp_2m", steps=20, step_schedule="karras", num=num, seed=0)
+    with torch.no_grad():  # (layout runs: drawn layouts, as the benchmark; latent runs are decoded)
+        images = generate(load(run), request).images
     return images.clamp(-1, 1)
 
 
 @pytest.mark.skipif(not (MNIST_RUN / "checkpoint.safetensors").is_file(), reason=f"no run in {MNIST_RUN}")
 def test_class_conditional_mnist_gives_the_requested_digit():
     from noisecraft.eval.mnist_net import load_mnist_classifier
-    from noisecraft.prompting import Request
+    from noisecraft.pipelines import Request
 
     wanted = torch.arange(NUM) % 10
     images = _sample(MNIST_RUN, Request(class_ids=tuple(wanted.tolist()), guidance=2.0), NUM)
@@ -52,7 +48,7 @@ def test_class_conditional_mnist_gives_the_requested_digit():
 def test_scenes_text_to_image_follows_the_prompt():
     from noisecraft.data.scenes import random_spec
     from noisecraft.eval.adherence import prompt_adherence
-    from noisecraft.prompting import Request
+    from noisecraft.pipelines import Request
 
     rng = np.random.default_rng(777)
     specs = [random_spec(rng) for _ in range(NUM)]

@@ -10,7 +10,7 @@ import torch
 from noisecraft.build import build_denoiser
 from noisecraft.data import load_dataset
 from noisecraft.guidance import ClassifierFreeGuidance
-from noisecraft.pipeline import generate
+from noisecraft.pipelines import sample_batches as generate
 from noisecraft.presets import get_preset
 from noisecraft.schedules import get_sigmas
 from noisecraft.training.trainer import Trainer

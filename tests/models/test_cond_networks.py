@@ -212,7 +212,7 @@ def test_both_backbones_train_and_sample_through_the_same_trainer_and_sampler(tm
     assert result["step"] == 4 and torch.isfinite(torch.tensor(result["loss"]))
     assert trainer.config.network.in_channels == 1 and trainer.net.__class__ is (DiT if model_kind == "dit" else UNet)
     assert trainer.loss(0).item() != first  # the weights moved
-    from noisecraft.pipeline import load_denoiser
+    from noisecraft.pipelines import load as load_denoiser
 
     loaded = load_denoiser(tmp_path / model_kind)
     assert loaded.data_shape == (1, 28, 28)

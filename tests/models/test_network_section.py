@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from noisecraft.config import apply_overrides, from_dict, to_dict
+from noisecraft.config import from_dict, to_dict
 from noisecraft.errors import ConfigError, require
 from noisecraft.models import MODELS, DiTConfig, MLPConfig, UNetConfig, network_configs
 from noisecraft.models.conditioning import TokenRefinerConfig
 from noisecraft.presets import PRESETS, get_preset
-from noisecraft.training.config import RunConfig
+from noisecraft.training.config import RunConfig, apply_run_overrides
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -53,22 +53,22 @@ def test_wrong_tag_foreign_field_and_mismatched_class_name_the_allowed_values():
 def test_overrides_reach_the_network_under_its_new_and_old_names():
     data = to_dict(get_preset("mnist"))
     for spelling in ("network.base_channels=48", "unet.base_channels=48"):
-        assert from_dict(RunConfig, apply_overrides(data, [spelling])).network.base_channels == 48
-    nested = apply_overrides(data, ["unet.refiner.kernel=3", "network.refiner.width=16"])
+        assert from_dict(RunConfig, apply_run_overrides(data, [spelling])).network.base_channels == 48
+    nested = apply_run_overrides(data, ["unet.refiner.kernel=3", "network.refiner.width=16"])
     assert from_dict(RunConfig, nested).network.refiner == TokenRefinerConfig(kernel=3, width=16)
     dit = to_dict(get_preset("mnist-dit"))
-    assert from_dict(RunConfig, apply_overrides(dit, ["dit.depth=2"])).network.depth == 2
+    assert from_dict(RunConfig, apply_run_overrides(dit, ["dit.depth=2"])).network.depth == 2
     with pytest.raises(ConfigError, match=r"override 'dit.depth=2': dit.\* sets the dit network, but this run's "
                                           r"model is 'unet'; set network.depth \(or unet.\*\), or model=dit first"):
-        apply_overrides(data, ["dit.depth=2"])
+        apply_run_overrides(data, ["dit.depth=2"])
     with pytest.raises(ConfigError, match="this run's model is 'dit'"):
-        apply_overrides(dit, ["mlp.hidden=8"])
+        apply_run_overrides(dit, ["mlp.hidden=8"])
 
 
 def test_switching_the_model_by_override_starts_from_the_new_networks_defaults():
-    data = apply_overrides(to_dict(get_preset("mnist")), ["model=dit", "dit.depth=2", "network.hidden_size=96"])
+    data = apply_run_overrides(to_dict(get_preset("mnist")), ["model=dit", "dit.depth=2", "network.hidden_size=96"])
     assert from_dict(RunConfig, data).network == DiTConfig(depth=2, hidden_size=96)
-    same = apply_overrides(to_dict(get_preset("mnist")), ["model=unet"])  # the same model: the section is kept
+    same = apply_run_overrides(to_dict(get_preset("mnist")), ["model=unet"])  # the same model: the section is kept
     assert from_dict(RunConfig, same).network == get_preset("mnist").network
 
 

@@ -170,7 +170,7 @@ def test_cli_rejects_bad_input(tmp_path):
 
 
 def test_cli_optimise_on_a_checkpoint(tmp_path):
-    """--checkpoint: the run's own denoiser, schedule (sigma range) and data shape, via pipeline.load_denoiser."""
+    """--checkpoint: the run's own denoiser, schedule (sigma range) and data shape, via pipelines.load."""
     from dataclasses import replace
 
     from noisecraft.presets import get_preset

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from noisecraft.pipeline import generate
+from noisecraft.pipelines import sample_batches as generate
 from noisecraft.presets import get_preset
 from noisecraft.schedules import get_sigmas
 from noisecraft.training.config import DiffusionConfig

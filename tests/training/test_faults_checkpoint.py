@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import noisecraft.training.checkpoint as ckpt_mod
+import noisecraft.files as files
 from noisecraft.errors import CheckpointError
 from noisecraft.presets import get_preset
 from noisecraft.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
@@ -267,9 +267,9 @@ def test_huge_claimed_sizes_do_not_allocate(tmp_path):
 def test_content_digest_covers_metadata_and_tensors():
     t = {"model.w": torch.arange(4.0)}
     m = {"format": "noisecraft.checkpoint", "config": "{}"}
-    d = ckpt_mod.content_digest(t, m)
-    assert d == ckpt_mod.content_digest({"model.w": torch.arange(4.0)}, dict(m))
-    assert d != ckpt_mod.content_digest({"model.w": torch.arange(4.0) + 1e-7}, m)
-    assert d != ckpt_mod.content_digest(t, {**m, "config": "{ }"})
-    assert d != ckpt_mod.content_digest({"model.w": torch.arange(4.0).reshape(2, 2)}, m)
-    assert d == ckpt_mod.content_digest(t, {**m, "sha256": "anything"})  # the digest itself is excluded
+    d = files.content_digest(t, m)
+    assert d == files.content_digest({"model.w": torch.arange(4.0)}, dict(m))
+    assert d != files.content_digest({"model.w": torch.arange(4.0) + 1e-7}, m)
+    assert d != files.content_digest(t, {**m, "config": "{ }"})
+    assert d != files.content_digest({"model.w": torch.arange(4.0).reshape(2, 2)}, m)
+    assert d == files.content_digest(t, {**m, "sha256": "anything"})  # the digest itself is excluded

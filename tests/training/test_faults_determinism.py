@@ -38,7 +38,8 @@ def test_same_seed_same_png_bytes_across_processes(run_dir, tmp_path):
 
 @pytest.mark.parametrize("sampler", ["heun", "euler_a", "dpmpp_2m"])
 def test_sample_i_of_a_batch_equals_it_alone(run_dir, sampler):
-    from noisecraft.pipeline import generate, load_denoiser
+    from noisecraft.pipelines import load as load_denoiser
+    from noisecraft.pipelines import sample_batches as generate
     from noisecraft.schedules import get_sigmas
 
     loaded = load_denoiser(run_dir)

@@ -65,7 +65,8 @@ def test_training_oom_that_cannot_be_halved_is_reported(tmp_path):
 
 
 def test_sampling_oom_is_reported_and_the_next_call_works(tmp_path):
-    from noisecraft.pipeline import generate, load_denoiser
+    from noisecraft.pipelines import load as load_denoiser
+    from noisecraft.pipelines import sample_batches as generate
     from noisecraft.schedules import get_sigmas
 
     Trainer(tiny(1), tmp_path, progress=False).run()

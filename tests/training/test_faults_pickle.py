@@ -47,7 +47,7 @@ def _call(fn, *args, **kwargs):
 
 
 def _loaders():
-    from noisecraft.pipeline import load_denoiser
+    from noisecraft.pipelines import load as load_denoiser
     from noisecraft.training.checkpoint import load_checkpoint
     from noisecraft.training.posthoc_ema import reconstruct
 

@@ -119,7 +119,7 @@ def test_resume_keeps_the_power_emas_exact(run, tmp_path):
 
 
 def test_ema_command_writes_a_loadable_checkpoint(run, tmp_path, capsys):
-    from noisecraft.pipeline import load_denoiser
+    from noisecraft.pipelines import load as load_denoiser
 
     out = tmp_path / "ema07"
     assert main(["ema", "--checkpoint", str(run), "--sigma-rel", "0.07", "--out", str(out)]) == 0

@@ -117,7 +117,7 @@ def test_checkpoint_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign", "pickle", "missing"])
 def test_bad_checkpoints_raise_checkpoint_error(tmp_path, damage):
-    from noisecraft.pipeline import load_denoiser
+    from noisecraft.pipelines import load as load_denoiser
 
     t = Trainer(tiny(1), tmp_path / "run", progress=False)
     t.run()

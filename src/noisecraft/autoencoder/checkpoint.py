@@ -21,14 +21,13 @@ from pathlib import Path
 import torch
 
 from noisecraft.errors import CheckpointError
+from noisecraft.files import read_verified, write_verified
 from noisecraft.training.checkpoint import (
     CHECKPOINT_FILE,
     METADATA_KEYS,
     flatten_optimizer,
-    read_verified,
     resolve_checkpoint_path,
     unflatten_optimizer,
-    write_verified,
 )
 
 FORMAT = "noisecraft.autoencoder"

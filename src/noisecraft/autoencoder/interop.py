@@ -165,7 +165,7 @@ def save_diffusers(ae: Autoencoder, folder, *, sample_size: int = 64) -> Path:
     loadable with `diffusers.AutoencoderKL.from_pretrained(folder)`; both files written atomically."""
     from safetensors.torch import save
 
-    from noisecraft.training.checkpoint import atomic_write_bytes, atomic_write_json
+    from noisecraft.files import atomic_write_bytes, atomic_write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,7 @@ def encode_dataset(ds, ae_path, *, hflip: bool = False, progress: bool = True):
 def _cached_latents(ae, ae_path: Path, images: torch.Tensor, name: str, progress: bool) -> torch.Tensor:
     from safetensors.torch import load_file, save
 
-    from noisecraft.training.checkpoint import atomic_write_bytes
+    from noisecraft.files import atomic_write_bytes
 
     key = latent_cache_key(ae_path, images, ae)
     path = latent_cache_dir() / f"latents-{name}-{key}.safetensors"

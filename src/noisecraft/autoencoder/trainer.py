@@ -41,9 +41,9 @@ from noisecraft.autoencoder.losses import (
 )
 from noisecraft.config import from_dict, to_dict
 from noisecraft.errors import CheckpointError, DataError, NoisecraftError
+from noisecraft.files import atomic_write_json
 from noisecraft.models.autoencoder import Autoencoder
 from noisecraft.training.batches import BatchOrder, step_seed
-from noisecraft.training.checkpoint import atomic_write_json
 from noisecraft.training.precision import raise_if_diverged
 from noisecraft.training.progress import advance, out_of_time, progress_bar, smoothed
 from noisecraft.training.state import read_log, write_log
@@ -313,7 +313,7 @@ class AutoencoderTrainer:
 
 def plot_ae_log(log: list[dict], out_dir: Path, *, title: str) -> None:
     """DIR/loss.png (training loss) and DIR/metrics.png (PSNR, SSIM, FD of reconstructions against step)."""
-    from noisecraft.viz import _pyplot, plot_loss
+    from noisecraft.viz import plot_loss, pyplot
 
     train = [r for r in log if r.get("kind") != "eval"]
     if train:
@@ -322,7 +322,7 @@ def plot_ae_log(log: list[dict], out_dir: Path, *, title: str) -> None:
     if not evals:
         return
     keys = [k for k in ("psnr", "ssim", "fd") if any(k in r for r in evals)]
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     labels = {"psnr": "PSNR (dB)", "ssim": "SSIM", "fd": "FD of reconstructions"}
     for ax, k in zip(axes[0], keys):

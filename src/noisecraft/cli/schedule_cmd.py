@@ -86,9 +86,9 @@ def _problem(args):
         mixture = load_mixture(args.mixture)
         return mixture.denoise, _train_schedule(args.noise_schedule), (mixture.dim,), args.batch or 1024, {
             "mixture": args.mixture, "train_schedule": args.noise_schedule}
-    from noisecraft.pipeline import load_denoiser
+    from noisecraft.pipelines import load
 
-    loaded = load_denoiser(args.checkpoint, device=args.device)
+    loaded = load(args.checkpoint, device=args.device)
     return loaded.denoiser, loaded.denoiser.schedule, tuple(loaded.data_shape), args.batch or 64, {
         "checkpoint": str(args.checkpoint)}
 
@@ -128,9 +128,9 @@ def _show(args) -> int:
     from noisecraft.schedules import get_sigmas
 
     if args.checkpoint:
-        from noisecraft.pipeline import load_denoiser
+        from noisecraft.pipelines import load
 
-        schedule = load_denoiser(args.checkpoint).denoiser.schedule
+        schedule = load(args.checkpoint).denoiser.schedule
     else:
         schedule = _train_schedule(args.noise_schedule)
     print(", ".join(f"{s:.6g}" for s in get_sigmas(schedule, args.steps, args.step_schedule).tolist()))

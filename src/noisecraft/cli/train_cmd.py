@@ -33,12 +33,13 @@ def run_config(args):
     """The RunConfig of --preset or --config with the overrides, --steps and --minutes applied."""
     from dataclasses import replace
 
-    from noisecraft.config import apply_overrides, from_dict, load_file, to_dict
+    from noisecraft.compat import migrate_config
+    from noisecraft.config import from_dict, load_file, to_dict
     from noisecraft.presets import get_preset
-    from noisecraft.training.config import RunConfig
+    from noisecraft.training.config import RunConfig, apply_run_overrides
 
-    data = to_dict(get_preset(args.preset)) if args.preset else load_file(args.config)
-    config = from_dict(RunConfig, apply_overrides(data, args.overrides), "config")
+    data = to_dict(get_preset(args.preset)) if args.preset else migrate_config(load_file(args.config), args.config)
+    config = from_dict(RunConfig, apply_run_overrides(data, args.overrides), "config")
     train = config.train
     if args.steps is not None:
         train = replace(train, steps=args.steps, minutes=args.minutes)

@@ -297,7 +297,7 @@ def residual_bank(planner: LayoutPlanner, v: Tensor, sep: Tensor, boxes: Tensor,
 
 def save_planner(planner: LayoutPlanner, run_dir: Path, info: dict, bank: ResidualBank | None = None) -> Path:
     """Write RUN/layout_planner.safetensors atomically (weights, the residual bank, JSON metadata; digest)."""
-    from noisecraft.training.checkpoint import write_verified
+    from noisecraft.files import write_verified
 
     tensors = dict(planner.state_dict())
     if bank is not None:
@@ -310,7 +310,7 @@ def save_planner(planner: LayoutPlanner, run_dir: Path, info: dict, bank: Residu
 
 def load_planner(run_dir: Path) -> tuple[LayoutPlanner, dict, ResidualBank | None]:
     """The planner (and its residual bank) saved in a run directory (CheckpointError: missing, foreign, corrupt)."""
-    from noisecraft.training.checkpoint import read_verified
+    from noisecraft.files import read_verified
 
     path = Path(run_dir) / PLANNER_FILE
     if not path.is_file():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from noisecraft.errors import DataError
 
@@ -125,3 +126,28 @@ def split_indices(labels: np.ndarray | None, n: int, split: str) -> np.ndarray:
 def uint8_to_float(u: np.ndarray) -> torch.Tensor:
     """uint8-valued array (0..255, any dtype) -> float32 tensor in [-1, 1]: u / 127.5 - 1."""
     return torch.from_numpy(np.asarray(u, dtype=np.float32) / np.float32(127.5) - np.float32(1.0))
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as Pillow's RGB -> L
+
+
+def resize_images(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, R, R): short side to R (antialiased bilinear), then centre crop."""
+    h, w = x.shape[-2:]
+    if h == w == resolution:
+        return x
+    s = resolution / min(h, w)
+    size = (max(resolution, round(h * s)), max(resolution, round(w * s)))
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    return x[..., top:top + resolution, left:left + resolution].clamp(-1.0, 1.0).contiguous()
+
+
+def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, ...) with C in {1, 3} -> (N, channels, ...): gray is repeated, RGB goes to luma."""
+    if x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x.expand(-1, 3, *x.shape[2:]).contiguous()
+    w = torch.tensor(LUMA, dtype=x.dtype).view(1, 3, *([1] * (x.ndim - 2)))
+    return (x * w).sum(dim=1, keepdim=True)

@@ -32,9 +32,16 @@ import inspect
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from noisecraft.data.base import SPLITS, ImageDataset, count_nonfinite, split_indices, uint8_to_float
+from noisecraft.data.base import (
+    SPLITS,
+    ImageDataset,
+    convert_channels,
+    count_nonfinite,
+    resize_images,
+    split_indices,
+    uint8_to_float,
+)
 from noisecraft.data.emoji import load_emoji
 from noisecraft.data.glyphs import load_glyphs
 from noisecraft.data.images import IMAGE_EXTENSIONS, check_image_options, find_image_files, read_image_uint8
@@ -44,31 +51,6 @@ from noisecraft.errors import DataError, unknown_name
 
 DEFAULT_FOLDER_RESOLUTION = 64
 DIGIT_NAMES = tuple(str(d) for d in range(10))
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as Pillow's RGB -> L
-
-
-def resize_images(x: torch.Tensor, resolution: int) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, R, R): short side to R (antialiased bilinear), then centre crop."""
-    h, w = x.shape[-2:]
-    if h == w == resolution:
-        return x
-    s = resolution / min(h, w)
-    size = (max(resolution, round(h * s)), max(resolution, round(w * s)))
-    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    return x[..., top:top + resolution, left:left + resolution].clamp(-1.0, 1.0).contiguous()
-
-
-def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """(N, C, ...) with C in {1, 3} -> (N, channels, ...): gray is repeated, RGB goes to luma."""
-    if x.shape[1] == channels:
-        return x
-    if channels == 3:
-        return x.expand(-1, 3, *x.shape[2:]).contiguous()
-    w = torch.tensor(LUMA, dtype=x.dtype).view(1, 3, *([1] * (x.ndim - 2)))
-    return (x * w).sum(dim=1, keepdim=True)
-
-
 def _no_root(name: str, root) -> None:
     if root is not None:
         raise DataError(f"dataset {name!r} is bundled; root applies only to 'folder', got root={root!r}")

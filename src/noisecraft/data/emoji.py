@@ -109,7 +109,7 @@ def _decode_rgba_on_white(data: bytes) -> np.ndarray:
 def _build_cache(path: Path) -> None:
     from safetensors.numpy import save
 
-    from noisecraft.training.checkpoint import atomic_write_bytes
+    from noisecraft.files import atomic_write_bytes
 
     meta, pngs = _read_package(_npm_pack(path.parent))
     items = [it for it in _items(meta) if it[0] in pngs]
@@ -146,8 +146,7 @@ def _supports_captions() -> bool:
 def load_emoji(*, root=None, resolution=None, channels=None, split="all", limit=None, seed=0):
     """Twemoji 64x64 RGB in [-1, 1], labels = category, captions = names (see the module docstring);
     `seed` is unused (file order is kept)."""
-    from noisecraft.data.base import ImageDataset, split_indices, uint8_to_float
-    from noisecraft.data.datasets import convert_channels, resize_images
+    from noisecraft.data.base import ImageDataset, convert_channels, resize_images, split_indices, uint8_to_float
 
     if root is not None:
         raise DataError(f"dataset 'emoji' is bundled; root applies only to 'folder', got root={root!r}")

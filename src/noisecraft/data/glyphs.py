@@ -125,7 +125,7 @@ def load_glyphs(*, root=None, resolution=None, channels=None, split="all", limit
 
     `resolution` renders every glyph natively at that side (the same layout, drawn from the fonts at that
     size; 64 for the latent-vs-pixel study), not by resampling the 32-px images."""
-    from noisecraft.data.datasets import convert_channels
+    from noisecraft.data.base import convert_channels
 
     if root is not None:
         raise DataError(f"dataset 'glyphs' is rendered from bundled fonts; root does not apply, got root={root!r}")

@@ -240,7 +240,7 @@ def load_scenes(*, root=None, resolution=None, channels=None, split="all", limit
     split: see `scene_split` (test: draws 7200..7999 whenever count >= DEFAULT_COUNT). Only the images needed for
     split/limit are rendered.
     """
-    from noisecraft.data.datasets import convert_channels, resize_images
+    from noisecraft.data.base import convert_channels, resize_images
 
     if root is not None:
         raise DataError(f"dataset 'scenes' is generated; root does not apply, got root={root!r}")

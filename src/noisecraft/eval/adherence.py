@@ -155,7 +155,7 @@ def load_scene_classifier(path=None) -> SceneAttributeNet:
 def save_scene_classifier(net: SceneAttributeNet, path, metadata: dict) -> None:
     from safetensors.torch import save
 
-    from noisecraft.training.checkpoint import atomic_write_bytes
+    from noisecraft.files import atomic_write_bytes
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     meta = {k: json.dumps(v) for k, v in {"format": FORMAT, **metadata}.items()}

@@ -55,7 +55,6 @@ def resolve_sampler(name: str) -> tuple[str, str | None]:
     return resolve_alias(name)
 
 
-_resolve_sampler = resolve_sampler  # the old name, still imported by cli/eval_cmd.py
 
 
 class TrainingEvaluator:
@@ -142,7 +141,7 @@ class TrainingEvaluator:
     def _generate(self, denoiser, data_shape):
         import torch
 
-        from noisecraft.pipeline import generate
+        from noisecraft.pipelines import sample_batches as generate
         from noisecraft.schedules import get_sigmas
 
         den = self._denoiser(denoiser)
@@ -205,7 +204,7 @@ class TrainingEvaluator:
         return value < min(previous) if LOWER_IS_BETTER[self.primary] else value > max(previous)
 
     def _write(self, records: list[dict]) -> None:
-        from noisecraft.training.checkpoint import atomic_write_bytes
+        from noisecraft.files import atomic_write_bytes
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
@@ -256,13 +255,13 @@ class EvaluationCallback:
 
 def plot_metrics(records: list[dict], path, *, title: str = "") -> None:
     """One panel per metric (value against step); the best value of each is marked."""
-    from noisecraft.viz import _pyplot
+    from noisecraft.viz import pyplot
 
     keys = [k for k in ("fd", "fd_inf", "kid", "precision", "recall", "is", "near_copies")
             if any(k in r for r in records)]
     if not keys:
         return
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
         pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]

@@ -52,13 +52,13 @@ class Memorization:
 
 def nearest_neighbours(queries: np.ndarray, keys: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest `keys` (M, D) of each query (N, D) in Euclidean distance, float64, nearest first."""
-    from noisecraft.eval.metrics import _chunk_rows, squared_distances
+    from noisecraft.eval.metrics import chunk_rows, squared_distances
 
     if not 1 <= k <= len(keys):
         raise EvalError(f"k must be in [1, {len(keys)}] (the number of training items), got {k}")
     idx = np.empty((len(queries), k), np.int64)
     dist = np.empty((len(queries), k))
-    step = _chunk_rows(len(keys))
+    step = chunk_rows(len(keys))
     for s in range(0, len(queries), step):
         d2 = squared_distances(queries[s:s + step], keys)
         part = np.argpartition(d2, k - 1, axis=1)[:, :k]

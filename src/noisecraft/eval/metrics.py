@@ -200,7 +200,8 @@ def kid(x, y, *, subsets: int = 100, subset_size: int | None = 1000, degree: int
 
 
 # ------------------------------------------------------------------------------- precision / recall
-def _chunk_rows(n_cols: int, budget: int = 8_000_000) -> int:
+def chunk_rows(n_cols: int, budget: int = 8_000_000) -> int:
+    """Rows per chunk so that a (rows, n_cols) block of distances holds at most `budget` elements."""
     return max(1, budget // max(1, n_cols))
 
 
@@ -215,7 +216,7 @@ def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
     (Kynkaanniemi et al. 2019, Sec. 2: NN_k(phi'))."""
     n = len(features)
     out = np.empty(n)
-    step = _chunk_rows(n)
+    step = chunk_rows(n)
     for s in range(0, n, step):
         d2 = squared_distances(features[s:s + step], features)
         d2[np.arange(d2.shape[0]), np.arange(s, s + d2.shape[0])] = np.inf  # exclude self
@@ -227,7 +228,7 @@ def manifold_coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray
     """Fraction of `points` inside at least one ball B(centre_j, radius_j) (Kynkaanniemi et al. 2019, Eq. 1,
     f(phi, Phi) = 1 iff ||phi - phi'|| <= ||phi' - NN_k(phi')|| for some phi' in Phi)."""
     inside = np.zeros(len(points), dtype=bool)
-    step = _chunk_rows(len(centres))
+    step = chunk_rows(len(centres))
     for s in range(0, len(points), step):
         d = np.sqrt(squared_distances(points[s:s + step], centres))
         inside[s:s + step] = (d <= radii[None, :]).any(axis=1)

@@ -87,7 +87,7 @@ def save_mnist_classifier(net: MnistClassifier, path, metadata: dict) -> None:
     """Write the weights as safetensors with JSON metadata (format, accuracy, settings)."""
     from safetensors.torch import save
 
-    from noisecraft.training.checkpoint import atomic_write_bytes
+    from noisecraft.files import atomic_write_bytes
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     meta = {k: json.dumps(v) for k, v in {"format": FORMAT, **metadata}.items()}

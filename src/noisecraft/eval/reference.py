@@ -86,7 +86,7 @@ def _read(path: Path, key: dict) -> Reference | None:
 def _write(ref: Reference, path: Path) -> None:
     from safetensors.numpy import save
 
-    from noisecraft.training.checkpoint import atomic_write_bytes
+    from noisecraft.files import atomic_write_bytes
 
     tensors = {"features": ref.features.astype(np.float32), "mu": ref.mu, "sigma": ref.sigma}
     meta = {"noisecraft": json.dumps({**ref.key, "n": len(ref)}, sort_keys=True)}

@@ -36,13 +36,13 @@ from noisecraft.core.denoiser import expand_sigma
 from noisecraft.errors import CheckpointError, ConfigError, DataError, NoisecraftError
 from noisecraft.guidance.cfg import check_scale
 from noisecraft.models.unet import (
-    _CONV,
+    CONV,
     AttentionBlock,
     Downsample,
     EmbedSequential,
     ResBlock,
     UNetConfig,
-    _group_norm_silu,
+    group_norm_silu,
     timestep_embedding,
 )
 from noisecraft.training.progress import advance, out_of_time, progress_bar
@@ -94,7 +94,7 @@ class NoisyClassifier(nn.Module):
         cfg = config.unet_config()
         emb_ch = cfg.time_embed_mult * cfg.base_channels
         self.time_mlp = nn.Sequential(nn.Linear(cfg.base_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-        self.conv_in = _CONV[cfg.dims](cfg.in_channels, cfg.base_channels, 3, padding=1)
+        self.conv_in = CONV[cfg.dims](cfg.in_channels, cfg.base_channels, 3, padding=1)
         blocks, ch = [], cfg.base_channels
         for level, width in enumerate(cfg.widths):
             for _ in range(cfg.num_res_blocks):
@@ -121,7 +121,7 @@ class NoisyClassifier(nn.Module):
         h = self.conv_in((c_in * x).to(dtype))
         for block in self.blocks:
             h = block(h, emb_act)
-        return self.head(_group_norm_silu(h, self.norm_out).flatten(2).mean(-1))  # (B, K)
+        return self.head(group_norm_silu(h, self.norm_out).flatten(2).mean(-1))  # (B, K)
 
 
 class ClassifierGuidance:
@@ -242,7 +242,7 @@ def save_noisy_classifier(model: NoisyClassifier, out_dir: str | Path, info: dic
     """Write out_dir/classifier.safetensors (metadata: format, config, info) and classifier.json, atomically."""
     from safetensors.torch import save
 
-    from noisecraft.training.checkpoint import atomic_write_bytes, atomic_write_json
+    from noisecraft.files import atomic_write_bytes, atomic_write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ from noisecraft.models.conditioning import (
     refined_context,
 )
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _MEMORY_FORMAT = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d}
 _GN_EPS = 1e-5  # GroupNorm epsilon, as in ADM and diffusers
 
@@ -206,7 +206,7 @@ def timestep_embedding(c_noise: Tensor, dim: int, max_period: float = 10000.0) -
     return F.pad(emb, (0, dim % 2))  # (B, dim)
 
 
-def _group_norm_silu(x: Tensor, norm: nn.GroupNorm) -> Tensor:
+def group_norm_silu(x: Tensor, norm: nn.GroupNorm) -> Tensor:
     return F.silu(F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps))
 
 
@@ -222,7 +222,7 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_ch: int, cfg: UNetConfig) -> None:
         super().__init__()
-        conv = _CONV[cfg.dims]
+        conv = CONV[cfg.dims]
         self.dims = cfg.dims
         self.scale_shift = cfg.scale_shift_norm
         self.dropout = cfg.dropout
@@ -235,7 +235,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
         """x: (B, C_in, *S); emb_act = SiLU(emb): (B, E). Returns (B, C_out, *S)."""
-        h = self.conv1(_group_norm_silu(x, self.norm1))  # (B, C_out, *S)
+        h = self.conv1(group_norm_silu(x, self.norm1))  # (B, C_out, *S)
         e = _broadcast(self.emb_proj(emb_act), self.dims)  # (B, 2 C_out or C_out, 1, ...)
         n2 = self.norm2
         if self.scale_shift:
@@ -243,7 +243,7 @@ class ResBlock(nn.Module):
             h = F.group_norm(h, n2.num_groups, n2.weight, n2.bias, n2.eps)
             h = F.silu(torch.addcmul(shift, h, 1 + scale))  # GN(h) (1 + s) + b
         else:
-            h = _group_norm_silu(h + e, n2)
+            h = group_norm_silu(h + e, n2)
         if self.dropout > 0:
             h = F.dropout(h, self.dropout, self.training)
         h = self.conv2(h)
@@ -303,7 +303,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, dims: int) -> None:
         super().__init__()
-        self.conv = _CONV[dims](channels, channels, 3, stride=2, padding=1)
+        self.conv = CONV[dims](channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
@@ -335,7 +335,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.dims = cfg.dims
         self.memory_format = _memory_format(cfg)
-        self.conv = _CONV[cfg.dims](channels, channels, 3, padding=1)
+        self.conv = CONV[cfg.dims](channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, *S) -> (B, C, *2S)."""
@@ -402,9 +402,9 @@ class UNet(nn.Module):
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_ch) if cfg.num_classes > 0 else None
         self.cond_emb = CondEmbedding(cfg.cond_spec, emb_ch)  # text_pooled / vector (no parameters when off)
         self.refiner = build_refiner(cfg, emb_ch)  # trainable n-gram block over the text tokens, or None
-        self.conv_in = _CONV[cfg.dims](cfg.in_channels, cfg.base_channels, 3, padding=1)
+        self.conv_in = CONV[cfg.dims](cfg.in_channels, cfg.base_channels, 3, padding=1)
         # cond["concat"]: W_c of the first conv of [x, c] (bias-free: the bias is conv_in's)
-        self.concat_in = (_CONV[cfg.dims](cfg.concat_channels, cfg.base_channels, 3, padding=1, bias=False)
+        self.concat_in = (CONV[cfg.dims](cfg.concat_channels, cfg.base_channels, 3, padding=1, bias=False)
                           if cfg.concat_channels else None)
         skip_chs = self._build_down(emb_ch)
         self.mid = EmbedSequential(ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg),
@@ -412,7 +412,7 @@ class UNet(nn.Module):
                                    ResBlock(cfg.widths[-1], cfg.widths[-1], emb_ch, cfg))
         self._build_up(emb_ch, skip_chs)
         self.norm_out = nn.GroupNorm(cfg.norm_groups, cfg.base_channels, eps=_GN_EPS)
-        self.conv_out = _CONV[cfg.dims](cfg.base_channels, cfg.output_channels, 3, padding=1)
+        self.conv_out = CONV[cfg.dims](cfg.base_channels, cfg.output_channels, 3, padding=1)
         self._zero_init()
         self.to(memory_format=self.memory_format)
 
@@ -475,7 +475,7 @@ class UNet(nn.Module):
         h = self.mid(h, emb_act, context)  # (B, C_last, *S / 2^(levels-1))
         for block in self.up:
             h = block(_ConcatSkip.apply(h, skips.pop(), self.memory_format), emb_act, context)
-        return self.conv_out(_group_norm_silu(h, self.norm_out)).contiguous()  # (B, C_out, *S)
+        return self.conv_out(group_norm_silu(h, self.norm_out)).contiguous()  # (B, C_out, *S)
 
     def _embed(self, c_noise: Tensor, cond: dict, batch: int) -> Tensor:
         """emb = MLP(sinusoid(c_noise)) (+ class embedding, + pooled/vector projections); no labels -> null."""

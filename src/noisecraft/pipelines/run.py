@@ -16,7 +16,7 @@ import torch
 
 from noisecraft.conditions import ConditionSet, conditions_for
 from noisecraft.core.denoiser import Denoiser
-from noisecraft.errors import CheckpointError
+from noisecraft.errors import CheckpointError, ConfigError
 
 
 @dataclass
@@ -59,11 +59,10 @@ def load(path, *, use_ema: bool = True, device: str = "cpu") -> Run:
 def load_checkpoint_run(path, *, use_ema: bool = True, device: str = "cpu") -> Run:
     """One of our run directories (or checkpoint files), written by this release or an earlier one."""
     from noisecraft.build import build_denoiser
-    from noisecraft.compat import read_run_config
     from noisecraft.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    config = read_run_config(ckpt)
+    config = run_config(ckpt)
     denoiser = build_denoiser(config)
     weights = ckpt.ema if use_ema and ckpt.ema else ckpt.model
     try:
@@ -75,6 +74,17 @@ def load_checkpoint_run(path, *, use_ema: bool = True, device: str = "cpu") -> R
     conditions = conditions_for(config)
     conditions.load(ckpt.path.parent, denoiser.net, device, shape)
     return Run(denoiser, config, shape, conditions, int(ckpt.state.get("step", 0)), ckpt.path, autoencoder, use_ema)
+
+
+def run_config(ckpt):
+    """The RunConfig of a checkpoint (migrated to today's fields when it was read), a CheckpointError if invalid."""
+    from noisecraft.config import from_dict
+    from noisecraft.training.config import RunConfig
+
+    try:
+        return from_dict(RunConfig, ckpt.config)
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt.path}: its config is invalid: {e}") from None
 
 
 def sample_shape(config, ckpt) -> tuple[tuple[int, ...], object | None]:
@@ -99,16 +109,12 @@ def sample_shape(config, ckpt) -> tuple[tuple[int, ...], object | None]:
 
 
 def _legacy_shape(config) -> tuple[int, ...]:
-    net = config.network
-    if config.model == "mlp":
-        return (net.data_dim,)
-    if config.model == "dit":
-        return (net.in_channels, net.input_size, net.input_size)
-    side = config.data.resolution
-    if not side:  # the dataset's own size (what checkpoints before the stored shape make us read)
+    def side() -> int:  # the dataset's own size (what checkpoints before the stored shape make us read)
+        d = config.data
+        if d.resolution:
+            return d.resolution
         from noisecraft.data import load_dataset
 
-        d = config.data
-        side = load_dataset(d.dataset, root=d.root, split=d.split, limit=1).data_shape[-1]
-    return (net.in_channels, *([side] * net.dims))
+        return load_dataset(d.dataset, root=d.root, split=d.split, limit=1).data_shape[-1]
 
+    return tuple(config.network.data_shape(side))

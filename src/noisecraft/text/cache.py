@@ -120,7 +120,7 @@ def cached_caption_table(encoder: TextEncoder, captions, cache_dir: str | Path |
     if use_cache:
         from safetensors.torch import save
 
-        from noisecraft.training.checkpoint import atomic_write_bytes
+        from noisecraft.files import atomic_write_bytes
 
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"identity": encoder.identity, "version": str(CACHE_VERSION), "captions": json.dumps(list(unique)),

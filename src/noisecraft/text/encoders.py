@@ -225,16 +225,3 @@ def minilm_path() -> Path:
 def minilm_encoder(max_tokens: int = 32) -> HFTextEncoder:
     """all-MiniLM-L6-v2 (Wang et al. 2020 MiniLM, sentence-transformers fine-tune), offline."""
     return HFTextEncoder(minilm_path(), max_tokens, name="minilm")
-
-
-def build_text_encoder(text) -> TextEncoder | None:
-    """The encoder a `TextConfig` names (None for encoder 'none')."""
-    if text.encoder == "none":
-        return None
-    if text.encoder == "minilm":
-        return minilm_encoder(text.max_tokens)
-    if text.encoder == "hf":
-        return HFTextEncoder(text.path, text.max_tokens)
-    from noisecraft.text.trainable import CharTextEncoder
-
-    return CharTextEncoder(dim=text.dim, layers=text.layers, heads=text.heads, max_tokens=text.max_tokens)

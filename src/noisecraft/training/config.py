@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from noisecraft.conditions.config import ConditioningConfig
+from noisecraft.config import apply_overrides, parse_override
 from noisecraft.core.prediction import PREDICTIONS
 from noisecraft.errors import ConfigError, require, unknown_name
 from noisecraft.models import DEFAULT_MODEL, MODELS, network_configs
@@ -168,3 +169,25 @@ class RunConfig:
         if not isinstance(self.network, config_cls):
             raise ConfigError(f"network: model {self.model!r} needs a {config_cls.__name__}, got "
                               f"{type(self.network).__name__} (set model and network together)")
+
+
+def apply_run_overrides(data: dict, overrides: list[str]) -> dict:
+    """Dotted overrides of a run config dict. `network.base_channels=48` sets a field of the network section;
+    `unet.base_channels=48` (also `dit.x=`, `mlp.x=`) is accepted for the same when it names the run's model, and
+    is an error when it names another. `model=dit` on a run of another model resets the network section to that
+    model's defaults (the old section's fields belong to the old network)."""
+    return apply_overrides(data, overrides, _network_alias)
+
+
+def _network_alias(path: list[str], data: dict, text: str) -> list[str]:
+    model = data.get("model", DEFAULT_MODEL)
+    if path == ["model"]:
+        if "network" in data and parse_override(text)[1] != model:
+            data["network"] = {}
+        return path
+    if len(path) < 2 or path[0] not in MODELS:
+        return path
+    if path[0] != model:
+        raise ConfigError(f"override {text!r}: {path[0]}.* sets the {path[0]} network, but this run's model is "
+                          f"{model!r}; set network.{'.'.join(path[1:])} (or {model}.*), or model={path[0]} first")
+    return ["network", *path[1:]]

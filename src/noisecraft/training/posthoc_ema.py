@@ -122,7 +122,7 @@ def write_snapshot(run_dir: Path, step: int, states: list[dict[str, torch.Tensor
     """One file per snapshot time: tensors "<k>.<name>" for tracked profile k, metadata step/gammas."""
     from safetensors.torch import save
 
-    from noisecraft.training.checkpoint import atomic_write_bytes
+    from noisecraft.files import atomic_write_bytes
 
     tensors = {f"{k}.{name}": v.detach().cpu().contiguous() for k, sd in enumerate(states) for name, v in sd.items()}
     metadata = {"format": SNAPSHOT_FORMAT, "step": str(step), **{k: json.dumps(v) for k, v in meta.items()}}
@@ -212,7 +212,8 @@ def _read_header(path: Path) -> dict:
 def write_posthoc_checkpoint(run_dir, out_dir, sigma_rel: float, step: int | None = None) -> dict:
     """A normal checkpoint in `out_dir`: run_dir's checkpoint with its EMA weights replaced by the post-hoc
     reconstruction for `sigma_rel` (its state records the snapshots and coefficients used)."""
-    from noisecraft.training.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint, unflatten_optimizer
+    from noisecraft.files import atomic_write_json
+    from noisecraft.training.checkpoint import load_checkpoint, save_checkpoint, unflatten_optimizer
 
     ckpt = load_checkpoint(run_dir)  # refuses anything but a noisecraft safetensors checkpoint
     ema, info = reconstruct(Path(ckpt.path).parent, sigma_rel, step)

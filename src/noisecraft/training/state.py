@@ -16,8 +16,9 @@ from pathlib import Path
 
 from noisecraft.config import from_dict
 from noisecraft.errors import CheckpointError
+from noisecraft.files import atomic_write_bytes
 from noisecraft.training import distributed
-from noisecraft.training.checkpoint import CHECKPOINT_FILE, atomic_write_bytes, load_checkpoint, unflatten_optimizer
+from noisecraft.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, unflatten_optimizer
 from noisecraft.training.config import RunConfig
 
 LOG_FILE = "log.jsonl"

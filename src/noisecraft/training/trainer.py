@@ -28,12 +28,13 @@ from pathlib import Path
 import torch
 
 from noisecraft.build import adapt_config, build_denoiser
+from noisecraft.conditions import conditions_for
 from noisecraft.config import to_dict
 from noisecraft.errors import CheckpointError
+from noisecraft.files import atomic_write_json
 from noisecraft.training import distributed
 from noisecraft.training.batches import BatchOrder, chain_hash, load_data, step_seed
-from noisecraft.training.checkpoint import CHECKPOINT_FILE, atomic_write_json, save_checkpoint
-from noisecraft.training.conditioning import Conditioner
+from noisecraft.training.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from noisecraft.training.config import RunConfig
 from noisecraft.training.distributed import Dist, micro_rows, micro_slice
 from noisecraft.training.ema import ema_copy, ema_decay, phema_every, power_ema, snapshot_phema, update_ema
@@ -100,16 +101,10 @@ class Trainer:
         self.images = self.data.images.to(self.device)
         flipped = (self.data.attributes or {}).get("latents_hflip")  # latent runs: E(flip(x)), not flip(E(x))
         self.images_hflip = None if flipped is None else flipped.to(self.device)
-        self.labels = None if self.data.labels is None else self.data.labels.to(self.device)
-        self._setup_conditions()
-
-    def _setup_conditions(self) -> None:
-        """The batch conditions (labels, captions, layouts): built here, prepared in run(), drawn in batch()."""
-        self.conditioner = Conditioner(self.config, self.data, self.net, self.device, self.progress)
-
-    def _fit_layout_planner(self) -> None:
-        """Layout-conditioned runs: train the prompt -> boxes planner once (rank 0; kept when resuming)."""
-        self.conditioner.prepare(self.out_dir, self.progress)
+        # the run's conditions (noisecraft.conditions): read from the data here, prepared once in run() (e.g. a
+        # layout planner), drawn per batch in batch()
+        self.conditions = conditions_for(self.config)
+        self.conditions.setup(self.data, self.net, self.device, self.progress)
 
     def _setup_callbacks(self) -> None:
         """After-step callbacks, each called as callback(trainer): evaluation during training when eval.every
@@ -128,7 +123,8 @@ class Trainer:
         state = {"step": self.step, "bad_steps": self.bad_steps, "scaler_skipped": self.scaler_skipped,
                  "data_position": self.order.position(self.step), "data_hash": self.data_hash,
                  "world_size": self.dist.world, "grad_accum": self.accum,
-                 "rng": {"scheme": "per-step SeedSequence(seed, step)", "seed": self.config.train.seed}}
+                 "rng": {"scheme": "per-step SeedSequence(seed, step)", "seed": self.config.train.seed},
+                 "data_shape": list(self.data.data_shape)}  # one sample's shape (latents for a latent run)
         if self.scaler.is_enabled():
             state["grad_scaler"] = self.scaler.state_dict()
         return state
@@ -200,7 +196,7 @@ class Trainer:
             flip = torch.rand(len(idx), generator=gen) < 0.5
             flipped = x0.flip(-1) if self.images_hflip is None else self.images_hflip[idx]
             x0 = torch.where(flip.to(self.device).reshape(-1, *[1] * (x0.ndim - 1)), flipped, x0)
-        cond = self.conditioner(idx, gen)  # labels / caption embeddings, with condition dropout drawn from gen
+        cond = self.conditions.batch(idx, gen)  # with condition dropout drawn from gen
         return x0, cond
 
     def draw(self, step: int):
@@ -287,7 +283,7 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out_dir / "config.json", to_dict(self.config))
-            self._fit_layout_planner()
+            self.conditions.prepare(self.out_dir, self.progress)  # once per run, kept when resuming
         self.dist.barrier()
         t = self.config.train
         start, smooth = time.monotonic(), None
