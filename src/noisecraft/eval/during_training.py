@@ -139,20 +139,24 @@ class TrainingEvaluator:
         return build_denoiser(self.config, denoiser)
 
     def _generate(self, denoiser, data_shape):
+        """num_samples unconditional samples (every condition at its null value) through the one generation path,
+        `noisecraft.pipelines.generate`, decoded for a latent run."""
         import torch
 
-        from noisecraft.pipelines import sample_batches as generate
-        from noisecraft.schedules import get_sigmas
+        from noisecraft.conditions import conditions_for
+        from noisecraft.pipelines import Request, Run, generate
 
         den = self._denoiser(denoiser)
         was_training = den.training
         den.eval()
         try:
-            sigmas = get_sigmas(den.schedule, self.steps, self.step_schedule)
+            conditions = conditions_for(self.config)
+            conditions.load(self.out_dir, den.net, self.device, tuple(data_shape))
+            run = Run(den, self.config, tuple(data_shape), conditions)
+            request = Request(sampler=self.sampler, steps=self.steps, step_schedule=self.step_schedule, seed=self.seed,
+                              num=self.num_samples, batch_size=self.batch_size)
             with torch.no_grad():
-                x = generate(den, sigmas, data_shape, num=self.num_samples, seed=self.seed, sampler=self.sampler,
-                             batch_size=self.batch_size, device=self.device)
-                x = self._decode(x)
+                x = self._decode(generate(run, request).samples)
             return x.nan_to_num(0.0).clamp(-1.0, 1.0)  # as saved pictures: clipped to the pixel range
         finally:
             den.train(was_training)
