@@ -1,4 +1,4 @@
-"""argparse value types shared by the command modules (light: argparse only)."""
+"""argparse value types and argument groups shared by the command modules (light: argparse only)."""
 
 import argparse
 
@@ -42,3 +42,29 @@ class KeyValues(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         key, value = (self.key, values) if self.key else values
         setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), key: value})  # never the default
+
+
+def add_training_arguments(p, *, preset: str, config: str, out: str) -> None:
+    """The arguments every training command takes: --preset or --config, the stopping criteria, the run
+    directory, --resume, --device and section.field=value overrides."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help=preset)
+    src.add_argument("--config", help=config)
+    p.add_argument("--steps", type=positive_int, help="stop after this many steps")
+    p.add_argument("--minutes", type=positive_float, help="stop after this much wall time")
+    p.add_argument("--out", required=True, help=out)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
+
+
+def with_stopping(config, args):
+    """config with --steps / --minutes applied (--minutes alone: no step limit)."""
+    from dataclasses import replace
+
+    train = config.train
+    if args.steps is not None:
+        train = replace(train, steps=args.steps, minutes=args.minutes)
+    elif args.minutes is not None:
+        train = replace(train, minutes=args.minutes, steps=10**9)
+    return replace(config, train=train)

@@ -3,22 +3,16 @@ of samples from the EMA weights."""
 
 from __future__ import annotations
 
-from noisecraft.cli.argtypes import positive_float, positive_int
+from noisecraft.cli.argtypes import add_training_arguments, with_stopping
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model from a preset or a config file",
                        description="Train from --preset or --config; field overrides like train.lr=3e-4 "
-                                   "or unet.base_channels=64 follow as positional arguments.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="a preset name (see `noisecraft presets`)")
-    src.add_argument("--config", help="a .json, .toml or .yaml config file")
-    p.add_argument("--steps", type=positive_int, help="stop after this many steps")
-    p.add_argument("--minutes", type=positive_float, help="stop after this much wall time")
-    p.add_argument("--out", required=True, help="run directory (also a valid --checkpoint)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
+                                   "or network.base_channels=64 follow as positional arguments.")
+    add_training_arguments(p, preset="a preset name (see `noisecraft presets`)",
+                           config="a .json, .toml or .yaml config file",
+                           out="run directory (also a valid --checkpoint)")
 
 
 def run(args) -> int:
@@ -31,21 +25,13 @@ def run(args) -> int:
 
 def run_config(args):
     """The RunConfig of --preset or --config with the overrides, --steps and --minutes applied."""
-    from dataclasses import replace
-
     from noisecraft.compat import migrate_config
     from noisecraft.config import from_dict, load_file, to_dict
     from noisecraft.presets import get_preset
     from noisecraft.training.config import RunConfig, apply_run_overrides
 
     data = to_dict(get_preset(args.preset)) if args.preset else migrate_config(load_file(args.config), args.config)
-    config = from_dict(RunConfig, apply_run_overrides(data, args.overrides), "config")
-    train = config.train
-    if args.steps is not None:
-        train = replace(train, steps=args.steps, minutes=args.minutes)
-    elif args.minutes is not None:
-        train = replace(train, minutes=args.minutes, steps=10**9)
-    return replace(config, train=train)
+    return with_stopping(from_dict(RunConfig, apply_run_overrides(data, args.overrides), "config"), args)
 
 
 def train_and_preview(config, out: str, *, resume: bool, device: str) -> dict:
