@@ -6,9 +6,8 @@ Sec. 3): text -> layout -> image. The layout is drawn into the network's input a
 ControlNet-style conditions and GLIGEN's grounded boxes (Li et al. 2023, CVPR, Sec. 3.2: grounding entity =
 phrase embedding + box) give a model *where* each phrase belongs. Why: a text encoder's tokens carry which
 words a prompt has but hardly which object stands where - "A left of B" and "B left of A" are the same bag
-of words - and a small diffusion model learns that binding slowly (benchmarks/scenes_text.md: the relation's
-direction stays at chance after 4400 CPU steps). The planner learns it in seconds from supervised boxes,
-and a map is read locally by convolutions.
+of words - and a small diffusion model learns that binding slowly (measured in benchmarks/scenes_text.md).
+The planner learns it from supervised boxes, and a map is read locally by convolutions.
 
 Notation (B prompts, J chunk slots, K object slots, P the frozen encoder's pooled width):
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from noisecraft.core.tensors import masked_mean
 from noisecraft.errors import NoisecraftError, require
 
 COND_KEYS = ("class_labels", "text_tokens", "text_mask", "text_pooled", "vector", "concat")
@@ -314,8 +315,6 @@ class TokenRefiner(nn.Module):
         """W_pool (masked mean of the refined tokens): (B, pool_dim), or 0 without a pool projection.
         Unlike the frozen encoder's mean-pooled vector this is not a bag of words: each refined token
         carries its neighbours, so "red circle ... blue square" and "blue circle ... red square" differ."""
-        from noisecraft.text.encoders import masked_mean
-
         if self.pool_proj is None:
             return 0.0
         keep = torch.ones(refined.shape[:2], dtype=torch.bool, device=refined.device) if mask is None else mask

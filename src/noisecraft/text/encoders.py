@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from noisecraft.core.tensors import masked_mean
 from noisecraft.errors import ConfigError, NoisecraftError
 
 
@@ -51,12 +52,6 @@ def too_long(lengths, max_tokens: int, prompts: list[str], unit: str = "tokens")
             shown = prompts[i] if len(prompts[i]) <= 60 else prompts[i][:57] + "..."
             raise NoisecraftError(f"prompt {shown!r} is {int(n)} {unit} long; this text encoder takes at most "
                                   f"{max_tokens} {unit} (text.max_tokens)")
-
-
-def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of tokens (B, T, D) over the positions where mask (B, T) is True -> (B, D)."""
-    m = mask.unsqueeze(-1)  # (B, T, 1)
-    return torch.where(m, tokens, 0.0).sum(1) / m.sum(1).clamp(min=1).to(tokens.dtype)
 
 
 class TextEncoder(nn.Module):

@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from noisecraft.core.tensors import masked_mean
 from noisecraft.errors import NoisecraftError
-from noisecraft.text.encoders import TextEncoder, masked_mean, too_long
+from noisecraft.text.encoders import TextEncoder, too_long
 
 FIRST, LAST = 32, 126  # printable ASCII
 PAD, BEGIN, OFFSET = 0, 1, 2  # token ids: padding, begin, then characters FIRST..LAST
