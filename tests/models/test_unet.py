@@ -245,55 +245,11 @@ def _diffusers_twin(cfg: UNetConfig):
     )
 
 
-def _copy_res(theirs, prefix: str) -> dict:
-    names = {"norm1": "norm1", "conv1": "conv1", "emb_proj": "time_emb_proj", "norm2": "norm2",
-             "conv2": "conv2", "skip": "conv_shortcut"}
-    sd = theirs.state_dict()
-    return {f"{prefix}.{ours}.{p}": sd[f"{their}.{p}"] for ours, their in names.items()
-            for p in ("weight", "bias") if f"{their}.{p}" in sd}
-
-
-def _copy_attn(theirs, prefix: str) -> dict:
-    q, k, v, o, n = theirs.to_q, theirs.to_k, theirs.to_v, theirs.to_out[0], theirs.group_norm
-    return {f"{prefix}.qkv.weight": torch.cat([q.weight, k.weight, v.weight]),
-            f"{prefix}.qkv.bias": torch.cat([q.bias, k.bias, v.bias]),
-            f"{prefix}.proj.weight": o.weight, f"{prefix}.proj.bias": o.bias,
-            f"{prefix}.norm.weight": n.weight, f"{prefix}.norm.bias": n.bias}
-
-
-def _copy_block(block, j: int, prefix: str, last: bool, sample_name: str) -> dict:
-    sd = _copy_res(block.resnets[j], f"{prefix}.0")
-    if getattr(block, "attentions", None) is not None:
-        sd |= _copy_attn(block.attentions[j], f"{prefix}.1")
-    samplers = getattr(block, sample_name, None)
-    if last and samplers is not None:
-        idx = 1 + (getattr(block, "attentions", None) is not None)
-        sd |= {f"{prefix}.{idx}.conv.{p}": getattr(samplers[0].conv, p) for p in ("weight", "bias")}
-    return sd
-
-
 def _state_from_diffusers(cfg: UNetConfig, theirs) -> dict:
-    """Map UNet2DModel weights onto our UNet's parameter names."""
-    sd = {f"time_mlp.{i}.{p}": getattr(getattr(theirs.time_embedding, n), p)
-          for i, n in ((0, "linear_1"), (2, "linear_2")) for p in ("weight", "bias")}
-    for ours, their in (("conv_in", theirs.conv_in), ("conv_out", theirs.conv_out), ("norm_out", theirs.conv_norm_out)):
-        sd |= {f"{ours}.{p}": getattr(their, p) for p in ("weight", "bias")}
-    k, n = 0, cfg.num_res_blocks
-    for block in theirs.down_blocks:
-        for j in range(n):
-            sd |= _copy_block(block, j, f"down.{k}", False, "downsamplers")
-            k += 1
-        if block.downsamplers is not None:
-            sd |= {f"down.{k}.0.conv.{p}": getattr(block.downsamplers[0].conv, p) for p in ("weight", "bias")}
-            k += 1
-    mid = theirs.mid_block
-    sd |= _copy_res(mid.resnets[0], "mid.0") | _copy_res(mid.resnets[1], f"mid.{1 + cfg.mid_attention}")
-    if cfg.mid_attention:
-        sd |= _copy_attn(mid.attentions[0], "mid.1")
-    for i, block in enumerate(theirs.up_blocks):
-        for j in range(n + 1):
-            sd |= _copy_block(block, j, f"up.{i * (n + 1) + j}", j == n, "upsamplers")
-    return sd
+    """Map UNet2DModel weights onto our UNet's parameter names (the library's mapping, used by the exporter)."""
+    from noisecraft.interop.diffusers_export import from_diffusers_unet2d
+
+    return from_diffusers_unet2d(cfg, theirs.state_dict())
 
 
 @pytest.mark.parametrize("scale_shift", [True, False])
@@ -310,6 +266,14 @@ def test_same_function_as_diffusers_unet2d(scale_shift):
     t = t.round()
     with torch.no_grad():
         torch.testing.assert_close(ours(x, t), theirs(x, t).sample, rtol=1e-4, atol=1e-4)
+    # the export direction is the exact inverse, and the library's config builds the same twin
+    from noisecraft.interop.diffusers_export import to_diffusers_unet2d, unet2d_config
+
+    back = to_diffusers_unet2d(cfg, ours.state_dict())
+    assert back.keys() == theirs.state_dict().keys()
+    assert all(torch.equal(v, back[k]) for k, v in theirs.state_dict().items())
+    twin = type(theirs).from_config(unet2d_config(cfg))
+    assert {k: v.shape for k, v in twin.state_dict().items()} == {k: v.shape for k, v in back.items()}
 
 
 # ----------------------------------------------------------------------------------------------
