@@ -23,6 +23,8 @@ COMMANDS = {
     "eval": "noisecraft.cli.eval_cmd",
     "train-autoencoder": "noisecraft.cli.autoencoder_cmd",
     "ema": "noisecraft.cli.ema_cmd",
+    "export": "noisecraft.cli.export_cmd",
+    "onnx-sample": "noisecraft.cli.onnx_sample_cmd",
 }
 
 
