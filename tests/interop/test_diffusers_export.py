@@ -155,6 +155,10 @@ def test_continuous_schedules_are_refused(run, tmp_path, schedule, prediction):
 def test_other_models_are_refused(run, tmp_path):
     with pytest.raises(NoisecraftError, match="model 'dit' .DiT variants.*supported"):
         export_diffusers(replace(run, config=get_preset("mnist-dit")), tmp_path / "x")
+    text_net = UNet(replace(TINY, context_dim=16))
+    with pytest.raises(NoisecraftError, match="text cross-attention.*UNet2DConditionModel"):
+        export_diffusers(replace(run, denoiser=Denoiser(text_net, run.denoiser.schedule, Prediction("eps"))),
+                         tmp_path / "x")
     with pytest.raises(NoisecraftError, match="latent run"):
         export_diffusers(replace(run, autoencoder=object()), tmp_path / "x")
 

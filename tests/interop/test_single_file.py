@@ -177,3 +177,20 @@ def test_sd2_penultimate_layer_config_leaves_the_last_layer(written):
     ours = read_single_file(path, config_dir)["text_encoder"]
     expected = {k: v for k, v in _text_names(text.state_dict()).items() if ".layers.2." not in k}
     _same(ours, expected)
+
+
+def test_extra_keys_of_real_checkpoints_are_left(written, tmp_path):
+    """Full SD checkpoints also hold the DDPM buffers, EMA bookkeeping, the VAE's training loss and CLIP's
+    position_ids: none of them is a model weight, and reading leaves them."""
+    from safetensors.torch import save_file
+
+    version, path, config_dir, (unet, vae, _) = written
+    checkpoint = read_safetensors(path) | {"betas": torch.rand(10), "alphas_cumprod": torch.rand(10),
+                                           "model_ema.decay": torch.tensor(0.9999),
+                                           "first_stage_model.loss.logvar": torch.zeros(())}
+    if version == 1:
+        checkpoint["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(16)[None]
+    save_file(checkpoint, tmp_path / "full.safetensors")
+    parts = read_single_file(tmp_path / "full.safetensors", config_dir)
+    _same(parts["unet"], unet.state_dict())
+    _same(parts["vae"], vae.state_dict())

@@ -305,6 +305,7 @@ def _check_run(run) -> None:
         raise _unsupported(f"model {model!r}" + (" (DiT variants)" if model == "dit" else ""))
     if not isinstance(run.denoiser.net, UNet):
         raise _unsupported(f"a {type(run.denoiser.net).__name__} network (a condition wrapping the U-Net)")
+    check_unet2d_exportable(run.denoiser.net.config)  # names text cross-attention, concat inputs, ... first
     if run.autoencoder is not None:
         raise _unsupported("a latent run (diffusers' unconditional latent pipeline LDMPipeline takes a VQModel, not "
                            "an AutoencoderKL; the autoencoder alone exports with "

@@ -166,6 +166,7 @@ def unet_to_diffusers(original: dict, config: dict) -> dict:
 def vae_to_diffusers(original: dict, config: dict) -> dict:
     """`first_stage_model.*` keys -> AutoencoderKL state dict (mid-attention 1x1 convs -> linear)."""
     state = _strip(original, VAE_PREFIX) if any(k.startswith(VAE_PREFIX) for k in original) else original
+    state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # a training loss's LPIPS/discriminator
     out = _rename(state, vae_pairs(config), "VAE (first_stage_model.*)")
     return {k: v[:, :, 0, 0] if _is_vae_attn_linear(k) and v.ndim == 4 else v for k, v in out.items()}
 
