@@ -87,7 +87,7 @@ def test_denoiser_matches_torch_at_several_sigmas_and_batch_sizes(trained, tmp_p
             x = torch.randn(B, *run.data_shape, generator=torch.Generator().manual_seed(B)) * (1 + sigma)
             sig = torch.full((B,), sigma)
             feed, cond = {"x": x.numpy(), "sigma": sig.numpy()}, None
-            if kind != "uncond":
+            if kind in ("class", "dit"):
                 labels = torch.tensor([3, 10, 7][:B])  # 10 = the null label
                 cond, feed["class_labels"] = {"class_labels": labels}, labels.numpy()
             ref = run.denoiser(x, sig, cond).numpy()
