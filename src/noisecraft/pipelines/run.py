@@ -44,8 +44,20 @@ class Run:
         return decode_latents(self.autoencoder, x)
 
 
+def _is_diffusers_folder(path: Path) -> bool:
+    from noisecraft.interop.diffusers_load import is_diffusers_folder  # light: diffusers is imported on load
+
+    return is_diffusers_folder(path)
+
+
+def _load_diffusers_folder(path, *, use_ema: bool = True, device: str = "cpu") -> Run:
+    from noisecraft.interop.diffusers_load import load_diffusers_run
+
+    return load_diffusers_run(path, use_ema=use_ema, device=device)
+
+
 # (probe(path) -> bool, loader(path, use_ema=, device=) -> Run): formats other than our checkpoints
-LOADERS: list[tuple[Callable, Callable]] = []
+LOADERS: list[tuple[Callable, Callable]] = [(_is_diffusers_folder, _load_diffusers_folder)]
 
 
 def load(path, *, use_ema: bool = True, device: str = "cpu") -> Run:

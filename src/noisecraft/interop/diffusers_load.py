@@ -1,0 +1,484 @@
+"""diffusers folders -> noisecraft runs: `noisecraft.load(folder)` reads a diffusers MODEL folder (config.json
+with `_class_name` one of `NETWORKS`) or a PIPELINE folder (model_index.json: unet or transformer, vae,
+text_encoder + tokenizer, scheduler) into one `pipelines.Run`, so `generate`, every sampler and the CLI work.
+
+| diffusers                                        | noisecraft                                                |
+|--------------------------------------------------|-----------------------------------------------------------|
+| UNet2DModel / UNet2DConditionModel /             | `DiffusersNet`: F(x, c_noise, cond) calls the module with |
+| DiTTransformer2DModel / Transformer2DModel       | timestep = c_noise (fractional timesteps as floats),      |
+|                                                  | encoder_hidden_states = cond["text_tokens"], class_labels |
+| scheduler_config.json: betas (beta_schedule,     | `DiscreteSchedule` whose alphas_cumprod are diffusers'    |
+| beta_start/end, num_train_timesteps, or          | own (computed in float32 as its schedulers do), so c_noise |
+| trained_betas)                                   | of the scheduler's sigmas is its integer timestep         |
+| prediction_type epsilon / v_prediction / sample  | Prediction eps / v / x0                                   |
+| text_encoder + tokenizer (CLIP, T5)              | `DiffusersTextCondition`: tokens as the pipeline encodes  |
+|                                                  | them (padded to the tokenizer's max length), null = ""    |
+| vae (AutoencoderKL, scaling_factor)              | `Run.autoencoder` (`noisecraft.autoencoder`)              |
+
+A VP model with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps is the VE denoiser D(x, sigma) with
+sigma_t = sqrt((1 - abar_t) / abar_t) (DESIGN.md): `core.Denoiser` feeds the network c_in x = x / sqrt(1 + sigma^2),
+which is diffusers' `scale_model_input` of the Euler-type schedulers, and the network's timestep is c_noise.
+
+Only safetensors weights are read: a folder with pickle weights only (*.bin, *.pt, *.ckpt) is refused without
+being opened. Everything the loader does not implement (SDXL's second text encoder and added conditions,
+class-conditional U-Nets, zero-terminal-SNR rescaling, Fourier time embeddings) is a one-line CheckpointError.
+The scheduler's own sampling settings (its class, timestep spacing, Karras sigmas, clip_sample) are not applied:
+`Run.config.sample` takes a sampler of the same family as defaults, and `Run.extra["scheduler_config"]` keeps the
+scheduler config as read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from noisecraft.conditions.base import Condition, ConditionSet
+from noisecraft.errors import CheckpointError, NoisecraftError
+
+MODEL_INDEX, CONFIG, SCHEDULER_CONFIG = "model_index.json", "config.json", "scheduler_config.json"
+NETWORKS = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "Transformer2DModel")
+NETWORK_KEYS = ("unet", "transformer")  # the network's entry in model_index.json
+TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel")
+PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine",
+                  "sigmoid": "sigmoid"}  # diffusers' name -> noisecraft's
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# the scheduler class -> the noisecraft sampler of the same algorithm (the run's default sampler)
+SAMPLER_OF = {"EulerDiscreteScheduler": "euler", "EulerAncestralDiscreteScheduler": "euler_a",
+              "DDIMScheduler": "ddim", "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
+              "UniPCMultistepScheduler": "unipc", "DEISMultistepScheduler": "deis",
+              "DPMSolverMultistepScheduler": "dpmpp_2m", "DPMSolverSinglestepScheduler": "dpmpp_2s"}
+DEFAULT_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 1e-4,
+                     "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "epsilon"}  # DDPMScheduler's
+
+
+# ------------------------------------------------------------------------------------------------ files
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read it as JSON: {type(e).__name__}: {str(e).splitlines()[0]}") \
+            from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def is_diffusers_folder(path) -> bool:
+    """A directory with model_index.json, or with a config.json naming a diffusers `_class_name` (our run
+    directories have a config.json without one, beside checkpoint.safetensors)."""
+    path = Path(path)
+    if not path.is_dir() or (path / "checkpoint.safetensors").is_file():
+        return False
+    if (path / MODEL_INDEX).is_file():
+        return True
+    if not (path / CONFIG).is_file():
+        return False
+    try:
+        return "_class_name" in json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_weights(folder: Path) -> None:
+    """The folder holds safetensors weights that open (headers checked, so a truncated file is refused here);
+    a folder with pickle weights only is refused without unpickling them."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(f"{folder}: only pickle weights ({', '.join(pickles)}), which noisecraft does not "
+                                  f"load (unpickling can run code); save the model with safetensors "
+                                  f"(save_pretrained(..., safe_serialization=True))")
+        raise CheckpointError(f"{folder}: no *.safetensors weights")
+    from safetensors import safe_open
+
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except Exception as e:  # SafetensorError, OSError: truncated, corrupt, unreadable
+            raise CheckpointError(f"{f} is truncated or corrupt: {type(e).__name__}: {str(e).splitlines()[0]}") \
+                from None
+
+
+def from_pretrained(cls, folder: Path, what: str, **kwargs):
+    """cls.from_pretrained(folder), local files and safetensors only, errors as one-line CheckpointErrors."""
+    check_weights(folder)
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True, **kwargs)
+    except Exception as e:  # diffusers / transformers raise OSError, ValueError, EnvironmentError, ...
+        raise CheckpointError(f"{folder}: cannot load the {what}: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+
+
+def unsupported_class(where, name) -> CheckpointError:
+    return CheckpointError(f"{where}: diffusers class {name!r} is not a network noisecraft loads; supported: "
+                           f"{', '.join(NETWORKS)} (model folders), or a pipeline folder (model_index.json) with one")
+
+
+def _require(ok: bool, where, message: str) -> None:
+    if not ok:
+        raise CheckpointError(f"{where}: {message}")
+
+
+# --------------------------------------------------------------------------------------------- schedule
+def diffusers_alphas_cumprod(cfg: dict, where="scheduler_config.json") -> torch.Tensor:
+    """alphas_cumprod (float64) exactly as diffusers' schedulers compute them: betas in float32 from
+    trained_betas or beta_schedule (linear, scaled_linear = linear in sqrt(beta), squaredcos_cap_v2 = Nichol &
+    Dhariwal 2021 Eq. 17 with beta <= 0.999, sigmoid), then their float32 cumulative product."""
+    _require(not cfg.get("rescale_betas_zero_snr"), where, "rescale_betas_zero_snr (zero terminal SNR, sigma_max "
+             "= inf) is not supported")
+    T = int(cfg.get("num_train_timesteps", 1000))
+    start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+    if cfg.get("trained_betas") is not None:
+        betas = torch.tensor(cfg["trained_betas"], dtype=torch.float32)
+    else:
+        kind = cfg.get("beta_schedule", "linear")
+        _require(kind in BETA_SCHEDULES, where, f"beta_schedule {kind!r} is not supported; supported: "
+                 f"{', '.join(BETA_SCHEDULES)} (or trained_betas)")
+        if kind == "linear":
+            betas = torch.linspace(start, end, T, dtype=torch.float32)
+        elif kind == "scaled_linear":
+            betas = torch.linspace(start**0.5, end**0.5, T, dtype=torch.float32) ** 2
+        elif kind == "sigmoid":
+            betas = torch.sigmoid(torch.linspace(-6, 6, T)) * (end - start) + start
+        else:
+            def abar(t):
+                return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+            betas = torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)],
+                                 dtype=torch.float32)
+    _require(betas.ndim == 1 and len(betas) >= 2 and bool(((betas > 0) & (betas < 1)).all()), where,
+             "betas must be a list of at least 2 values in (0, 1)")
+    return torch.cumprod(1.0 - betas, dim=0).double()
+
+
+def diffusers_schedule(cfg: dict, where="scheduler_config.json"):
+    """The DiscreteSchedule of a scheduler config: its betas are chosen so that their float64 cumulative product
+    is diffusers' float32 alphas_cumprod (`diffusers_alphas_cumprod`), the table the scheduler really uses."""
+    from noisecraft.schedules.training import DiscreteSchedule
+
+    abar = diffusers_alphas_cumprod(cfg, where)
+    betas = 1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
+    name = "trained" if cfg.get("trained_betas") is not None else BETA_SCHEDULES[cfg.get("beta_schedule", "linear")]
+    return DiscreteSchedule(name=name, betas=betas)
+
+
+def diffusers_prediction(cfg: dict, where="scheduler_config.json"):
+    from noisecraft.core.prediction import Prediction
+
+    kind = cfg.get("prediction_type", "epsilon")
+    _require(kind in PREDICTIONS, where, f"prediction_type {kind!r} is not supported; supported: "
+             f"{', '.join(PREDICTIONS)}")
+    return Prediction(PREDICTIONS[kind])
+
+
+# ---------------------------------------------------------------------------------------------- network
+def check_network_config(cfg: dict, where) -> None:
+    """Refuse the network variants DiffusersNet does not feed (one line naming the field)."""
+    name = cfg.get("_class_name")
+    if name not in NETWORKS:
+        raise unsupported_class(where, name)
+    for key in ("addition_embed_type", "class_embed_type", "num_class_embeds", "encoder_hid_dim"):
+        _require(cfg.get(key) is None, where, f"{key}={cfg.get(key)!r} (an extra condition) is not supported")
+    _require(cfg.get("time_embedding_type", "positional") == "positional", where,
+             f"time_embedding_type {cfg.get('time_embedding_type')!r} (a continuous-sigma model) is not supported; "
+             f"supported: positional")
+    if name == "Transformer2DModel":
+        _require(cfg.get("norm_type") in ("ada_norm_zero", "ada_norm_single"), where,
+                 f"norm_type {cfg.get('norm_type')!r} is not supported; supported: ada_norm_zero (DiT), "
+                 f"ada_norm_single (PixArt)")
+
+
+def _context_dim(cfg: dict) -> int:
+    name = cfg["_class_name"]
+    if name == "UNet2DConditionModel":
+        dim = cfg.get("cross_attention_dim", 1280)
+        return int(dim if isinstance(dim, int) else dim[0])
+    if name == "Transformer2DModel":
+        return int(cfg.get("caption_channels") or cfg.get("cross_attention_dim") or 0)
+    return 0
+
+
+def _num_classes(cfg: dict) -> int:
+    name = cfg["_class_name"]
+    if name == "DiTTransformer2DModel" or (name == "Transformer2DModel" and cfg.get("norm_type") == "ada_norm_zero"):
+        return int(cfg.get("num_embeds_ada_norm") or 0)
+    return 0
+
+
+class DiffusersNet(nn.Module):
+    """A diffusers network as a noisecraft network F(x, c_noise, cond): timestep = c_noise (the fractional
+    timestep), encoder_hidden_states = cond["text_tokens"] (cond["text_mask"] -> encoder_attention_mask unless it
+    is all True), class_labels = cond["class_labels"]. A DiT that learns its variance (out_channels = 2 C) gives
+    its first C channels, the noise prediction (as diffusers' DiTPipeline)."""
+
+    def __init__(self, module: nn.Module, config: dict):
+        super().__init__()
+        from noisecraft.models.conditioning import CondSpec
+
+        self.module, self.class_name = module, config["_class_name"]
+        self.in_channels = int(config.get("in_channels", 4))
+        self.cond_spec = CondSpec(num_classes=_num_classes(config), context_dim=_context_dim(config))
+        self.additional = bool(self.class_name == "Transformer2DModel" and config.get("norm_type") == "ada_norm_single")
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
+        cond = dict(cond or {})
+        unknown = sorted(set(cond) - set(self.cond_spec.accepts()))
+        if unknown:
+            raise NoisecraftError(f"this diffusers {self.class_name} takes cond keys "
+                                  f"{', '.join(self.cond_spec.accepts()) or '(none)'}; got {', '.join(unknown)}")
+        t = c_noise.to(x.dtype).reshape(-1).expand(x.shape[0])  # (B,)
+        out = self.module(x, timestep=t, return_dict=False, **self._inputs(cond, x))[0]
+        return out[:, :self.in_channels] if out.shape[1] == 2 * self.in_channels else out
+
+    def _inputs(self, cond: dict, x: torch.Tensor) -> dict:
+        kw = {}
+        if self.cond_spec.context_dim:
+            if "text_tokens" not in cond:
+                raise NoisecraftError(f"this diffusers {self.class_name} reads text (cond['text_tokens'], width "
+                                      f"{self.cond_spec.context_dim}); load its pipeline folder (with text_encoder and "
+                                      f"tokenizer) to sample with prompts")
+            kw["encoder_hidden_states"] = cond["text_tokens"].to(x.dtype)
+            mask = cond.get("text_mask")
+            if mask is not None and not bool(mask.all()):
+                kw["encoder_attention_mask"] = mask.to(x.dtype)
+        if self.cond_spec.num_classes:
+            if "class_labels" not in cond:
+                raise NoisecraftError(f"this diffusers {self.class_name} is class-conditional; give cond"
+                                      f"['class_labels'] (0..{self.cond_spec.num_classes - 1}, "
+                                      f"{self.cond_spec.num_classes} = unconditional)")
+            kw["class_labels"] = cond["class_labels"]
+        if self.additional:
+            kw["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
+        return kw
+
+
+def load_network(folder: Path, device) -> tuple[DiffusersNet, dict]:
+    cfg = read_json(folder / CONFIG)
+    check_network_config(cfg, folder / CONFIG)
+    import diffusers
+
+    cls = getattr(diffusers, cfg["_class_name"])
+    module = from_pretrained(cls, folder, f"diffusers {cfg['_class_name']}")
+    net = DiffusersNet(module.float(), cfg).to(device).eval().requires_grad_(False)
+    return net, cfg
+
+
+def data_shape_of(cfg: dict) -> tuple[int, ...]:
+    size = cfg.get("sample_size")
+    if size is None:
+        raise CheckpointError(f"the {cfg['_class_name']} config has no sample_size; cannot tell the sample shape")
+    h, w = (size, size) if isinstance(size, int) else size
+    return int(cfg.get("in_channels", 4)), int(h), int(w)
+
+
+# ------------------------------------------------------------------------------------------------- text
+class DiffusersTextCondition(Condition):
+    """Text prompts encoded as diffusers' pipelines encode them: the tokenizer pads to its model_max_length,
+    the text encoder's last hidden states are cond["text_tokens"] (B, L, D). CLIP (Stable Diffusion) reads every
+    position, padding included, so text_mask is all True; T5 (PixArt) passes its attention mask on. The null
+    text (condition dropout, the unconditional side of guidance) is the encoding of "", a negative prompt
+    replaces it."""
+
+    name = "text"
+
+    def __init__(self, tokenizer, encoder, *, class_name: str, masked: bool) -> None:
+        super().__init__(None)
+        self.tokenizer, self.encoder, self.class_name, self.masked = tokenizer, encoder, class_name, masked
+        self.max_tokens = int(tokenizer.model_max_length)
+        self.device = next(encoder.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, prompts, *, allow_empty: bool = False) -> dict:
+        from noisecraft.text.encoders import check_prompts, too_long
+
+        prompts = check_prompts(prompts, allow_empty)
+        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
+        too_long(lengths, self.max_tokens, prompts)
+        batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
+                               return_tensors="pt")
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        use_mask = self.masked or bool(getattr(self.encoder.config, "use_attention_mask", False))
+        tokens = self.encoder(ids, attention_mask=mask if use_mask else None)[0].float()  # (B, L, D)
+        text_mask = mask.bool() if self.masked else torch.ones_like(mask, dtype=torch.bool)
+        return {"text_tokens": tokens, "text_mask": text_mask}
+
+    def null(self, n: int) -> dict:
+        return self.encode([""], allow_empty=True)
+
+    def given(self, request) -> bool:
+        return request.prompts is not None
+
+    def check_request(self, request) -> None:
+        if request.negative_prompt is not None and request.prompts is None:
+            raise NoisecraftError("--negative-prompt needs --prompt")
+
+    def from_request(self, request, num: int, seed=None) -> dict:
+        from noisecraft.conditions.classes import per_image
+
+        prompts = per_image(request.prompts, num, "prompt")
+        unique = sorted(set(prompts))  # each distinct prompt encoded once
+        table = self.encode(unique)
+        rows = torch.tensor([unique.index(p) for p in prompts], device=self.device)
+        return {k: v[rows] for k, v in table.items()}
+
+    def unconditional(self, request) -> dict:
+        negative = request.negative_prompt
+        return self.encode([negative if negative is not None else ""], allow_empty=negative is None)
+
+    def describe(self) -> str:
+        return f"a text-to-image diffusers pipeline (text encoder {self.class_name}); use --prompt"
+
+
+def load_text_condition(root: Path, index: dict, device) -> DiffusersTextCondition | None:
+    """The pipeline's text_encoder + tokenizer as a condition (None when it has none)."""
+    entry = index.get("text_encoder")
+    if not entry or entry[1] is None:
+        return None
+    where = root / MODEL_INDEX
+    _require(entry[1] in TEXT_ENCODERS, where, f"text_encoder {entry[1]!r} is not supported; supported: "
+             f"{', '.join(TEXT_ENCODERS)}")
+    tok_entry = index.get("tokenizer")
+    _require(bool(tok_entry) and tok_entry[1] is not None, where, "the pipeline has a text_encoder but no tokenizer")
+    import transformers
+
+    tok_cls = getattr(transformers, tok_entry[1], None)
+    _require(tok_cls is not None, where, f"unknown tokenizer class {tok_entry[1]!r}")
+    try:
+        tokenizer = tok_cls.from_pretrained(str(root / "tokenizer"), local_files_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{root / 'tokenizer'}: cannot load the tokenizer: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    encoder = from_pretrained(getattr(transformers, entry[1]), root / "text_encoder", f"text encoder {entry[1]}")
+    encoder = encoder.float().to(device).eval().requires_grad_(False)
+    return DiffusersTextCondition(tokenizer, encoder, class_name=entry[1], masked=entry[1] == "T5EncoderModel")
+
+
+def class_condition(num_classes: int, config, device):
+    from noisecraft.conditions.classes import ClassCondition
+
+    cond = ClassCondition(config)
+    cond.class_names = []  # a diffusers folder names no dataset (keeps ClassCondition from looking one up)
+    cond.device = torch.device(device)
+    return cond
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def run_config(name: str, net_cfg: dict, shape: tuple, scheduler: dict):
+    """A RunConfig describing the loaded folder: its name, a network config of its shape, the schedule, and
+    sampling defaults of the scheduler's family."""
+    from noisecraft.models.dit import DiTConfig
+    from noisecraft.models.unet import UNetConfig
+    from noisecraft.training.config import DiffusionConfig, RunConfig, SampleConfig
+
+    classes = _num_classes(net_cfg)
+    if net_cfg["_class_name"].startswith("UNet"):
+        model, network = "unet", UNetConfig(in_channels=shape[0])
+    else:
+        p = int(net_cfg.get("patch_size") or 2)
+        model, network = "dit", DiTConfig(in_channels=shape[0], input_size=shape[1], patch_size=p, num_classes=classes)
+    trained = scheduler.get("trained_betas")
+    diffusion = DiffusionConfig(
+        schedule="linear" if trained is not None else BETA_SCHEDULES[scheduler.get("beta_schedule", "linear")],
+        num_timesteps=len(trained) if trained is not None else int(scheduler.get("num_train_timesteps", 1000)),
+        beta_start=float(trained[0] if trained is not None else scheduler.get("beta_start", 1e-4)),
+        beta_end=float(trained[-1] if trained is not None else scheduler.get("beta_end", 0.02)),
+        prediction=PREDICTIONS[scheduler.get("prediction_type", "epsilon")])
+    karras = bool(scheduler.get("use_karras_sigmas"))
+    sample = SampleConfig(sampler=SAMPLER_OF.get(scheduler.get("_class_name"), "dpmpp_2m"), steps=25,
+                          step_schedule="karras" if karras else "trailing", num=16)
+    return RunConfig(name=name, model=model, network=network, diffusion=diffusion, sample=sample)
+
+
+def _find_scheduler(folder: Path, scheduler_config: dict | None) -> dict:
+    if scheduler_config is not None:
+        return dict(scheduler_config)
+    for path in (folder / SCHEDULER_CONFIG, folder.parent / "scheduler" / SCHEDULER_CONFIG):
+        if path.is_file():
+            return read_json(path)
+    warnings.warn(f"{folder}: no scheduler_config.json beside the model (nor ../scheduler/); assuming diffusers' "
+                  f"DDPMScheduler defaults (linear betas 1e-4..0.02 over 1000 steps, epsilon prediction)",
+                  stacklevel=3)
+    return dict(DEFAULT_SCHEDULER)
+
+
+def _pipeline_parts(root: Path) -> tuple[Path, dict, dict]:
+    """(network folder, model_index, scheduler config) of a pipeline folder; refuses what is not supported."""
+    index = read_json(root / MODEL_INDEX)
+    where = root / MODEL_INDEX
+    keys = [k for k in NETWORK_KEYS if index.get(k) and index[k][1] is not None]
+    _require(len(keys) == 1, where, f"needs exactly one of {', '.join(NETWORK_KEYS)}, found {keys or 'none'}")
+    for extra in ("text_encoder_2", "text_encoder_3", "prior", "image_encoder", "controlnet", "adapter"):
+        _require(not (index.get(extra) and index[extra][1] is not None), where,
+                 f"{index.get('_class_name')} has {extra}, which is not supported (one text encoder only)")
+    name = index[keys[0]][1]
+    if name not in NETWORKS:
+        raise unsupported_class(where, name)
+    _require((root / "scheduler" / SCHEDULER_CONFIG).is_file(), where, "no scheduler/scheduler_config.json")
+    return root / keys[0], index, read_json(root / "scheduler" / SCHEDULER_CONFIG)
+
+
+def load_diffusers_run(path, *, use_ema: bool = True, device: str = "cpu", scheduler_config: dict | None = None):
+    """A diffusers model or pipeline folder -> `pipelines.Run` (module docstring). use_ema is accepted for the
+    LOADERS signature; a diffusers folder holds one set of weights (Run.ema is False). scheduler_config: the
+    noise schedule of a model folder that has no scheduler_config.json (else diffusers' DDPM defaults, warned)."""
+    from noisecraft.core.denoiser import Denoiser
+    from noisecraft.pipelines.run import Run
+
+    root = Path(path)
+    if (root / MODEL_INDEX).is_file():
+        net_dir, index, scheduler = _pipeline_parts(root)
+    else:
+        net_dir, index = root, {}
+        check_network_config(read_json(root / CONFIG), root / CONFIG)
+        scheduler = _find_scheduler(root, scheduler_config)
+    where = root / "scheduler" / SCHEDULER_CONFIG if index else root / SCHEDULER_CONFIG
+    schedule, prediction = diffusers_schedule(scheduler, where), diffusers_prediction(scheduler, where)
+    net, net_cfg = load_network(net_dir, device)
+    shape = data_shape_of(net_cfg)
+    config = run_config(root.resolve().name, net_cfg, shape, scheduler)
+    conditions = _conditions(root, index, net, config, device)
+    autoencoder = _autoencoder(root, index, shape, device)
+    extra = {"format": "diffusers", "class_name": net_cfg["_class_name"], "scheduler_config": scheduler,
+             "model_index": index}
+    denoiser = Denoiser(net, schedule, prediction).eval()
+    return Run(denoiser, config, shape, conditions, 0, root, autoencoder, False, extra)
+
+
+def _conditions(root: Path, index: dict, net: DiffusersNet, config, device) -> ConditionSet:
+    out = []
+    if net.cond_spec.num_classes:
+        out.append(class_condition(net.cond_spec.num_classes, config, device))
+    text = load_text_condition(root, index, device) if index else None
+    if text is not None:
+        _require(net.cond_spec.context_dim > 0, root / MODEL_INDEX, "has a text encoder but its network reads no text")
+        width = text.encoder.config.hidden_size if hasattr(text.encoder.config, "hidden_size") \
+            else text.encoder.config.d_model
+        _require(width == net.cond_spec.context_dim, root / MODEL_INDEX,
+                 f"the text encoder's width {width} differs from the network's cross-attention width "
+                 f"{net.cond_spec.context_dim}")
+        out.append(text)
+    return ConditionSet(out)
+
+
+def _autoencoder(root: Path, index: dict, shape: tuple, device):
+    entry = index.get("vae")
+    if not entry or entry[1] is None:
+        return None
+    _require(entry[1] == "AutoencoderKL", root / MODEL_INDEX, f"vae {entry[1]!r} is not supported; supported: "
+             f"AutoencoderKL")
+    from noisecraft.autoencoder import load_autoencoder
+
+    check_weights(root / "vae")
+    ae = load_autoencoder(root / "vae", device=device)
+    _require(ae.config.latent_channels == shape[0], root / MODEL_INDEX,
+             f"the vae has {ae.config.latent_channels} latent channels, the network takes {shape[0]}")
+    return ae

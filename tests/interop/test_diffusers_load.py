@@ -1,0 +1,237 @@
+"""diffusers folders load as noisecraft runs (noisecraft.interop.diffusers_load): the same model gives the same
+numbers as diffusers, per denoiser call and for a whole generation, and bad folders are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import noisecraft
+from conftest import (
+    diffusers,
+    scheduler_for,
+    tiny_dit_dir,
+    tiny_sd_pipeline,
+    tiny_unet2d,
+    tiny_unet2d_dir,
+)
+from noisecraft.core.random import make_generators, randn_like
+from noisecraft.errors import CheckpointError, NoisecraftError
+from noisecraft.pipelines import Request, generate, plan
+
+TIMESTEPS = (0, 1, 37, 250, 500, 777, 998, 999)  # a sample of the 1000 training timesteps, both ends included
+
+
+def vp_to_x0(out: torch.Tensor, x_vp: torch.Tensor, abar: float, prediction: str) -> torch.Tensor:
+    """diffusers' network output at x_t = sqrt(abar) x0 + sqrt(1 - abar) eps -> its x0 estimate (float64)."""
+    a, s = math.sqrt(abar), math.sqrt(1 - abar)
+    if prediction == "epsilon":
+        return (x_vp - s * out) / a
+    if prediction == "v_prediction":  # v = a eps - s x0
+        return a * x_vp - s * out
+    return out
+
+
+def denoiser_error(run, call, shape, prediction, abar, cond=None, seed=0) -> float:
+    """max |D(x, sigma_t) - diffusers' x0| over TIMESTEPS, x in float64 (so both see the same float32 input)."""
+    worst = 0.0
+    g = torch.Generator().manual_seed(seed)
+    for t in TIMESTEPS:
+        a = float(abar[t])
+        sigma = math.sqrt((1 - a) / a)
+        assert float(run.denoiser.schedule.c_noise(torch.tensor([sigma], dtype=torch.float64))) == pytest.approx(t)
+        x_vp = torch.randn(*shape, generator=g)
+        ours = run.denoiser(x_vp.double() * math.sqrt(1 + sigma**2), sigma, cond)
+        with torch.no_grad():
+            ref = vp_to_x0(call(x_vp, torch.tensor([t] * shape[0])).double(), x_vp.double(), a, prediction)
+        worst = max(worst, float((ours - ref).abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_unet2d_denoiser_matches_diffusers(tmp_path, prediction):
+    run = noisecraft.load(tiny_unet2d_dir(tmp_path, prediction))
+    assert run.data_shape == (3, 16, 16) and run.autoencoder is None and not run.conditions
+    assert run.denoiser.prediction.kind == {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}[prediction]
+    unet = tiny_unet2d(prediction)
+    abar = scheduler_for("ddpm", prediction).alphas_cumprod.double()
+    torch.testing.assert_close(run.denoiser.schedule.alphas_cumprod, abar, rtol=0, atol=1e-15)
+    err = denoiser_error(run, lambda x, t: unet(x, t).sample, (2, 3, 16, 16), prediction, abar)
+    assert err <= 1e-5, err
+
+
+def test_sd_unet_with_text_matches_diffusers(tmp_path):
+    folder = tmp_path / "sd"
+    tiny_sd_pipeline(tmp_path).save_pretrained(folder, safe_serialization=True)
+    run = noisecraft.load(folder)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    text = run.conditions.get("text")
+    cond = text.encode(["a red dog", "cat"])
+    embeds, _ = pipe.encode_prompt(["a red dog", "cat"], "cpu", 1, False)
+    torch.testing.assert_close(cond["text_tokens"], embeds, rtol=0, atol=0)  # the pipeline's own encoding
+    assert cond["text_tokens"].shape == (2, 77, 32) and bool(cond["text_mask"].all())
+    err = denoiser_error(run, lambda x, t: pipe.unet(x, t, encoder_hidden_states=embeds).sample, (2, 4, 8, 8),
+                         "epsilon", pipe.scheduler.alphas_cumprod.double(), cond=cond)
+    assert err <= 1e-5, err
+
+
+def unit_noise(num: int, shape, seed: int = 0) -> torch.Tensor:
+    """The unit noise `generate` draws for images seed .. seed + num - 1."""
+    return randn_like(torch.empty(num, *shape), make_generators(seed, num))
+
+
+@pytest.mark.parametrize("scheduler,sampler,spacing", [("euler", "euler", "trailing"), ("ddim", "ddim", "leading")])
+def test_sd_generation_matches_pipeline(tmp_path, scheduler, sampler, spacing):
+    """StableDiffusionPipeline with the same algorithm (Euler on trailing / DDIM eta 0 on leading timesteps),
+    guidance, steps, negative prompt and starting latents: the same latents and the same decoded images."""
+    folder = tmp_path / "sd"
+    tiny_sd_pipeline(tmp_path, scheduler).save_pretrained(folder, safe_serialization=True)
+    run = noisecraft.load(folder)
+    request = Request(prompts=("a red dog",), negative_prompt="cat", guidance=3.0, sampler=sampler, steps=6,
+                      step_schedule=spacing, seed=5, num=2)
+    out = generate(run, request)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    if scheduler == "ddim":  # the pipeline's constructor rewrites steps_offset 0 to 1 (get_sigmas has no offset)
+        pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0)
+    sigma0 = float(plan(run, request).sigmas[0])
+    start = unit_noise(2, run.data_shape, seed=5) * sigma0  # noisecraft's first x (VE view)
+    # the pipeline multiplies its latents by init_noise_sigma (Euler: sigma0; DDIM: 1, the VP view)
+    latents = start / (pipe.scheduler.init_noise_sigma if scheduler == "euler" else math.sqrt(1 + sigma0**2))
+    ref = pipe("a red dog", negative_prompt="cat", guidance_scale=3.0, num_inference_steps=6, height=16, width=16,
+               num_images_per_prompt=2, latents=latents, output_type="latent").images
+    err = float((out.samples - ref).abs().max())
+    assert err <= 1e-4, (err, float(ref.abs().max()))
+    with torch.no_grad():
+        decoded = pipe.vae.decode(ref / pipe.vae.config.scaling_factor).sample
+    assert float((out.images - decoded).abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_unet2d_generation_matches_euler_scheduler(tmp_path, prediction):
+    """A pixel UNet2DModel sampled by our euler on trailing timesteps = diffusers' EulerDiscreteScheduler loop
+    (init_noise_sigma, scale_model_input, step: as StableDiffusionPipeline drives it)."""
+    run = noisecraft.load(tiny_unet2d_dir(tmp_path, prediction, scheduler="euler"))
+    assert run.config.sample.sampler == "euler"
+    out = generate(run, Request(sampler="euler", steps=5, step_schedule="trailing", seed=1, num=2))
+    unet, sched = tiny_unet2d(prediction), scheduler_for("euler", prediction)
+    sched.set_timesteps(5)
+    x = unit_noise(2, (3, 16, 16), seed=1) * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
+    err, scale = float((out.samples - x).abs().max()), float(x.abs().max())
+    assert err <= 1e-4 * max(1.0, scale), (err, scale)  # float32 rounding at |x| ~ sigma_max = 157
+
+
+def test_dit_class_conditional_matches_diffusers(tmp_path):
+    """DiTTransformer2DModel (learned sigma: the first C channels are eps); null label = num_classes."""
+    folder = tiny_dit_dir(tmp_path, num_classes=10)
+    run = noisecraft.load(folder)
+    assert run.data_shape == (4, 8, 8) and run.conditions.get("class") is not None
+    dit = diffusers.DiTTransformer2DModel.from_pretrained(folder, local_files_only=True)
+    labels = torch.tensor([3, 10])  # a class and the null label
+    abar = scheduler_for("ddpm").alphas_cumprod.double()
+    err = denoiser_error(run, lambda x, t: dit(x, t, class_labels=labels).sample[:, :4], (2, 4, 8, 8), "epsilon",
+                         abar, cond={"class_labels": labels})
+    assert err <= 1e-5, err
+    out = generate(run, Request(class_ids=(3,), guidance=4.0, steps=3, num=2))
+    assert out.samples.shape == (2, 4, 8, 8) and torch.isfinite(out.samples).all()
+
+
+def test_cli_samples_a_pipeline_folder(tmp_path, capsys):
+    from PIL import Image
+
+    from noisecraft.cli.main import main
+
+    folder = tmp_path / "sd"
+    tiny_sd_pipeline(tmp_path, "euler").save_pretrained(folder, safe_serialization=True)
+    out = tmp_path / "samples"
+    code = main(["sample", "--checkpoint", str(folder), "--prompt", "a red dog", "--guidance", "3", "--sampler",
+                 "DPM++ 2M Karras", "--steps", "10", "--num", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 2
+    info = Image.open(files[0]).text["parameters"]
+    assert "Sampler: dpmpp_2m" in info and "Schedule type: karras" in info and "CFG scale: 3" in info
+    assert main(["sample", "--checkpoint", str(folder), "--class", "1", "--num", "1", "--out", str(out)]) == 2
+    assert "text-to-image diffusers pipeline" in capsys.readouterr().err
+
+
+def one_line_error(path, match: str, cls=CheckpointError) -> str:
+    with pytest.raises(cls, match=match) as e:
+        noisecraft.load(path)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_unsupported_class_is_one_line(tmp_path):
+    folder = tmp_path / "unet3d"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"_class_name": "UNet3DConditionModel", "sample_size": 8}')
+    msg = one_line_error(folder, "UNet3DConditionModel")
+    assert "UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel, Transformer2DModel" in msg
+    pipe = tmp_path / "pipe"
+    pipe.mkdir()
+    (pipe / "model_index.json").write_text('{"_class_name": "X", "unet": ["diffusers", "UNetMotionModel"]}')
+    one_line_error(pipe, "UNetMotionModel.*supported: UNet2DModel")
+    vae = tmp_path / "vae"
+    diffusers.AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=2).save_pretrained(vae)
+    one_line_error(vae, "'AutoencoderKL' is not a network")
+
+
+def test_unsupported_variants_are_one_line(tmp_path):
+    folder = tiny_unet2d_dir(tmp_path, scheduler="ddpm", rescale_betas_zero_snr=True)
+    one_line_error(folder, "rescale_betas_zero_snr")
+    folder = tiny_unet2d_dir(tmp_path / "b")
+    config = json.loads((folder / "scheduler_config.json").read_text())
+    (folder / "scheduler_config.json").write_text(json.dumps({**config, "beta_schedule": "laplace"}))
+    one_line_error(folder, "beta_schedule 'laplace' is not supported")
+
+
+def test_pickle_only_folder_is_refused_unopened(tmp_path, monkeypatch):
+    folder = tmp_path / "pickled"
+    tiny_unet2d().save_pretrained(folder, safe_serialization=False)
+    scheduler_for("ddpm").save_pretrained(folder)
+    assert (folder / "diffusion_pytorch_model.bin").is_file()
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load called on a pickle")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    one_line_error(folder, "only pickle weights .*diffusion_pytorch_model.bin.*safetensors")
+
+
+def test_truncated_safetensors_is_one_line(tmp_path):
+    folder = tmp_path / "sd"
+    tiny_sd_pipeline(tmp_path).save_pretrained(folder, safe_serialization=True)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    one_line_error(folder, "truncated or corrupt")
+
+
+def test_model_folder_without_text_encoder_explains(tmp_path):
+    """A UNet2DConditionModel folder alone loads (its denoiser works with cond['text_tokens']), but sampling it
+    without tokens says to load the pipeline folder."""
+    from conftest import tiny_sd_unet
+
+    folder = tmp_path / "unet"
+    tiny_sd_unet().save_pretrained(folder, safe_serialization=True)
+    scheduler_for("euler").save_pretrained(folder)
+    run = noisecraft.load(folder)
+    x = torch.randn(1, 4, 8, 8)
+    assert run.denoiser(x, 1.0, {"text_tokens": torch.randn(1, 5, 32)}).shape == x.shape
+    with pytest.raises(NoisecraftError, match="load its pipeline folder"):
+        generate(run, Request(steps=2, num=1))
+
+
+def test_our_run_directories_are_not_claimed(tmp_path):
+    from noisecraft.interop.diffusers_load import is_diffusers_folder
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"name": "mnist", "model": "unet"}')
+    assert not is_diffusers_folder(run_dir)
+    assert is_diffusers_folder(tiny_unet2d_dir(tmp_path))
