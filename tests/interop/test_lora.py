@@ -388,3 +388,31 @@ def test_apply_lora_to_run_routes_components(base_unet, base_text_encoder, tmp_p
     with pytest.raises(NoisecraftError, match="no module for 6 LoRA layers"):
         apply_lora_to_run(run, [(tmp_path / "both.safetensors", 1.0)], strict=True)
     assert all(torch.equal(v, base_unet.state_dict()[k]) for k, v in run.denoiser.net.unet.state_dict().items())
+
+
+def test_lora_on_a_loaded_diffusers_run_matches_the_pipelines_load_lora_weights(tmp_path):
+    pytest.importorskip("peft")
+    pytest.importorskip("noisecraft.interop.diffusers_load")
+    import noisecraft
+    from conftest import tiny_sd_pipeline_dir
+
+    folder = tiny_sd_pipeline_dir(tmp_path)
+    run = noisecraft.load(folder)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder)
+    unet, te = run.denoiser.net.module, next(iter(run.conditions)).encoder
+    sd = {}
+    for name, (down, up) in random_layers(unet).items():
+        sd[f"unet.{name}.lora_A.weight"], sd[f"unet.{name}.lora_B.weight"] = down, up
+    for name, (down, up) in text_layers(te).items():
+        sd[f"text_encoder.{name}.lora_A.weight"], sd[f"text_encoder.{name}.lora_B.weight"] = down, up
+    save_file(sd, str(tmp_path / "sd_lora.safetensors"))
+    reports = apply_lora_to_run(run, [(tmp_path / "sd_lora.safetensors", 0.7)], strict=True)
+    assert set(reports) == {"unet", "text_encoder"} and len(reports["text_encoder"].applied) == 6
+    pipe.load_lora_weights(str(tmp_path), weight_name="sd_lora.safetensors", adapter_name="x")
+    pipe.set_adapters(["x"], adapter_weights=[0.7])
+    g = torch.Generator().manual_seed(0)
+    x, c, ids = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g), torch.tensor([[0, 5, 9, 1]])
+    with torch.no_grad():
+        assert (unet(x, 10, c).sample - pipe.unet(x, 10, c).sample).abs().max().item() <= 1e-5
+        text_diff = (te(ids).last_hidden_state - pipe.text_encoder(ids).last_hidden_state).abs().max().item()
+    assert text_diff <= 1e-5, text_diff

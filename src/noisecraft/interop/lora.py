@@ -414,68 +414,72 @@ def _problems(unmatched, unsupported, loras, prefix) -> str:
 
 
 def _components_of_run(run) -> dict[str, nn.Module]:
-    """The modules of a Run a LoRA's components target: {'unet': ..., 'text_encoder': ...}.
+    """The modules of a Run that a LoRA's components target: {'unet' (or 'transformer'): ..., 'text_encoder': ...}.
 
-    The diffusers UNet is the module the denoiser's network wraps (any nn.Module attribute of
-    `run.denoiser.net` whose class comes from diffusers), else the network itself; text encoders
-    are looked for in `run.extra` and on the run's conditions.
+    `noisecraft.interop.diffusers_load` runs hold the diffusers network as `run.denoiser.net.module`
+    (DiffusersNet) and the text encoder as the `encoder` of a text condition (DiffusersTextCondition);
+    any other network is taken as it is (our own UNet / DiT: the file's names must be ours). A text
+    encoder in `run.extra["text_encoder"]` is used too.
     """
     net = run.denoiser.net
-    found = {"unet": _diffusers_inner(net) or net}
+    inner = _diffusers_inner(net)
+    network = inner if inner is not None else net
+    found = {"transformer" if "Transformer" in type(network).__name__ else "unet": network}
+    for condition in getattr(run, "conditions", None) or ():
+        encoder = getattr(condition, "encoder", None)
+        if isinstance(encoder, nn.Module) and type(encoder).__module__.startswith("transformers."):
+            found.setdefault("text_encoder", encoder)
+    extra = getattr(run, "extra", None) or {}
     for key in ("text_encoder", "text_encoder_2"):
-        te = run.extra.get(key) if isinstance(getattr(run, "extra", None), dict) else None
-        te = te if te is not None else getattr(run, key, None)
-        if isinstance(te, nn.Module):
-            found[key] = te
+        if isinstance(extra.get(key), nn.Module):
+            found.setdefault(key, extra[key])
     return found
 
 
 def _diffusers_inner(net: nn.Module) -> nn.Module | None:
-    if type(net).__module__.startswith("diffusers."):
-        return net
-    for child in net.children():
-        if type(child).__module__.startswith("diffusers."):
-            return child
-    return None
+    """The diffusers module a noisecraft network wraps (DiffusersNet.module, or any direct child), or None."""
+    candidates = [net, getattr(net, "module", None), *net.children()]
+    return next((m for m in candidates if isinstance(m, nn.Module) and type(m).__module__.startswith("diffusers.")),
+                None)
 
 
 def apply_lora_to_run(run, loras, *, strict: bool = False) -> dict[str, LoRAReport]:
-    """Merge [(path or LoRA, scale), ...] into a loaded Run: each file's `unet.` layers into its UNet,
-    `text_encoder.` layers into its text encoder where the run has one. Layers without a component
-    prefix go to the UNet. Returns {component: report}; layers for a component the run lacks are
-    reported as unmatched in the UNet's report (and warned about, or an error with `strict=True`)."""
+    """Merge [(path or LoRA, scale), ...] into a loaded Run: each file's `unet.` (or `transformer.`) layers
+    into its network, `text_encoder.` layers into its text encoder; layers without a component prefix go
+    to the network. Returns {component: report}. Layers for a component the run lacks are listed in the
+    network's report and warned about; with `strict=True` they (or any unmatched layer) are an error and
+    no weight changes."""
     loras = [(lora if isinstance(lora, LoRA) else load_lora(lora), scale) for lora, scale in loras]
     parts = _components_of_run(run)
+    network = next(iter(parts))  # 'unet' or 'transformer': where unprefixed layers go
+    missing = [layer.key for lora, _ in loras for n, layer in lora.layers.items()
+               if n.split(".", 1)[0] in COMPONENTS and n.split(".", 1)[0] not in parts]
+    message = f"the run has no module for {len(missing)} LoRA layers: {', '.join(missing)}"
+    if missing and strict:
+        raise NoisecraftError(message)
     reports = {}
     try:
         for component, module in parts.items():
-            selected = [(_select(lora, component), scale) for lora, scale in loras]
+            selected = [(_select(lora, component, network), scale) for lora, scale in loras]
             reports[component] = apply_lora(module, selected, prefix="", strict=strict)
     except NoisecraftError:
         for report in reversed(list(reports.values())):  # all or nothing
             report.unmerge()
         raise
-    missing = [layer.key for lora, _ in loras for n, layer in lora.layers.items()
-               if n.split(".", 1)[0] in COMPONENTS and n.split(".", 1)[0] not in parts]
     if missing:
-        message = f"the run has no module for {len(missing)} LoRA layers: {', '.join(missing)}"
-        if strict:
-            for report in reports.values():
-                report.unmerge()
-            raise NoisecraftError(message)
         warnings.warn(message, stacklevel=2)
-        reports["unet"].unmatched.extend(missing)
+        reports[network].unmatched.extend(missing)
     return reports
 
 
-def _select(lora: LoRA, component: str) -> LoRA:
-    """The layers of `lora` for `component`, with the component prefix removed (unprefixed layers count as 'unet')."""
+def _select(lora: LoRA, component: str, network: str) -> LoRA:
+    """The layers of `lora` for `component`, its prefix removed; unprefixed layers belong to the `network`."""
     layers = {}
     for name, layer in lora.layers.items():
         head, _, rest = name.partition(".")
         if head == component:
             layers[rest] = layer
-        elif head not in COMPONENTS and component == "unet":
+        elif head not in COMPONENTS and component == network:
             layers[name] = layer
-    unsupported = lora.unsupported if component == "unet" else ()
+    unsupported = lora.unsupported if component == network else ()
     return LoRA(layers=layers, unsupported=unsupported, format=lora.format, path=lora.path)
