@@ -416,3 +416,14 @@ def test_lora_on_a_loaded_diffusers_run_matches_the_pipelines_load_lora_weights(
         assert (unet(x, 10, c).sample - pipe.unet(x, 10, c).sample).abs().max().item() <= 1e-5
         text_diff = (te(ids).last_hidden_state - pipe.text_encoder(ids).last_hidden_state).abs().max().item()
     assert text_diff <= 1e-5, text_diff
+
+
+def test_cli_lora_spec_parsing():
+    from noisecraft.interop.lora import parse_lora_spec
+
+    assert parse_lora_spec("style.safetensors") == ("style.safetensors", 1.0)
+    assert parse_lora_spec("dir/style.safetensors:0.8") == ("dir/style.safetensors", 0.8)
+    assert parse_lora_spec("C:/loras/a.safetensors:-1") == ("C:/loras/a.safetensors", -1.0)
+    assert parse_lora_spec("C:/loras/a.safetensors") == ("C:/loras/a.safetensors", 1.0)
+    with pytest.raises(NoisecraftError, match="must be a number"):
+        parse_lora_spec("a.safetensors:strong")

@@ -22,6 +22,12 @@ pickle files are refused before anything in them is unpickled.
 `apply_lora` merges several LoRAs at once and returns a `LoRAReport` whose `unmerge()` puts the
 exact original weights back. Keys that match no layer are listed by name in the report (and
 warned about, or an error with `strict=True`); nothing in a file is dropped silently.
+
+Not read: LyCORIS (LoHa/LoKr), DoRA magnitudes and full-weight diffs are listed as unsupported keys;
+kohya SDXL files in the original LDM naming (lora_unet_input_blocks_...) are listed as unmatched.
+Known peer difference: with transformers >= 5 (flat CLIPTextModel), diffusers 0.42's
+`lora_state_dict` + `load_lora_into_text_encoder` leaves a kohya file's text-encoder attention
+layers (q/k/v/out_proj) out with only a log line; here they are applied like the peft-key file.
 """
 
 from __future__ import annotations
@@ -483,3 +489,22 @@ def _select(lora: LoRA, component: str, network: str) -> LoRA:
             layers[name] = layer
     unsupported = lora.unsupported if component == network else ()
     return LoRA(layers=layers, unsupported=unsupported, format=lora.format, path=lora.path)
+
+
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    """'FILE[:SCALE]' (the CLI's --lora) -> (FILE, SCALE); SCALE defaults to 1."""
+    path, sep, scale = spec.rpartition(":")
+    if not sep or not scale or "/" in scale or "\\" in scale:
+        return spec, 1.0
+    try:
+        return path, float(scale)
+    except ValueError:
+        raise NoisecraftError(f"--lora {spec!r}: the scale after ':' must be a number, e.g. style.safetensors:0.8") \
+            from None
+
+
+def apply_lora_specs(run, specs, *, strict: bool = True) -> dict[str, LoRAReport]:
+    """`apply_lora_to_run` for the CLI's --lora FILE[:SCALE] values (none: nothing happens)."""
+    if not specs:
+        return {}
+    return apply_lora_to_run(run, [parse_lora_spec(spec) for spec in specs], strict=strict)
