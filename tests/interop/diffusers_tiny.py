@@ -1,5 +1,6 @@
 """Tiny diffusers models with random weights, built and saved in the test (no hub): shared builders for the
-interop tests. Every model has norm_num_groups below 32 so that widths of 8-32 work.
+interop tests (re-exported by tests/interop/conftest.py; import them from here, a unique module name, as
+`from diffusers_tiny import ...`). Every model has norm_num_groups below 32 so that widths of 8-32 work.
 
     tiny_unet2d(prediction)                     a UNet2DModel (3 x 16 x 16)
     tiny_unet2d_dir(tmp_path, prediction)       its folder: config.json + safetensors + scheduler_config.json
@@ -18,6 +19,10 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
+
+__all__ = ["PREDICTION_TYPES", "SD_BETAS", "diffusers", "scheduler_for", "tiny_clip", "tiny_dit", "tiny_dit_dir",
+           "tiny_sd_pipeline", "tiny_sd_pipeline_dir", "tiny_sd_unet", "tiny_unet2d", "tiny_unet2d_dir", "tiny_vae",
+           "transformers"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # Stable Diffusion's

@@ -8,9 +8,7 @@ import math
 
 import pytest
 import torch
-
-import noisecraft
-from conftest import (
+from diffusers_tiny import (
     diffusers,
     scheduler_for,
     tiny_dit_dir,
@@ -18,6 +16,8 @@ from conftest import (
     tiny_unet2d,
     tiny_unet2d_dir,
 )
+
+import noisecraft
 from noisecraft.core.random import make_generators, randn_like
 from noisecraft.errors import CheckpointError, NoisecraftError
 from noisecraft.pipelines import Request, generate, plan
@@ -215,7 +215,7 @@ def test_truncated_safetensors_is_one_line(tmp_path):
 def test_model_folder_without_text_encoder_explains(tmp_path):
     """A UNet2DConditionModel folder alone loads (its denoiser works with cond['text_tokens']), but sampling it
     without tokens says to load the pipeline folder."""
-    from conftest import tiny_sd_unet
+    from diffusers_tiny import tiny_sd_unet
 
     folder = tmp_path / "unet"
     tiny_sd_unet().save_pretrained(folder, safe_serialization=True)
