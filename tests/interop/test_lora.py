@@ -427,3 +427,29 @@ def test_cli_lora_spec_parsing():
     assert parse_lora_spec("C:/loras/a.safetensors") == ("C:/loras/a.safetensors", 1.0)
     with pytest.raises(NoisecraftError, match="must be a number"):
         parse_lora_spec("a.safetensors:strong")
+
+
+def test_cli_sample_with_lora_changes_the_image_and_refuses_foreign_keys(tmp_path, capsys):
+    pytest.importorskip("noisecraft.interop.diffusers_load")
+    from PIL import Image
+
+    import noisecraft
+    from conftest import tiny_sd_pipeline_dir
+    from noisecraft.cli.main import main
+
+    folder = tiny_sd_pipeline_dir(tmp_path)
+    unet = noisecraft.load(folder).denoiser.net.module
+    sd = {}
+    for name, (down, up) in random_layers(unet).items():
+        sd[f"unet.{name}.lora_A.weight"], sd[f"unet.{name}.lora_B.weight"] = down * 5, up * 5
+    save_file(sd, str(tmp_path / "style.safetensors"))
+    base = ["sample", "--checkpoint", str(folder), "--prompt", "a cat", "--steps", "2", "--num", "1"]
+    assert main([*base, "--out", str(tmp_path / "plain.png")]) == 0
+    assert main([*base, "--lora", f"{tmp_path / 'style.safetensors'}:0.8", "--out", str(tmp_path / "lora.png")]) == 0
+    assert Image.open(tmp_path / "plain.png").tobytes() != Image.open(tmp_path / "lora.png").tobytes()
+    save_file({"unet.no_such_block.to_q.lora_A.weight": torch.zeros(2, 4),
+               "unet.no_such_block.to_q.lora_B.weight": torch.zeros(4, 2)}, str(tmp_path / "foreign.safetensors"))
+    capsys.readouterr()
+    assert main([*base, "--lora", str(tmp_path / "foreign.safetensors"), "--out", str(tmp_path / "f.png")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("noisecraft:")]
+    assert len(err) == 1 and "no_such_block" in err[0]  # one line, naming the key (transformers' bar aside)

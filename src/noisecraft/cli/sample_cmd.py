@@ -43,6 +43,9 @@ def add_parser(sub) -> None:
                                         "sigma (.png strip or .gif)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     _add_conditioning(p)
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="merge a LoRA .safetensors file (diffusers/peft or kohya keys) into the model with this "
+                        "scale (default 1); repeatable; keys that match nothing are an error naming them")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
@@ -99,6 +102,10 @@ def run(args) -> int:
     from noisecraft.pipelines import load
 
     loaded = load(args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    if args.lora:
+        from noisecraft.interop.lora import apply_lora_specs
+
+        apply_lora_specs(loaded, args.lora)
     frames = []
 
     def record(info):
