@@ -235,3 +235,24 @@ def test_our_run_directories_are_not_claimed(tmp_path):
     (run_dir / "config.json").write_text('{"name": "mnist", "model": "unet"}')
     assert not is_diffusers_folder(run_dir)
     assert is_diffusers_folder(tiny_unet2d_dir(tmp_path))
+
+
+def test_ddpm_pipeline_folder_with_trained_betas(tmp_path):
+    """A DDPMPipeline folder (UNet2DModel + scheduler/) loads; trained_betas and squaredcos_cap_v2 give diffusers'
+    own alphas_cumprod (float32 arithmetic, as its schedulers compute them)."""
+    cosine = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    trained = diffusers.DDPMScheduler(trained_betas=cosine.betas.double().tolist(), prediction_type="v_prediction")
+    folder = tmp_path / "ddpm"
+    diffusers.DDPMPipeline(unet=tiny_unet2d("v_prediction"), scheduler=trained).save_pretrained(folder)
+    run = noisecraft.load(folder)
+    assert run.data_shape == (3, 16, 16) and run.denoiser.prediction.kind == "v" and run.config.name == "ddpm"
+    torch.testing.assert_close(run.denoiser.schedule.alphas_cumprod, trained.alphas_cumprod.double(), rtol=0,
+                               atol=1e-15)
+    unet = tiny_unet2d("v_prediction")
+    err = denoiser_error(run, lambda x, t: unet(x, t).sample, (1, 3, 16, 16), "v_prediction",
+                         trained.alphas_cumprod.double())
+    assert err <= 1e-5, err
+    from noisecraft.interop.diffusers_load import diffusers_alphas_cumprod
+
+    torch.testing.assert_close(diffusers_alphas_cumprod(dict(cosine.config)), cosine.alphas_cumprod.double(),
+                               rtol=0, atol=0)
