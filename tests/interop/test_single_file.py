@@ -194,3 +194,34 @@ def test_extra_keys_of_real_checkpoints_are_left(written, tmp_path):
     parts = read_single_file(tmp_path / "full.safetensors", config_dir)
     _same(parts["unet"], unet.state_dict())
     _same(parts["vae"], vae.state_dict())
+
+
+def test_single_file_loads_as_a_run_and_samples_as_its_pipeline_folder(tmp_path, capsys):
+    """noisecraft.load(sd.safetensors, config_dir=...) and `noisecraft sample --checkpoint sd.safetensors
+    --config-dir DIR` give the run of the pipeline folder the file was written from, image for image."""
+    from diffusers_tiny import tiny_sd_pipeline
+    from PIL import Image
+
+    import noisecraft
+    from noisecraft.cli.main import main
+    from noisecraft.pipelines import Request, generate
+
+    pipe = tiny_sd_pipeline(tmp_path)
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    path = write_single_file(tmp_path / "sd.safetensors",
+                             unet=(pipe.unet.state_dict(), dict(pipe.unet.config)),
+                             vae=(pipe.vae.state_dict(), dict(pipe.vae.config)),
+                             text_encoder=(_text_names(pipe.text_encoder.state_dict()),
+                                           pipe.text_encoder.config.to_dict()))
+    request = Request(prompts=("a cat",), negative_prompt="a dog", guidance=3.0, steps=3, num=2, seed=1)
+    from_file = generate(noisecraft.load(path, config_dir=folder), request).images
+    from_folder = generate(noisecraft.load(folder), request).images
+    assert torch.equal(from_file, from_folder)
+    base = ["sample", "--checkpoint", str(path), "--prompt", "a cat", "--steps", "2", "--num", "1"]
+    assert main([*base, "--config-dir", str(folder), "--out", str(tmp_path / "s.png")]) == 0
+    assert Image.open(tmp_path / "s.png").size[0] > 0
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "t.png")]) == 2  # no configs: named, nothing downloaded
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("noisecraft:")]
+    assert len(err) == 1 and "--config-dir" in err[0]

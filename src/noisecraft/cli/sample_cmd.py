@@ -23,7 +23,12 @@ class _ListSamplers(argparse.Action):
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="generate images from a trained run")
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint.safetensors")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint.safetensors, a diffusers model or pipeline folder, or a Stable "
+                        "Diffusion single-file .safetensors")
+    p.add_argument("--config-dir",
+                   help="for a single-file checkpoint: the local diffusers folder of its family's configs "
+                        "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
     p.add_argument("--list-samplers", action=_ListSamplers, help="list the samplers, aliases and options, and exit")
     p.add_argument("--sampler", help="sampler name or alias (default: the run's); see --list-samplers")
     p.add_argument("--option", dest="options", type=key_value, action=KeyValues, metavar="KEY=VALUE",
@@ -101,7 +106,7 @@ def write_generation(run, request, out, *, callback=None) -> Path:
 def run(args) -> int:
     from noisecraft.pipelines import load
 
-    loaded = load(args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    loaded = load(args.checkpoint, use_ema=not args.no_ema, device=args.device, config_dir=args.config_dir)
     if args.lora:
         from noisecraft.interop.lora import apply_lora_specs
 

@@ -331,3 +331,39 @@ def single_file_to_diffusers_dir(path, config_dir, out_dir) -> Path:
         tensors = {k: v.contiguous() for k, v in state.items()}
         atomic_write_bytes(out / part / names[part], save(tensors, metadata={"format": "pt"}))
     return out
+
+
+def is_single_file(path) -> bool:
+    """Whether path is a .safetensors file in the original Stable Diffusion layout (reads the header only)."""
+    path = Path(path)
+    if not (path.is_file() and path.suffix.lower() == ".safetensors"):
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return any(k.startswith(UNET_PREFIX) for k in f.keys())
+    except Exception:  # not readable as safetensors: the checkpoint reader gives the error
+        return False
+
+
+def load_single_file_run(path, config_dir, *, use_ema: bool = True, device: str = "cpu"):
+    """A Stable Diffusion single-file checkpoint as a noisecraft Run: its weights converted with the configs of a
+    local diffusers pipeline folder of the same family (`config_dir`: model_index.json, unet/, vae/, text_encoder/,
+    tokenizer/, scheduler/; nothing is downloaded), then loaded as that pipeline folder."""
+    import tempfile
+
+    from noisecraft.interop.diffusers_load import load_diffusers_run
+
+    if config_dir is None:
+        raise CheckpointError(f"{path} is a Stable Diffusion single-file checkpoint; give the local diffusers folder "
+                              "of its family's configs (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
+                              "scheduler/) with config_dir= (CLI: --config-dir DIR); nothing is downloaded")
+    if not (Path(config_dir) / "model_index.json").is_file():
+        raise CheckpointError(f"{config_dir}: no model_index.json; config_dir must be a diffusers pipeline folder of "
+                              "configs (its weights are not needed)")
+    with tempfile.TemporaryDirectory(prefix="noisecraft-single-file-") as tmp:
+        folder = single_file_to_diffusers_dir(path, config_dir, Path(tmp) / "pipeline")
+        run = load_diffusers_run(folder, use_ema=use_ema, device=device)  # weights now in memory
+    run.path = Path(path)
+    return run

@@ -60,8 +60,15 @@ def _load_diffusers_folder(path, *, use_ema: bool = True, device: str = "cpu") -
 LOADERS: list[tuple[Callable, Callable]] = [(_is_diffusers_folder, _load_diffusers_folder)]
 
 
-def load(path, *, use_ema: bool = True, device: str = "cpu") -> Run:
-    """A run directory, checkpoint file or (through LOADERS) another format -> its `Run`."""
+def load(path, *, use_ema: bool = True, device: str = "cpu", config_dir=None) -> Run:
+    """A run directory, checkpoint file or (through LOADERS) another format -> its `Run`. config_dir: for a Stable
+    Diffusion single-file checkpoint, the local diffusers folder of its family's configs."""
+    from noisecraft.interop.single_file import is_single_file
+
+    if is_single_file(path):
+        from noisecraft.interop.single_file import load_single_file_run
+
+        return load_single_file_run(path, config_dir, use_ema=use_ema, device=device)
     for probe, loader in LOADERS:
         if probe(Path(path)):
             return loader(path, use_ema=use_ema, device=device)
