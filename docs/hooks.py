@@ -25,8 +25,9 @@ PACKAGES = [
     ("training", "Run configs, the trainer, checkpoints, distributed training, post-hoc EMA."),
     ("eval", "Metrics (FD, KID, precision/recall, IS), feature extractors, adherence, memorisation."),
     ("data", "Datasets: MNIST, digits, folders, glyphs, scenes, emoji, 2-D toys."),
-    ("text", "Text encoders, the caption cache, phrase slots, layout planning."),
+    ("text", "Text encoders and the caption cache."),
     ("autoencoder", "The latent-diffusion autoencoder: training, checkpoints, diffusers interop, latents."),
+    ("interop", "Other formats: diffusers folders and SD single files in, LoRA files, diffusers and ONNX out."),
 ]
 
 
