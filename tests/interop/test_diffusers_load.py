@@ -114,8 +114,6 @@ def test_sd_generation_matches_pipeline(tmp_path, scheduler, sampler, spacing):
     request = Request(prompts=("a red dog",), negative_prompt="cat", guidance=3.0, sampler=sampler, steps=6,
                       step_schedule=spacing, seed=5, num=2)
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
-    if scheduler == "ddim":  # the pipeline's constructor rewrites steps_offset 0 to 1 (get_sigmas has no offset)
-        pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0)
     err, image_err = pipeline_generation_errors(run, pipe, request, scheduler)
     assert err <= 1e-4 and image_err <= 1e-4, (err, image_err)
 
@@ -124,6 +122,31 @@ def sd2_folder(tmp_path, scheduler="euler"):
     folder = tmp_path / f"sd2-{scheduler}"
     tiny_sd2_pipeline(tmp_path, scheduler).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_steps_offset_generation_matches_pipeline(tmp_path, offset):
+    """The scheduler's steps_offset is the run's leading offset: DDIM on leading timesteps t_i + offset, as the
+    pipeline's DDIMScheduler steps them (SD's own offset 1, which StableDiffusionPipeline's constructor writes
+    into a config with 0; 0 and 3 set on the saved config)."""
+    folder = tmp_path / "sd"
+    tiny_sd_pipeline(tmp_path, "ddim").save_pretrained(folder, safe_serialization=True)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["steps_offset"] == 1 and config["timestep_spacing"] == "leading"
+    config_path.write_text(json.dumps({**config, "steps_offset": offset}))
+    run = noisecraft.load(folder)
+    assert run.denoiser.schedule.steps_offset == offset
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(config, steps_offset=offset)  # the constructor's rewrite
+    pipe.scheduler.set_timesteps(6)
+    request = Request(prompts=("a red dog",), negative_prompt="cat", guidance=3.0, sampler="ddim", steps=6,
+                      step_schedule="leading", seed=2, num=2)
+    sigmas = plan(run, request).sigmas
+    expected = run.denoiser.schedule.sigmas[pipe.scheduler.timesteps]
+    torch.testing.assert_close(sigmas[:-1], expected, rtol=0, atol=0)
+    err, image_err = pipeline_generation_errors(run, pipe, request, "ddim")
+    assert err <= 1e-4 and image_err <= 1e-4, (err, image_err)
 
 
 def test_sd2_unet_with_text_matches_diffusers(tmp_path):
@@ -150,8 +173,6 @@ def test_sd2_generation_matches_pipeline(tmp_path, scheduler, sampler, spacing):
     request = Request(prompts=("a red dog",), negative_prompt="cat", guidance=4.0, sampler=sampler, steps=6,
                       step_schedule=spacing, seed=3, num=2)
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
-    if scheduler == "ddim":  # as in test_sd_generation_matches_pipeline
-        pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0)
     err, image_err = pipeline_generation_errors(run, pipe, request, scheduler)
     assert err <= 1e-4 and image_err <= 1e-4, (err, image_err)
 

@@ -202,3 +202,23 @@ def test_load_mixture_specs(tmp_path):
     with pytest.raises(NoisecraftError):
         load_mixture("bench:x")
     assert math.isclose(float(load_mixture(str(path)).weights.sum()), 1.0)
+
+
+@pytest.mark.parametrize("steps,offset", [(6, 1), (50, 1), (7, 3), (1000, 0)])
+def test_leading_offset_is_diffusers_steps_offset(steps, offset):
+    """get_sigmas(..., "leading", offset=k): diffusers' leading timesteps with steps_offset k; offset 0 (or None on a
+    schedule without steps_offset) is the old schedule; other spacings ignore it; out of range is an error."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    timestep_spacing="leading", steps_offset=offset)
+    sched.set_timesteps(steps)
+    sig = get_sigmas(SD, steps, "leading", offset=offset)
+    torch.testing.assert_close(sig[:-1], SD.sigmas[sched.timesteps], rtol=0, atol=0)
+    assert sig[-1] == 0
+    torch.testing.assert_close(get_sigmas(SD, steps, "leading", offset=0), get_sigmas(SD, steps, "leading"),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(get_sigmas(SD, steps, "trailing", offset=offset), get_sigmas(SD, steps, "trailing"),
+                               rtol=0, atol=0)
+    limit = 1000 - (steps - 1) * (1000 // steps)
+    with pytest.raises(NoisecraftError, match=r"leading step offset must be an integer in \[0, "):
+        get_sigmas(SD, steps, "leading", offset=limit)

@@ -22,9 +22,10 @@ which is diffusers' `scale_model_input` of the Euler-type schedulers, and the ne
 Only safetensors weights are read: a folder with pickle weights only (*.bin, *.pt, *.ckpt) is refused without
 being opened. Everything the loader does not implement (SDXL's second text encoder and added conditions,
 class-conditional U-Nets, zero-terminal-SNR rescaling, Fourier time embeddings) is a one-line CheckpointError.
-The scheduler's own sampling settings (its class, timestep spacing, Karras sigmas, clip_sample) are not applied:
-`Run.config.sample` takes a sampler of the same family as defaults, and `Run.extra["scheduler_config"]` keeps the
-scheduler config as read.
+The scheduler's steps_offset is kept on the run's schedule (`DiffusersSchedule`), so the "leading" step schedule
+gives the scheduler's own timesteps; its other sampling settings (its class, timestep spacing, Karras sigmas,
+clip_sample) are not applied: `Run.config.sample` takes a sampler of the same family as defaults, and
+`Run.extra["scheduler_config"]` keeps the scheduler config as read.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,6 +41,7 @@ from torch import nn
 
 from noisecraft.conditions.base import Condition, ConditionSet
 from noisecraft.errors import CheckpointError, NoisecraftError
+from noisecraft.schedules.training import DiscreteSchedule
 
 MODEL_INDEX, CONFIG, SCHEDULER_CONFIG = "model_index.json", "config.json", "scheduler_config.json"
 NETWORKS = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "Transformer2DModel")
@@ -129,6 +132,14 @@ def _require(ok: bool, where, message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- schedule
+@dataclass(frozen=True, eq=False)
+class DiffusersSchedule(DiscreteSchedule):
+    """A DiscreteSchedule read from a diffusers scheduler config, with its steps_offset (added to every "leading"
+    timestep by `schedules.get_sigmas`, as diffusers' set_timesteps does; Stable Diffusion's is 1)."""
+
+    steps_offset: int = 0
+
+
 def diffusers_alphas_cumprod(cfg: dict, where="scheduler_config.json") -> torch.Tensor:
     """alphas_cumprod (float64) exactly as diffusers' schedulers compute them: betas in float32 from
     trained_betas or beta_schedule (linear, scaled_linear = linear in sqrt(beta), squaredcos_cap_v2 = Nichol &
@@ -162,13 +173,15 @@ def diffusers_alphas_cumprod(cfg: dict, where="scheduler_config.json") -> torch.
 
 def diffusers_schedule(cfg: dict, where="scheduler_config.json"):
     """The DiscreteSchedule of a scheduler config: its betas are chosen so that their float64 cumulative product
-    is diffusers' float32 alphas_cumprod (`diffusers_alphas_cumprod`), the table the scheduler really uses."""
-    from noisecraft.schedules.training import DiscreteSchedule
-
+    is diffusers' float32 alphas_cumprod (`diffusers_alphas_cumprod`), the table the scheduler really uses. It
+    carries the config's steps_offset, which `get_sigmas` adds to "leading" timesteps as diffusers does."""
     abar = diffusers_alphas_cumprod(cfg, where)
     betas = 1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
     name = "trained" if cfg.get("trained_betas") is not None else BETA_SCHEDULES[cfg.get("beta_schedule", "linear")]
-    return DiscreteSchedule(name=name, betas=betas)
+    offset = cfg.get("steps_offset") or 0
+    _require(isinstance(offset, int) and not isinstance(offset, bool) and 0 <= offset < len(betas), where,
+             f"steps_offset must be an integer in [0, {len(betas)}), got {offset!r}")
+    return DiffusersSchedule(name=name, betas=betas, steps_offset=offset)
 
 
 def diffusers_prediction(cfg: dict, where="scheduler_config.json"):

@@ -111,15 +111,21 @@ def _check_steps(steps) -> None:
         raise NoisecraftError(f"steps must be an integer >= 1, got {steps!r}")
 
 
-def get_sigmas(schedule: Schedule, steps: int, kind: str = "trailing", *, rho: float = 7.0) -> torch.Tensor:
+def get_sigmas(schedule: Schedule, steps: int, kind: str = "trailing", *, rho: float = 7.0,
+               offset: int | None = None) -> torch.Tensor:
     """The n + 1 sampling noise levels for `steps` denoiser steps on `schedule`.
 
     kind: "leading" | "trailing" | "linspace" (integer timesteps, discrete schedules only),
     "karras" (rho), "exponential" or its synonym "logsnr" (uniform in log sigma = uniform in log-SNR),
     "uniform" (uniform in the schedule's timestep), "ays" (Align Your Steps), or the path of a JSON
     schedule written by `noisecraft schedule optimise` (interpolated log-linearly to `steps`).
+    offset: added to every "leading" timestep (diffusers' `steps_offset`; Stable Diffusion's schedulers use 1);
+    None takes the schedule's own `steps_offset` attribute (a schedule read from a diffusers scheduler config
+    has one), else 0. Other kinds ignore it, as diffusers' spacings do.
     """
     _check_steps(steps)
+    if offset is None:
+        offset = int(getattr(schedule, "steps_offset", 0) or 0)
     if str(kind).endswith(".json"):
         return load_sigmas(kind, steps)
     if kind in DISCRETE_SPACINGS:
@@ -128,7 +134,15 @@ def get_sigmas(schedule: Schedule, steps: int, kind: str = "trailing", *, rho: f
                 f"step schedule {kind!r} needs a discrete schedule; {schedule.name!r} is continuous; "
                 f"use one of: karras, exponential, uniform"
             )
-        ts = discrete_timesteps(schedule.num_timesteps, steps, kind)
+        T = schedule.num_timesteps
+        if kind != "leading":
+            offset = 0
+        elif offset != 0:
+            limit = T - (steps - 1) * (T // steps)  # the largest leading timestep, (n - 1) (T // n) + offset, < T
+            if isinstance(offset, bool) or not isinstance(offset, int) or not 0 < offset < limit:
+                raise NoisecraftError(f"the leading step offset must be an integer in [0, {limit}) for {steps} "
+                                      f"steps on {T} timesteps (the largest timestep stays below {T}), got {offset!r}")
+        ts = discrete_timesteps(T, steps, kind, offset)
         return _append_zero(schedule.sigmas[torch.from_numpy(ts.copy())])
     if kind == "karras":
         return karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps, rho)
