@@ -52,8 +52,37 @@ class TextEncoderNet(nn.Module):
         return self.net(x, c_noise, cond)
 
 
+class PromptCondition(Condition):
+    """A condition given by text prompts (`--prompt`): subclasses encode prompts into cond entries (`encode`);
+    the null text is the encoding of "" and a negative prompt replaces it on the unconditional side."""
+
+    def encode(self, prompts: list[str], *, allow_empty: bool = False) -> dict:
+        raise NotImplementedError
+
+    def null(self, n: int) -> dict:
+        return self.encode([""], allow_empty=True)
+
+    def given(self, request) -> bool:
+        return request.prompts is not None
+
+    def check_request(self, request) -> None:
+        if request.negative_prompt is not None and request.prompts is None:
+            raise NoisecraftError("--negative-prompt needs --prompt")
+
+    def from_request(self, request, num: int, seed=None) -> dict:
+        prompts = per_image(request.prompts, num, "prompt")
+        unique = sorted(set(prompts))  # each distinct prompt encoded once
+        table = self.encode(unique)
+        rows = torch.tensor([unique.index(p) for p in prompts], device=self.device)
+        return {k: v[rows] for k, v in table.items()}
+
+    def unconditional(self, request) -> dict:
+        negative = request.negative_prompt
+        return self.encode([negative if negative is not None else ""], allow_empty=negative is None)
+
+
 @register("text")
-class TextCondition(Condition):
+class TextCondition(PromptCondition):
     """The run's `text` encoder and `conditioning.text_tokens / text_pooled` routes (module docstring)."""
 
     def __init__(self, config) -> None:
@@ -123,7 +152,7 @@ class TextCondition(Condition):
             return {TEXT_IDS: self.null_ids}
         if self.table is not None:  # training on a caption table: row 0 is ""
             return self._table_rows(torch.zeros(1, dtype=torch.long, device=self.device))
-        return self.encode([""], allow_empty=True)
+        return super().null(n)
 
     # ----------------------------------------------------------------------------------- sampling
     def load(self, run_dir, net, device, data_shape) -> None:
@@ -142,24 +171,6 @@ class TextCondition(Condition):
         with torch.no_grad():
             tokens, mask, pooled = self.encoder.encode(list(prompts), allow_empty=allow_empty)
         return {k: v.to(self.device) for k, v in self._routes(tokens, mask, pooled).items()}
-
-    def given(self, request) -> bool:
-        return request.prompts is not None
-
-    def check_request(self, request) -> None:
-        if request.negative_prompt is not None and request.prompts is None:
-            raise NoisecraftError("--negative-prompt needs --prompt")
-
-    def from_request(self, request, num: int, seed=None) -> dict:
-        prompts = per_image(request.prompts, num, "prompt")
-        unique = sorted(set(prompts))  # each distinct prompt encoded once
-        table = self.encode(unique)
-        rows = torch.tensor([unique.index(p) for p in prompts], device=self.device)
-        return {k: v[rows] for k, v in table.items()}
-
-    def unconditional(self, request) -> dict:
-        negative = request.negative_prompt
-        return self.encode([negative if negative is not None else ""], allow_empty=negative is None)
 
     def describe(self) -> str:
         return f"a text-to-image model (text encoder {self.text.encoder!r}); use --prompt"

@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from noisecraft.conditions.base import Condition, ConditionSet
+from noisecraft.conditions.base import ConditionSet
+from noisecraft.conditions.text import PromptCondition
 from noisecraft.errors import CheckpointError, NoisecraftError
 from noisecraft.schedules.training import DiscreteSchedule
 
@@ -294,7 +295,7 @@ def data_shape_of(cfg: dict) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------------------------------------------------- text
-class DiffusersTextCondition(Condition):
+class DiffusersTextCondition(PromptCondition):
     """Text prompts encoded as diffusers' pipelines encode them: the tokenizer pads to its model_max_length,
     the text encoder's last hidden states are cond["text_tokens"] (B, L, D). CLIP (Stable Diffusion) reads every
     position, padding included, so text_mask is all True; T5 (PixArt) passes its attention mask on. The null
@@ -323,29 +324,6 @@ class DiffusersTextCondition(Condition):
         tokens = self.encoder(ids, attention_mask=mask if use_mask else None)[0].float()  # (B, L, D)
         text_mask = mask.bool() if self.masked else torch.ones_like(mask, dtype=torch.bool)
         return {"text_tokens": tokens, "text_mask": text_mask}
-
-    def null(self, n: int) -> dict:
-        return self.encode([""], allow_empty=True)
-
-    def given(self, request) -> bool:
-        return request.prompts is not None
-
-    def check_request(self, request) -> None:
-        if request.negative_prompt is not None and request.prompts is None:
-            raise NoisecraftError("--negative-prompt needs --prompt")
-
-    def from_request(self, request, num: int, seed=None) -> dict:
-        from noisecraft.conditions.classes import per_image
-
-        prompts = per_image(request.prompts, num, "prompt")
-        unique = sorted(set(prompts))  # each distinct prompt encoded once
-        table = self.encode(unique)
-        rows = torch.tensor([unique.index(p) for p in prompts], device=self.device)
-        return {k: v[rows] for k, v in table.items()}
-
-    def unconditional(self, request) -> dict:
-        negative = request.negative_prompt
-        return self.encode([negative if negative is not None else ""], allow_empty=negative is None)
 
     def describe(self) -> str:
         return f"a text-to-image diffusers pipeline (text encoder {self.class_name}); use --prompt"
