@@ -21,6 +21,11 @@ Given the class y the data is the mixture of y's components, so
 with p(k | x, y) = p(k | x) / p(y | x) on y's components: the exact conditional denoiser (for one component
 per class, the k-th component's posterior mean). By Tweedie, D(x, sigma | y) = D(x, sigma) + sigma^2
 grad_x log p(y | x, sigma) - the identity classifier guidance relies on.
+
+Inpainting (the exact conditional law): observing the coordinates O of x0 at values y, the free coordinates F
+are again a mixture with the same stds (the components are isotropic, so O and F are independent within one):
+
+    p(x0_F | x0_O = y) = sum_k w'_k N(mu_k,F, s_k^2 I),     w'_k proportional to w_k N(y; mu_k,O, s_k^2 I).
 """
 
 from __future__ import annotations
@@ -58,6 +63,16 @@ class GaussianMixture:
         var = self.stds[None] ** 2 + sigma**2  # (B, K)
         sq = ((x[:, None, :] - self.means[None]) ** 2).sum(-1)  # (B, K)
         return self.weights.log()[None] - 0.5 * sq / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
+
+    def observe(self, observed, values) -> GaussianMixture:
+        """The exact law of the other coordinates given x0[observed] = values (module docstring): a
+        GaussianMixture over the free coordinates, in their order."""
+        observed = torch.as_tensor(observed, dtype=torch.long).reshape(-1)
+        free = torch.tensor([i for i in range(self.dim) if i not in set(observed.tolist())], dtype=torch.long)
+        y = torch.as_tensor(values, dtype=torch.float64).reshape(1, -1)  # (1, |O|)
+        part = GaussianMixture(self.means[:, observed], self.stds, self.weights, self.classes)
+        weights = part.posterior(y, 0.0)[0]  # w'_k: the posterior of k given x0_O = y
+        return GaussianMixture(self.means[:, free], self.stds, weights, self.classes)
 
     # ------------------------------------------------------------------------ classes / conditioning
     @property
