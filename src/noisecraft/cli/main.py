@@ -25,6 +25,7 @@ COMMANDS = {
     "ema": "noisecraft.cli.ema_cmd",
     "export": "noisecraft.cli.export_cmd",
     "onnx-sample": "noisecraft.cli.onnx_sample_cmd",
+    "img2img": "noisecraft.cli.img2img_cmd",
     "inpaint": "noisecraft.cli.inpaint_cmd",
     "index": "noisecraft.cli.index_cmd",
     "search": "noisecraft.cli.search_cmd",
