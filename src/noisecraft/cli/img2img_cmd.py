@@ -30,12 +30,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
+    from noisecraft.cli.sample_cmd import save_generation
     from noisecraft.data.images import load_image
     from noisecraft.editing import img2img as edit
     from noisecraft.pipelines import Request, load
-    from noisecraft.viz import save_grid
 
     if not args.invert:
         edit.check_strength(args.strength)
@@ -50,12 +48,6 @@ def run(args) -> int:
         result = edit.edit_by_inversion(loaded, image, Request(), target, refine=args.refine)
     else:
         result = edit.img2img(loaded, image, target, args.strength)
-    out = Path(args.out)
-    if out.suffix.lower() == ".png":
-        save_grid(result.images, out, parameters=result.infotext(0), info=result.parameters)
-    else:
-        for i, img in enumerate(result.images):
-            save_grid(img[None], out / f"{result.seeds[i]:06d}.png", scale=1, parameters=result.infotext(i),
-                      info={**result.parameters, "seed": result.seeds[i], "num": 1})
+    out = save_generation(result, args.out)
     print(f"wrote {out} ({len(result.images)} of {want[0]}x{want[1]}x{want[2]})")
     return 0

@@ -8,7 +8,7 @@ from noisecraft.cli.argtypes import KeyValues, key_value, positive_int
 
 
 def add_parser(sub) -> None:
-    from noisecraft.cli.sample_cmd import _add_conditioning
+    from noisecraft.cli.sample_cmd import add_conditioning_arguments
 
     p = sub.add_parser("inpaint", help="inpaint or outpaint an image with a trained run (training-free)")
     p.add_argument("--checkpoint", required=True, help="run directory, checkpoint file or diffusers folder")
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
                    help="grid PNG path, or a directory for one PNG per image at the image's size")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    _add_conditioning(p)
+    add_conditioning_arguments(p)
 
 
 def _read(path: str, what: str, channels=None):
@@ -47,11 +47,10 @@ def _read(path: str, what: str, channels=None):
 
 
 def run(args) -> int:
-    from noisecraft.cli.sample_cmd import request_from_args
+    from noisecraft.cli.sample_cmd import request_from_args, save_generation
     from noisecraft.editing.inpaint import METHODS, inpaint, outpaint
     from noisecraft.errors import unknown_name
     from noisecraft.pipelines import load
-    from noisecraft.viz import save_grid, save_png, to_uint8
 
     if args.method not in METHODS:
         raise unknown_name("inpainting method (--method)", args.method, METHODS)
@@ -64,12 +63,6 @@ def run(args) -> int:
     else:
         mask = (_read(args.mask, "--mask", channels=1) + 1) / 2  # 0 (black) .. 1 (white)
         result = inpaint(loaded, image, mask, request, **options)
-    out, info = Path(args.out), result.parameters
-    if out.suffix.lower() == ".png":
-        save_grid(result.images, out, parameters=result.infotext(0), info=info)
-    else:
-        for i, img in enumerate(to_uint8(result.images)):
-            save_png(img, out / f"{result.seeds[i]:06d}.png", parameters=result.infotext(i),
-                     info={**info, "seed": result.seeds[i], "num": 1})
+    out = save_generation(result, args.out)
     print(f"wrote {out}")
     return 0

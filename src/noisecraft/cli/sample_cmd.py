@@ -47,14 +47,14 @@ def add_parser(sub) -> None:
     p.add_argument("--trajectory", help="also write the reverse process of image 0, each step labelled with its "
                                         "sigma (.png strip or .gif)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    _add_conditioning(p)
+    add_conditioning_arguments(p)
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="merge a LoRA .safetensors file (diffusers/peft or kohya keys) into the model with this "
                         "scale (default 1); repeatable; keys that match nothing are an error naming them")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
-def _add_conditioning(p) -> None:
+def add_conditioning_arguments(p) -> None:
     g = p.add_argument_group("conditioning and guidance")
     g.add_argument("--prompt", help="text prompt (text-to-image models, e.g. the scenes-text preset)")
     g.add_argument("--negative-prompt", help="guide away from this text instead of the empty prompt")
@@ -83,23 +83,27 @@ def request_from_args(args):
 
 
 def write_generation(run, request, out, *, callback=None) -> Path:
-    """Generate `request` on `run` and write it: a grid PNG (out ends in .png), one PNG per image (out is a
-    directory), or a scatter plot for 1-D data; each PNG carries its parameters (A1111 layout) and metadata."""
+    """Generate `request` on `run` and write it (`save_generation`)."""
     from noisecraft.pipelines import generate
-    from noisecraft.viz import save_grid, save_points
 
-    result = generate(run, request, callback=callback)
-    out, images = Path(out), result.images
-    if len(run.data_shape) == 1:
-        save_points(images, out, title=f"{run.config.name}: {request.num} samples")
-        return out
-    info = result.parameters
-    if out.suffix.lower() == ".png":
+    return save_generation(generate(run, request, callback=callback), out, points=len(run.data_shape) == 1)
+
+
+def save_generation(result, out, *, points: bool = False) -> Path:
+    """Write a `Generation`: a grid PNG (out ends in .png) or one PNG per image at its own size (out is a
+    directory, files named by seed), each with its parameters (A1111 layout) and metadata; 1-D data (points) as a
+    scatter plot. Shared by sample, img2img and inpaint."""
+    from noisecraft.viz import save_grid, save_png, save_points, to_uint8
+
+    out, images, info = Path(out), result.images, result.parameters
+    if points:
+        save_points(images, out, title=f"{info['model']}: {len(images)} samples")
+    elif out.suffix.lower() == ".png":
         save_grid(images, out, parameters=result.infotext(0), info=info)
-        return out
-    for i, img in enumerate(images):
-        save_grid(img[None], out / f"{result.seeds[i]:06d}.png", scale=1, parameters=result.infotext(i),
-                  info={**info, "seed": result.seeds[i], "num": 1})
+    else:
+        for i, img in enumerate(to_uint8(images)):
+            save_png(img, out / f"{result.seeds[i]:06d}.png", parameters=result.infotext(i),
+                     info={**info, "seed": result.seeds[i], "num": 1})
     return out
 
 
