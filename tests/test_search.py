@@ -67,6 +67,27 @@ def test_embeddings_are_deterministic_and_batch_size_independent(run, images):
     assert np.abs(other_seed - a).max() > 1e-4  # the noise really enters
 
 
+def test_inversion_embeddings(run, images):
+    """noise="inversion": x(sigma) is editing.img2img's ODE inversion of x0 over log-spaced levels sigma .. 0.02, 0;
+    the embeddings are deterministic and batch-size independent, and an indexed image is its own nearest
+    neighbour."""
+    from noisecraft.editing.img2img import invert
+
+    emb = DiffusionEmbedder(run, sigma=0.5, noise="inversion", inversion_steps=6)
+    sigmas = torch.tensor([*np.geomspace(0.5, 0.02, 6), 0.0], dtype=torch.float64)
+    ref = invert(run.denoiser, images[:6], sigmas, sampler="euler", final_iterations=5)
+    torch.testing.assert_close(emb.noised(images[:6], 0), ref)
+    assert (ref - images[:6]).abs().max() > 0.1  # it is not x0 itself
+    a, b = emb(images[:10]), DiffusionEmbedder(run, sigma=0.5, noise="inversion", inversion_steps=6, batch_size=3)(
+        images[:10])
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_array_equal(a, emb(images[:10]))
+    scores, ids = search(build_index(emb, images[:10]), images[:10], 1, run=run)
+    np.testing.assert_array_equal(ids[:, 0], np.arange(10))
+    with pytest.raises(NoisecraftError, match="draws must be 1"):
+        DiffusionEmbedder(run, noise="inversion", draws=2)
+
+
 @pytest.mark.parametrize("layer, pool, dim", [("mid", 1, 16), ("down0", 2, 32), ("down1", 1, 16), ("up0", 1, 8),
                                               ("up1", 1, 16)])
 def test_layers_and_pooling(run, images, layer, pool, dim):
@@ -193,3 +214,14 @@ def test_an_index_for_another_model_is_refused(run, images, tmp_path):
     with pytest.raises(NoisecraftError, match="built with another model") as e:
         search(index, images[:2], 2, run=load(other_dir))
     assert "\n" not in str(e.value)
+
+
+def test_cli_inversion_index(run_dir, images, tmp_path, capsys):
+    out = tmp_path / "inv"
+    assert main(["index", "--checkpoint", str(run_dir), "--dataset", "digits", "--limit", "12", "--noise", "inversion",
+                 "--inversion-steps", "3", "--layer", "down1", "--out", str(out)]) == 0
+    spec = load_index(out).meta["embedder"]
+    assert (spec["noise"], spec["inversion_steps"], spec["layer"]) == ("inversion", 3, "down1")
+    q = write_png(images[5], tmp_path / "q.png")
+    assert main(["search", "--index", str(out), "--image", str(q), "-k", "2"]) == 0
+    assert "  1. id      5  score 1.0000" in capsys.readouterr().out

@@ -26,9 +26,11 @@ INDEX_DIR/index.faiss (faiss.write_index) and INDEX_DIR/index.json (the embedder
 run step and weight fingerprint, sigma, layer, pool, draws, seed; the dataset; the item ids and labels).
 No pickle anywhere.
 
-Not done: embeddings from ODE inversion (x_sigma obtained by integrating the probability-flow ODE from x0
-up to sigma, instead of the fixed noise). No `noisecraft.editing` inversion existed when this was written;
-it would replace `DiffusionEmbedder.noised` (the one place x is formed) and be recorded in the spec.
+noise="inversion" forms x by exact probability-flow ODE inversion instead (`noisecraft.editing.img2img.invert`,
+DDIM inversion, Song et al. 2021a, Sec. 4.3): x(sigma) is the point whose deterministic (Euler = DDIM) sampling
+trajectory over `inversion_steps` log-spaced levels sigma > ... > INVERSION_SIGMA_MIN > 0 ends at x0. It is
+deterministic without any noise draw (draws must be 1) and costs about inversion_steps +
+INVERSION_FINAL_ITERATIONS network calls per image (the fixed noise: one partial call).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ from noisecraft.errors import NoisecraftError
 
 INDEX_FILE, META_FILE = "index.faiss", "index.json"
 FORMAT = "noisecraft-search-index/1"
+NOISE = ("fixed", "inversion")
+INVERSION_SIGMA_MIN = 0.02  # the lowest nonzero level of the inversion schedule
+INVERSION_FINAL_ITERATIONS = 5  # fixed-point iterations inverting the last step (D is nearly I at sigma_min)
 
 
 class _Stop(Exception):
@@ -123,12 +128,18 @@ class DiffusionEmbedder:
     draws: int = 1               # average over this many fixed noise images
     seed: int = 0                # noise image d comes from a generator seeded seed + d
     batch_size: int = 64
+    noise: str = "fixed"         # "fixed": x0 + sigma n; "inversion": probability-flow ODE inversion of x0
+    inversion_steps: int = 8     # Euler (DDIM) steps of the inversion from INVERSION_SIGMA_MIN up to sigma
     kind: str = field(default="diffusion", init=False)
 
     def __post_init__(self):
+        if self.noise not in NOISE:
+            raise NoisecraftError(f"unknown noise {self.noise!r}; allowed: {', '.join(NOISE)}")
+        if self.noise == "inversion" and self.draws != 1:
+            raise NoisecraftError(f"noise='inversion' is deterministic: draws must be 1, got {self.draws!r}")
         if not (isinstance(self.sigma, (int, float)) and self.sigma >= 0 and np.isfinite(self.sigma)):
             raise NoisecraftError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
-        for name in ("pool", "draws", "batch_size"):
+        for name in ("pool", "draws", "batch_size", "inversion_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise NoisecraftError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         self.module = find_layer(self.run.denoiser.net, self.layer)
@@ -139,13 +150,27 @@ class DiffusionEmbedder:
         path = str(Path(run.path).resolve()) if run.path else None
         return {"kind": self.kind, "run": path, "run_step": int(run.step), "fingerprint": self.fingerprint,
                 "sigma": float(self.sigma), "layer": self.layer, "pool": self.pool, "draws": self.draws,
-                "seed": self.seed}
+                "seed": self.seed, "noise": self.noise, "inversion_steps": self.inversion_steps}
 
     def noised(self, x0: torch.Tensor, draw: int) -> torch.Tensor:
-        """x = x0 + sigma * n with the fixed noise image n of this draw (the same for every image)."""
+        """x = x0 + sigma * n with the fixed noise image n of this draw (the same for every image), or the ODE
+        inversion of x0 up to sigma (noise="inversion")."""
+        if self.noise == "inversion":
+            return self.inverted(x0)
         gen = torch.Generator().manual_seed(self.seed + draw)
         n = torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32)  # (C, H, W), one for all images
         return x0 + self.sigma * n.to(x0.device)
+
+    def inverted(self, x0: torch.Tensor) -> torch.Tensor:
+        """x(sigma) whose Euler (DDIM) sampling trajectory over log-spaced levels sigma ... INVERSION_SIGMA_MIN, 0
+        returns x0 (noisecraft.editing.img2img.invert); x0 itself when sigma <= INVERSION_SIGMA_MIN."""
+        from noisecraft.editing.img2img import invert
+
+        if self.sigma <= INVERSION_SIGMA_MIN:
+            return x0
+        levels = np.geomspace(self.sigma, INVERSION_SIGMA_MIN, self.inversion_steps)
+        sigmas = torch.tensor([*levels, 0.0], dtype=torch.float64, device=x0.device)  # decreasing, ends at 0
+        return invert(self.run.denoiser, x0, sigmas, sampler="euler", final_iterations=INVERSION_FINAL_ITERATIONS)
 
     @torch.no_grad()
     def activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,7 +262,8 @@ def make_embedder(spec: dict, *, run=None, device: str = "cpu", batch_size: int 
 
         run = load(spec["run"], device=device)
     emb = DiffusionEmbedder(run, sigma=spec["sigma"], layer=spec["layer"], pool=spec["pool"], draws=spec["draws"],
-                            seed=spec["seed"], batch_size=batch_size)
+                            seed=spec["seed"], batch_size=batch_size, noise=spec.get("noise", "fixed"),
+                            inversion_steps=spec.get("inversion_steps", 8))
     if emb.fingerprint != spec.get("fingerprint"):
         raise NoisecraftError(f"this index was built with another model (run {spec.get('run')}, step "
                               f"{spec.get('run_step')}, weights {spec.get('fingerprint')}); the given run has "

@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--pool", type=positive_int, default=1, help="average-pool activations to POOL x POOL cells")
     p.add_argument("--draws", type=positive_int, default=1, help="average over this many fixed noise images")
     p.add_argument("--seed", type=int, default=0, help="seed of the fixed noise images (default 0)")
+    p.add_argument("--noise", choices=("fixed", "inversion"), default="fixed",
+                   help="x = x0 + sigma * fixed noise, or the probability-flow ODE inversion of x0 (default fixed)")
+    p.add_argument("--inversion-steps", type=positive_int, default=8, help="Euler steps of --noise inversion")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--out", required=True, help="the index directory to write")
@@ -38,7 +41,8 @@ def run(args) -> int:
         from noisecraft.pipelines import load
 
         embedder = DiffusionEmbedder(load(args.checkpoint, device=args.device), sigma=args.sigma, layer=args.layer,
-                                     pool=args.pool, draws=args.draws, seed=args.seed, batch_size=args.batch_size)
+                                     pool=args.pool, draws=args.draws, seed=args.seed, batch_size=args.batch_size,
+                                     noise=args.noise, inversion_steps=args.inversion_steps)
     else:
         embedder = PixelEmbedder() if args.features == "pixels" else EffNetEmbedder(args.device, args.batch_size)
     ds = load_dataset(args.dataset, split=args.split, limit=args.limit)
