@@ -27,6 +27,8 @@ PACKAGES = [
     ("data", "Datasets: MNIST, digits, folders, glyphs, scenes, emoji, 2-D toys."),
     ("text", "Text encoders and the caption cache."),
     ("autoencoder", "The latent-diffusion autoencoder: training, checkpoints, diffusers interop, latents."),
+    ("editing", "Inpainting and outpainting, image-to-image (SDEdit, ODE inversion), style transfer."),
+    ("search", "Similarity search with diffusion features and a faiss index."),
     ("interop", "Other formats: diffusers folders and SD single files in, LoRA files, diffusers and ONNX out."),
 ]
 
