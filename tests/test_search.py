@@ -11,10 +11,17 @@ from noisecraft.cli.main import main
 from noisecraft.data import load_dataset
 from noisecraft.data.images import to_uint8_image
 from noisecraft.errors import NoisecraftError
-from noisecraft.eval.memorization import nearest_with_index
 from noisecraft.pipelines import load
 from noisecraft.presets import get_preset
-from noisecraft.search import DiffusionEmbedder, PixelEmbedder, build_index, load_index, search, search_vectors
+from noisecraft.search import (
+    DiffusionEmbedder,
+    PixelEmbedder,
+    build_index,
+    load_index,
+    nearest_with_index,
+    search,
+    search_vectors,
+)
 from noisecraft.training.trainer import Trainer
 
 faiss = pytest.importorskip("faiss")

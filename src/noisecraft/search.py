@@ -355,3 +355,16 @@ def search(index: SearchIndex, images, k: int = 10, *, run=None, embedder=None, 
     if mine != theirs:
         raise NoisecraftError(f"the query embedder {mine} differs from the index's {theirs}")
     return search_vectors(index, embedder(images), k)
+
+
+def nearest_with_index(index_dir, images, k: int = 2, *, run=None, device: str = "cpu"):
+    """The k nearest indexed training items of each image through an index built with `noisecraft index` (the
+    nearest-neighbour search of `eval.memorization` in the index's feature space): (ids (N, k) int64 dataset
+    item ids, distances (N, k) float64), nearest first.
+
+    Distances are Euclidean between the unit embeddings, sqrt(2 - 2 cos), so they can stand in for the feature
+    distances of `memorization_report` / `distance_ratio`. `run` avoids reloading the index's run."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise NoisecraftError(f"k must be an integer >= 1, got {k!r}")
+    scores, ids = search(load_index(index_dir), images, k, run=run, device=device)
+    return ids.astype(np.int64), np.sqrt(np.maximum(0.0, 2.0 - 2.0 * scores.astype(np.float64)))

@@ -117,16 +117,3 @@ def save_neighbours_png(samples, train_images, report: Memorization, path, *, nu
             "rule": f"near-copy if d(x, NN1) / d(x, NN2) < {report.threshold:.4g} (pixel space)"}
     save_png(grid_image(torch.stack(tiles).float(), nrow=per_row), path, info=info, scale=scale)
 
-
-def nearest_with_index(index_dir, images, k: int = 2, *, run=None, device: str = "cpu"):
-    """The k nearest indexed training items of each image through a similarity-search index (noisecraft.search;
-    built with `noisecraft index`): (ids (N, k) int64 dataset item ids, distances (N, k) float64), nearest first.
-
-    Distances are Euclidean between the unit embeddings, sqrt(2 - 2 cos), so they can stand in for the feature
-    distances of `memorization_report` / `distance_ratio`. `run` avoids reloading the index's run."""
-    from noisecraft.search import load_index, search
-
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise EvalError(f"k must be an integer >= 1, got {k!r}")
-    scores, ids = search(load_index(index_dir), images, k, run=run, device=device)
-    return ids.astype(np.int64), np.sqrt(np.maximum(0.0, 2.0 - 2.0 * scores.astype(np.float64)))

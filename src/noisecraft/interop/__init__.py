@@ -4,5 +4,5 @@ Diffusion single-file checkpoints (`single_file`), LoRA files (`lora`), runs as 
 
 Nothing is imported here, so `import noisecraft` stays light: `noisecraft.load(folder)` imports
 `noisecraft.interop.diffusers_load` (and diffusers) only when the folder is a diffusers one
-(`noisecraft.pipelines.run.LOADERS`).
+(`noisecraft.pipelines.loading.LOADERS`).
 """

@@ -11,8 +11,9 @@ from noisecraft.pipelines.generate import (
     plan,
     sample_batches,
 )
+from noisecraft.pipelines.loading import LOADERS, load
 from noisecraft.pipelines.request import MAX_NUM, Request
-from noisecraft.pipelines.run import LOADERS, Run, load, load_checkpoint_run, sample_shape
+from noisecraft.pipelines.run import Run, load_checkpoint_run, sample_shape
 
 __all__ = ["Generation", "LOADERS", "MAX_NUM", "Plan", "Request", "Run", "batch_cond", "check_request", "conditioned",
            "generate", "load", "load_checkpoint_run", "plan", "sample_batches", "sample_shape"]

@@ -1,14 +1,11 @@
-"""A loaded run: everything generation needs around a trained network.
-
-`load(path)` reads a run directory (or its checkpoint file) into a `Run`: the denoiser in the VE view
-(`D(x, sigma, cond) -> x0`, EMA weights by default, eval mode), its config, the sample shape, the
-autoencoder of a latent run and its conditions, loaded for sampling. Other formats plug in through
-`LOADERS` (a probe and a loader), tried in order before our own checkpoints.
+"""A loaded run: everything generation needs around a trained network, and the reader of our own run
+directories (`load_checkpoint_run`): the denoiser in the VE view (`D(x, sigma, cond) -> x0`, EMA weights by
+default, eval mode), its config, the sample shape, the autoencoder of a latent run and its conditions, loaded
+for sampling. `noisecraft.pipelines.loading.load` picks the reader of a path's format.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,37 +39,6 @@ class Run:
         from noisecraft.autoencoder.latents import decode_latents
 
         return decode_latents(self.autoencoder, x)
-
-
-def _is_diffusers_folder(path: Path) -> bool:
-    from noisecraft.interop.diffusers_load import is_diffusers_folder  # light: diffusers is imported on load
-
-    return is_diffusers_folder(path)
-
-
-def _load_diffusers_folder(path, *, use_ema: bool = True, device: str = "cpu") -> Run:
-    from noisecraft.interop.diffusers_load import load_diffusers_run
-
-    return load_diffusers_run(path, use_ema=use_ema, device=device)
-
-
-# (probe(path) -> bool, loader(path, use_ema=, device=) -> Run): formats other than our checkpoints
-LOADERS: list[tuple[Callable, Callable]] = [(_is_diffusers_folder, _load_diffusers_folder)]
-
-
-def load(path, *, use_ema: bool = True, device: str = "cpu", config_dir=None) -> Run:
-    """A run directory, checkpoint file or (through LOADERS) another format -> its `Run`. config_dir: for a Stable
-    Diffusion single-file checkpoint, the local diffusers folder of its family's configs."""
-    from noisecraft.interop.single_file import is_single_file
-
-    if is_single_file(path):
-        from noisecraft.interop.single_file import load_single_file_run
-
-        return load_single_file_run(path, config_dir, use_ema=use_ema, device=device)
-    for probe, loader in LOADERS:
-        if probe(Path(path)):
-            return loader(path, use_ema=use_ema, device=device)
-    return load_checkpoint_run(path, use_ema=use_ema, device=device)
 
 
 def load_checkpoint_run(path, *, use_ema: bool = True, device: str = "cpu") -> Run:
