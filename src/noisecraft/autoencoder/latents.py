@@ -30,7 +30,7 @@ HFLIP_KEY = "latents_hflip"  # attribute of a latent dataset: latents of the fli
 
 
 def latent_cache_dir() -> Path:
-    from noisecraft.eval.reference import cache_dir
+    from noisecraft.paths import cache_dir
 
     return cache_dir() / "latents"
 

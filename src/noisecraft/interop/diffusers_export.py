@@ -205,13 +205,20 @@ def _check_consumed(state: dict, used: set, where: str) -> None:
         raise CheckpointError(f"{where}: {len(left)} weight(s) with no counterpart, e.g. {left[:4]}")
 
 
+def _one_to_one_pairs(cfg):
+    """(our name, diffusers' name) of every module mapped one to one (attention norms and output projections
+    included), and the attention pairs whose fused qkv is split / stacked."""
+    renames, attentions = unet2d_key_pairs(cfg)
+    return renames + [(f"{o}.{a}", f"{t}.{b}") for o, t in attentions
+                      for a, b in (("norm", "group_norm"), ("proj", "to_out.0"))], attentions
+
+
 def to_diffusers_unet2d(cfg, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our UNet state dict -> UNet2DModel state dict (fresh contiguous tensors, ready for safetensors)."""
     check_unet2d_exportable(cfg)
-    renames, attentions = unet2d_key_pairs(cfg)
+    renames, attentions = _one_to_one_pairs(cfg)
     out, used = {}, set()
-    for ours, theirs in renames + [(f"{o}.{a}", f"{t}.{b}") for o, t in attentions
-                                   for a, b in (("norm", "group_norm"), ("proj", "to_out.0"))]:
+    for ours, theirs in renames:
         for p in ("weight", "bias"):
             if f"{ours}.{p}" in state:
                 out[f"{theirs}.{p}"] = state[f"{ours}.{p}"]
@@ -227,10 +234,9 @@ def to_diffusers_unet2d(cfg, state: dict[str, torch.Tensor]) -> dict[str, torch.
 
 def from_diffusers_unet2d(cfg, state: dict[str, torch.Tensor], where="UNet2DModel weights") -> dict[str, torch.Tensor]:
     """UNet2DModel state dict -> our UNet state dict (the exact inverse of `to_diffusers_unet2d`)."""
-    renames, attentions = unet2d_key_pairs(cfg)
+    renames, attentions = _one_to_one_pairs(cfg)
     out, used = {}, set()
-    for ours, theirs in renames + [(f"{o}.{a}", f"{t}.{b}") for o, t in attentions
-                                   for a, b in (("norm", "group_norm"), ("proj", "to_out.0"))]:
+    for ours, theirs in renames:
         for p in ("weight", "bias"):
             if f"{theirs}.{p}" in state:
                 out[f"{ours}.{p}"] = state[f"{theirs}.{p}"]

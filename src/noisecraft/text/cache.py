@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -21,14 +20,14 @@ from pathlib import Path
 import torch
 
 from noisecraft.errors import NoisecraftError
+from noisecraft.paths import cache_dir
 from noisecraft.text.encoders import TextEncoder
 
-CACHE_ENV = "NOISECRAFT_CACHE"
 CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "noisecraft") / "text"
+    return cache_dir() / "text"
 
 
 def captions_hash(captions) -> str:
