@@ -145,6 +145,7 @@ class TrainingEvaluator:
 
         from noisecraft.conditions import conditions_for
         from noisecraft.pipelines import Request, Run, generate
+        from noisecraft.pipelines.run import run_autoencoder
 
         den = self._denoiser(denoiser)
         was_training = den.training
@@ -152,27 +153,16 @@ class TrainingEvaluator:
         try:
             conditions = conditions_for(self.config)
             conditions.load(self.out_dir, den.net, self.device, tuple(data_shape))
-            run = Run(den, self.config, tuple(data_shape), conditions)
+            if self._autoencoder is None:  # a latent run: its samples are decoded and scored as images
+                self._autoencoder = run_autoencoder(self.config, self.out_dir, self.device)
+            run = Run(den, self.config, tuple(data_shape), conditions, autoencoder=self._autoencoder)
             request = Request(sampler=self.sampler, steps=self.steps, step_schedule=self.step_schedule, seed=self.seed,
                               num=self.num_samples, batch_size=self.batch_size)
             with torch.no_grad():
-                x = self._decode(generate(run, request).samples)
+                x = run.to_images(generate(run, request).samples.nan_to_num(0.0), batch_size=self.batch_size)
             return x.nan_to_num(0.0).clamp(-1.0, 1.0)  # as saved pictures: clipped to the pixel range
         finally:
             den.train(was_training)
-
-    def _decode(self, x):
-        """Latent diffusion (data.autoencoder set): the samples are scaled latents; decode them through the run's
-        autoencoder so they are scored as images against the pixel dataset's reference statistics."""
-        if not self.config.data.autoencoder:
-            return x
-        from noisecraft.autoencoder import load_autoencoder
-        from noisecraft.autoencoder.latents import decode_latents, resolve_autoencoder_path
-
-        if self._autoencoder is None:
-            path = resolve_autoencoder_path(self.config.data.autoencoder, self.out_dir)
-            self._autoencoder = load_autoencoder(path).to(self.device).eval().requires_grad_(False)
-        return decode_latents(self._autoencoder, x.nan_to_num(0.0), batch_size=self.batch_size)
 
     def _score(self, images) -> dict:
         from noisecraft.eval.evaluation import memorization_metrics

@@ -32,13 +32,14 @@ class Run:
     def device(self) -> torch.device:
         return next(self.denoiser.net.parameters()).device
 
-    def to_images(self, x: torch.Tensor) -> torch.Tensor:
-        """Samples -> images: a latent run's samples are decoded through its autoencoder; others unchanged."""
+    def to_images(self, x: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+        """Samples -> images: a latent run's samples are decoded through its autoencoder (batch_size latents at a
+        time); others unchanged."""
         if self.autoencoder is None:
             return x
         from noisecraft.autoencoder.latents import decode_latents
 
-        return decode_latents(self.autoencoder, x)
+        return decode_latents(self.autoencoder, x, batch_size=batch_size)
 
 
 def load_checkpoint_run(path, *, use_ema: bool = True, device: str = "cpu") -> Run:
@@ -76,21 +77,26 @@ def sample_shape(config, ckpt) -> tuple[tuple[int, ...], object | None]:
     """(the shape of one sample, the autoencoder of a latent run or None). Checkpoints store the shape; for
     those written before they did, it is worked out from the config (and the dataset's image size)."""
     stored = ckpt.state.get("data_shape")
-    autoencoder = None
     if stored is not None:
-        shape = tuple(int(s) for s in stored)
-        if config.data.autoencoder:
-            from noisecraft.autoencoder import load_autoencoder
-            from noisecraft.autoencoder.latents import resolve_autoencoder_path
-
-            autoencoder = load_autoencoder(resolve_autoencoder_path(config.data.autoencoder, ckpt.path))
-        return shape, autoencoder
-    shape = _legacy_shape(config)
+        return tuple(int(s) for s in stored), run_autoencoder(config, ckpt.path)
+    shape, autoencoder = _legacy_shape(config), None
     if config.data.autoencoder:
         from noisecraft.autoencoder.latents import load_run_autoencoder
 
         autoencoder, shape = load_run_autoencoder(config, ckpt.path, shape)
     return tuple(shape), autoencoder
+
+
+def run_autoencoder(config, run_path, device="cpu"):
+    """The autoencoder of a latent run (data.autoencoder, found as given or beside run_path), in eval mode on
+    device; None for a pixel-space run."""
+    if not config.data.autoencoder:
+        return None
+    from noisecraft.autoencoder import load_autoencoder
+    from noisecraft.autoencoder.latents import resolve_autoencoder_path
+
+    ae = load_autoencoder(resolve_autoencoder_path(config.data.autoencoder, run_path))
+    return ae.to(device).eval().requires_grad_(False)
 
 
 def _legacy_shape(config) -> tuple[int, ...]:
