@@ -83,9 +83,9 @@ def test_latent_trainer_draws_flipped_rows_from_the_flipped_latents(tmp_path, ae
 def test_evaluation_during_a_latent_run_scores_decoded_images(tmp_path, ae_dir, monkeypatch):
     from noisecraft.autoencoder.latents import decode_latents
     from noisecraft.build import build_denoiser
-    from noisecraft.eval import TrainingEvaluator
     from noisecraft.pipelines import sample_batches as generate
     from noisecraft.schedules import get_sigmas
+    from noisecraft.training.evaluation import TrainingEvaluator
     from noisecraft.training.trainer import Trainer
 
     cfg = _ldm_config(ae_dir)

@@ -7,8 +7,9 @@ import pytest
 
 from noisecraft.build import build_denoiser
 from noisecraft.config import to_dict
-from noisecraft.eval import EvalError, TrainingEvaluator
+from noisecraft.eval import EvalError
 from noisecraft.presets import get_preset
+from noisecraft.training.evaluation import TrainingEvaluator
 
 
 @pytest.fixture

@@ -55,9 +55,9 @@ def _samples(args):
     """Generate args.num images from the checkpoint; returns (images, data config of the run)."""
     import torch
 
-    from noisecraft.eval.during_training import resolve_sampler
     from noisecraft.pipelines import MAX_NUM, load
     from noisecraft.pipelines import sample_batches as generate
+    from noisecraft.samplers import resolve_alias
     from noisecraft.schedules import get_sigmas
 
     loaded = load(args.checkpoint, use_ema=not args.no_ema, device=args.device)
@@ -67,7 +67,7 @@ def _samples(args):
         raise EvalError(f"{args.checkpoint}: the run models {loaded.config.data.dataset!r} points, not images; "
                         f"noisecraft eval scores images")
     s = loaded.config.sample
-    sampler, implied = resolve_sampler(args.sampler or s.sampler)
+    sampler, implied = resolve_alias(args.sampler or s.sampler)
     sigmas = get_sigmas(loaded.denoiser.schedule, args.steps or s.steps,
                          args.step_schedule or implied or s.step_schedule)
     parts = [generate(loaded.denoiser, sigmas, loaded.data_shape, num=min(MAX_NUM, args.num - start),

@@ -14,7 +14,7 @@ extractor(images (N, C, H, W), any size, [-1, 1] or uint8) -> (N, D) float64.
 
 Whole evaluations: evaluate(images, reference="mnist", features=..., metrics=("fd", "kid", "pr", "is"));
 reference statistics cached by `load_reference`; `memorization_report` / `save_neighbours_png` for near-copies;
-`TrainingEvaluator` for metrics during training; `load_images` reads directories, .npy and grid PNGs.
+(metrics during training: `noisecraft.training.evaluation`); `load_images` reads directories, .npy and grid PNGs.
 
 Importing this package loads numpy only; torch and the networks load on first use.
 """
@@ -39,7 +39,6 @@ _LAZY = {
     "Reference": "reference", "load_reference": "reference", "cache_dir": "reference",
     "load_images": "image_io",
     "memorization_report": "memorization", "save_neighbours_png": "memorization",
-    "TrainingEvaluator": "during_training",
 }
 
 __all__ = ["EvalError", "RankWarning", "WeightsError", "fd", "fd_infinity", "frechet_distance", "gaussian_stats",

@@ -31,6 +31,8 @@ from pathlib import Path
 from noisecraft.eval.common import EvalError
 from noisecraft.eval.evaluation import default_features, parse_metrics, score
 from noisecraft.eval.metrics import LOWER_IS_BETTER
+from noisecraft.samplers import resolve_alias
+from noisecraft.training.state import keep_best
 
 PRIMARY = {"fd": "fd", "fd_inf": "fd_inf", "kid": "kid", "pr": "precision", "is": "is", "mem": "near_copies"}
 METRICS_FILE = "metrics.jsonl"
@@ -46,13 +48,6 @@ def _as_config(config):
     if isinstance(config, dict):
         return from_dict(RunConfig, config, "config")
     raise EvalError(f"config must be a RunConfig or its dict, got {type(config).__name__}")
-
-
-def resolve_sampler(name: str) -> tuple[str, str | None]:
-    """(sampler, the step schedule its alias implies or None) for a sampler name or alias."""
-    from noisecraft.samplers import resolve_alias
-
-    return resolve_alias(name)
 
 
 
@@ -89,7 +84,7 @@ class TrainingEvaluator:
         self.every_n_steps, self.num_samples, self.seed = every_n_steps, num_samples, seed
         self.features = features or default_features(self.config.data.dataset)
         s = self.config.sample
-        self.sampler, implied = resolve_sampler(sampler or s.sampler)
+        self.sampler, implied = resolve_alias(sampler or s.sampler)
         self.steps, self.step_schedule = steps or s.steps, step_schedule or implied or s.step_schedule
         self.batch_size, self.device, self.inception_weights = batch_size, device, inception_weights
         self.primary = PRIMARY[self.metrics[0]]
@@ -229,7 +224,6 @@ class EvaluationCallback:
     def __call__(self, trainer) -> dict | None:
         """Evaluate `trainer` (a noisecraft Trainer) after its step `trainer.step` if due; the record or None."""
         from noisecraft.build import build_denoiser
-        from noisecraft.training.state import keep_best
 
         step, dist = trainer.step, trainer.dist
         if step <= 0 or step % self.every:

@@ -6,7 +6,7 @@ One step (`train_step`): draw the global batch of step s (`draw`), accumulate th
 process's micro-batches (`loss`, under autocast), all-reduce them, clip, check and step (precision.py),
 then update the EMA and the post-hoc EMA profiles (ema.py). After a step the loop logs, snapshots the
 post-hoc EMA, checkpoints (state.py) and calls its callbacks (evaluation during training:
-`noisecraft.eval.during_training.EvaluationCallback`); the progress bar, time limit and Ctrl-C are
+`noisecraft.training.evaluation.EvaluationCallback`); the progress bar, time limit and Ctrl-C are
 progress.py's.
 
 Determinism: every random draw of step s (batch order, sigma, noise, flips, dropout) comes from
@@ -111,7 +111,7 @@ class Trainer:
         is set (its TrainingEvaluator, `self.evaluator`, lives on rank 0)."""
         self.callbacks, self.evaluator = [], None
         if self.config.eval.every:
-            from noisecraft.eval.during_training import EvaluationCallback
+            from noisecraft.training.evaluation import EvaluationCallback
 
             evaluation = EvaluationCallback.from_config(self.config, self.out_dir, main=self.dist.is_main)
             self.callbacks.append(evaluation)
