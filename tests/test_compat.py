@@ -16,6 +16,11 @@ from noisecraft.pipelines import Request, generate, load
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
 MANIFEST = json.loads((LEGACY / "manifest.json").read_text())
 EXPECTED = load_file(LEGACY / "expected.safetensors")
+# The three runs with text cross-attention are bit-identical on the machine that wrote the fixtures, not on every
+# CPU: on 2026-12-07 a fresh machine (AMD EPYC, torch 2.13.0 at cpu capability AVX512) draws them within 5.3e-5 on
+# values up to ~165 (3e-7 relative) at every commit back to the fixtures' own, while the other four runs stay bit for
+# bit; ATEN_CPU_CAPABILITY=avx2 does not restore them. They are compared to 2e-6 relative to their largest value.
+ENVIRONMENT_DRIFT = {"scenes-layout", "scenes-text", "text-trainable"}
 
 
 @pytest.fixture(autouse=True)
@@ -36,15 +41,18 @@ def test_legacy_checkpoint_samples_identically(name):
     images = generate(run, request).images
     expected = EXPECTED[name]
     assert images.shape == expected.shape
+    if name in ENVIRONMENT_DRIFT:  # see ENVIRONMENT_DRIFT
+        torch.testing.assert_close(images, expected, rtol=0, atol=2e-6 * float(expected.abs().max()))
+        return
     assert torch.equal(images, expected)  # bit for bit (tests run single-threaded, as make.py did)
 
 
 def test_legacy_run_resumes(tmp_path):
     import shutil
 
+    from noisecraft.checkpoint import load_checkpoint
     from noisecraft.config import from_dict
-    from noisecraft.training.checkpoint import load_checkpoint
-    from noisecraft.training.config import RunConfig
+    from noisecraft.runconfig import RunConfig
     from noisecraft.training.trainer import Trainer
 
     shutil.copytree(LEGACY / "unet-class", tmp_path / "run")
@@ -80,8 +88,8 @@ def test_removed_experiment_is_a_clear_error(field, value):
 
 
 def test_legacy_config_file_trains_from_the_cli(tmp_path):
+    from noisecraft.checkpoint import load_checkpoint
     from noisecraft.cli.main import main
-    from noisecraft.training.checkpoint import load_checkpoint
 
     old = LEGACY / "unet-class" / "config.json"  # written by the previous release: "unet"/"mlp"/"dit" sections
     assert "unet" in json.loads(old.read_text())

@@ -1,5 +1,5 @@
 """Reading checkpoints written by earlier releases: one migration from any earlier config and weight layout
-to today's, applied when a checkpoint is read (`training.checkpoint.load_checkpoint`), so sampling,
+to today's, applied when a checkpoint is read (`checkpoint.load_checkpoint`), so sampling,
 resuming and evaluation see one format.
 
 What changed, and how an old checkpoint is read:
@@ -80,7 +80,7 @@ def migrate_weights(state: dict | None) -> dict | None:
 
 
 def migrate_checkpoint(ckpt):
-    """A `training.checkpoint.Checkpoint` of any release, with today's config and parameter names."""
+    """A `checkpoint.Checkpoint` of any release, with today's config and parameter names."""
     config = migrate_config(ckpt.config, str(ckpt.path))
     phema = None if ckpt.phema is None else {k: migrate_weights(v) for k, v in ckpt.phema.items()}
     return dataclasses.replace(ckpt, config=config, model=migrate_weights(ckpt.model), ema=migrate_weights(ckpt.ema),

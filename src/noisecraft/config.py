@@ -168,7 +168,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict, overrides: list[str], rewrite=None) -> dict:
     """Apply dotted `key=value` overrides to a nested dict (a copy is returned). rewrite(path, data, text), if
     given, may map a path to another before it is set (run configs: the network aliases of
-    `training.config.apply_run_overrides`)."""
+    `runconfig.apply_run_overrides`)."""
     data = json.loads(json.dumps(data))
     for text in overrides:
         path, value = parse_override(text)

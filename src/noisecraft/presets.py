@@ -10,8 +10,8 @@ from noisecraft.models.conditioning import TokenRefinerConfig
 from noisecraft.models.dit import DIT_PRESETS
 from noisecraft.models.mlp import MLP_PRESETS
 from noisecraft.models.unet import UNET_PRESETS, UNetConfig
+from noisecraft.runconfig import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig
 from noisecraft.text.config import TextConfig
-from noisecraft.training.config import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig
 
 # The quickstart: a 1.2M-parameter U-Net (the "mnist" U-Net with one residual block per level) on the
 # embedded MNIST, EDM preconditioning and loss (Karras et al. 2022), Heun sampling on Karras steps.

@@ -101,7 +101,7 @@ def test_deprecated_attention_names_and_conv_shaped_weights_load(tmp_path, image
 
 
 def test_foreign_checkpoints_are_refused_clearly(tmp_path):
-    from noisecraft.training.checkpoint import save_checkpoint
+    from noisecraft.checkpoint import save_checkpoint
 
     run = tmp_path / "diffusion_run"
     run.mkdir()

@@ -10,7 +10,7 @@ import torch
 
 from noisecraft.autoencoder import load_autoencoder
 from noisecraft.autoencoder.config import get_ae_preset
-from noisecraft.autoencoder.trainer import AutoencoderTrainer
+from noisecraft.training.autoencoder_trainer import AutoencoderTrainer
 
 
 @pytest.fixture

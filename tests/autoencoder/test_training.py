@@ -9,8 +9,8 @@ import torch
 from noisecraft.autoencoder import load_autoencoder
 from noisecraft.autoencoder.config import get_ae_preset
 from noisecraft.autoencoder.losses import adaptive_weight, hinge_d_loss, hinge_g_loss, perceptual_distance
-from noisecraft.autoencoder.trainer import AutoencoderTrainer
 from noisecraft.errors import ConfigError, DataError
+from noisecraft.training.autoencoder_trainer import AutoencoderTrainer
 
 
 @pytest.fixture

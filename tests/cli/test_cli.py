@@ -61,7 +61,7 @@ def test_resume_via_cli(run_dir, tmp_path):
     d = tmp_path / "r"
     shutil.copytree(run_dir, d)
     assert main(["train", "--preset", "mnist-tiny", "--out", str(d), "--steps", "8", "--resume"]) == 0
-    from noisecraft.training.checkpoint import load_checkpoint
+    from noisecraft.checkpoint import load_checkpoint
 
     assert load_checkpoint(d).state["step"] == 8
 

@@ -6,8 +6,8 @@ import json
 import pytest
 from PIL import Image
 
+from noisecraft.checkpoint import load_checkpoint
 from noisecraft.cli.main import main
-from noisecraft.training.checkpoint import load_checkpoint
 
 SMOKE = ["--steps", "2", "train.batch_size=8", "data.limit=64", "sample.num=2", "sample.steps=2", "train.threads=1"]
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from noisecraft.build import adapt_config
+from noisecraft.checkpoint import load_checkpoint
 from noisecraft.conditions import TEXT_IDS, ConditioningConfig, conditions_for
 from noisecraft.data.base import ImageDataset
 from noisecraft.errors import ConfigError, DataError
 from noisecraft.pipelines import Request, conditioned, load
 from noisecraft.presets import get_preset
+from noisecraft.runconfig import DataConfig
 from noisecraft.text import TextConfig
-from noisecraft.training.checkpoint import load_checkpoint
-from noisecraft.training.config import DataConfig
 from noisecraft.training.trainer import Trainer
 
 

@@ -7,12 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from noisecraft.checkpoint import load_checkpoint
 from noisecraft.conditions import CONDITIONS, Condition, conditions_for, register
 from noisecraft.errors import NoisecraftError
 from noisecraft.pipelines import Request, conditioned, generate, load
 from noisecraft.presets import get_preset
-from noisecraft.training.checkpoint import load_checkpoint
-from noisecraft.training.config import RunConfig
+from noisecraft.runconfig import RunConfig
 from noisecraft.training.trainer import Trainer
 
 NAME = "test-structure"

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from noisecraft.core import PREDICTIONS, Denoiser, Prediction, alpha_sigma_vp, ve_to_vp, vp_to_ve
+from noisecraft.core.losses import denoising_loss, output_weight
 from noisecraft.schedules import build_schedule
-from noisecraft.training.losses import denoising_loss, output_weight
 
 
 @pytest.mark.parametrize("kind", PREDICTIONS)

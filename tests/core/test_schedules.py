@@ -154,7 +154,7 @@ def test_edm_training_sigma_distribution_comes_from_the_run_config():
     """diffusion.p_mean / p_std reach the EDM schedule: ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022)."""
     from noisecraft.build import build_denoiser
     from noisecraft.errors import ConfigError
-    from noisecraft.training.config import DiffusionConfig, RunConfig
+    from noisecraft.runconfig import DiffusionConfig, RunConfig
 
     config = RunConfig(model="mlp", diffusion=DiffusionConfig(schedule="edm", prediction="edm", p_mean=0.4,
                                                               p_std=0.5))

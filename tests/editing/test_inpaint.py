@@ -184,8 +184,8 @@ def test_cli_inpaint_and_outpaint_write_pngs(run, tmp_path, capsys):
 def test_latent_run_keeps_the_known_pixels(tmp_path, monkeypatch):
     """A latent run inpaints in latent space (the mask max-pooled by the factor) and pastes the known pixels."""
     from noisecraft.autoencoder.config import get_ae_preset
-    from noisecraft.autoencoder.trainer import AutoencoderTrainer
     from noisecraft.editing.inpaint import _model_space
+    from noisecraft.training.autoencoder_trainer import AutoencoderTrainer
 
     monkeypatch.setenv("NOISECRAFT_CACHE", str(tmp_path / "cache"))
     ae = get_ae_preset("ae-tiny")

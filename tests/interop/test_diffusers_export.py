@@ -22,8 +22,8 @@ from noisecraft.interop.diffusers_export import (
 from noisecraft.models.unet import UNET_PRESETS, UNet
 from noisecraft.pipelines import Request, generate, load
 from noisecraft.presets import get_preset
+from noisecraft.runconfig import DiffusionConfig
 from noisecraft.schedules.training import EDMSchedule, FlowSchedule
-from noisecraft.training.config import DiffusionConfig
 from noisecraft.training.trainer import Trainer
 
 diffusers = pytest.importorskip("diffusers")

@@ -13,7 +13,7 @@ from noisecraft.errors import ConfigError, NoisecraftError
 from noisecraft.models.dit import DIT_PRESETS, DiT
 from noisecraft.models.mlp import MLPConfig, MLPDenoiserNet
 from noisecraft.models.unet import UNET_PRESETS, UNet
-from noisecraft.training.config import RunConfig
+from noisecraft.runconfig import RunConfig
 
 C_CAT = 3
 UNET = replace(UNET_PRESETS["tiny"], in_channels=2)

@@ -12,7 +12,7 @@ from noisecraft.errors import ConfigError, require
 from noisecraft.models import MODELS, DiTConfig, MLPConfig, UNetConfig, network_configs
 from noisecraft.models.conditioning import TokenRefinerConfig
 from noisecraft.presets import PRESETS, get_preset
-from noisecraft.training.config import RunConfig, apply_run_overrides
+from noisecraft.runconfig import RunConfig, apply_run_overrides
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -14,10 +14,10 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from noisecraft.checkpoint import load_checkpoint
 from noisecraft.config import from_dict, to_dict
 from noisecraft.presets import get_preset
-from noisecraft.training.checkpoint import load_checkpoint
-from noisecraft.training.config import RunConfig
+from noisecraft.runconfig import RunConfig
 from noisecraft.training.distributed import micro_slice, outer_blocks
 from noisecraft.training.trainer import Trainer
 

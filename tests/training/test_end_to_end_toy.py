@@ -9,8 +9,8 @@ import torch
 
 from noisecraft.pipelines import sample_batches as generate
 from noisecraft.presets import get_preset
+from noisecraft.runconfig import DiffusionConfig
 from noisecraft.schedules import get_sigmas
-from noisecraft.training.config import DiffusionConfig
 from noisecraft.training.trainer import Trainer
 
 RADIUS, STD = math.sqrt(2 * (1 - 0.15**2)), 0.15  # noisecraft.data 8gaussians

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import noisecraft.files as files
+from noisecraft.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from noisecraft.errors import CheckpointError
 from noisecraft.presets import get_preset
-from noisecraft.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from noisecraft.training.trainer import Trainer
 
 

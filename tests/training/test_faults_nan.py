@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from noisecraft.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from noisecraft.errors import CheckpointError, TrainingDiverged
 from noisecraft.presets import get_preset
-from noisecraft.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from noisecraft.training.trainer import Trainer
 
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from noisecraft.checkpoint import load_checkpoint
 from noisecraft.errors import NoisecraftError
 from noisecraft.presets import get_preset
-from noisecraft.training.checkpoint import load_checkpoint
 from noisecraft.training.trainer import Trainer
 
 

@@ -47,8 +47,8 @@ def _call(fn, *args, **kwargs):
 
 
 def _loaders():
+    from noisecraft.checkpoint import load_checkpoint
     from noisecraft.pipelines import load as load_denoiser
-    from noisecraft.training.checkpoint import load_checkpoint
     from noisecraft.training.posthoc_ema import reconstruct
 
     yield "load_checkpoint(.pt)", lambda mk: _call(load_checkpoint, mk("evil.pt"))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from noisecraft.checkpoint import load_checkpoint
 from noisecraft.errors import CheckpointError
 from noisecraft.presets import get_preset
-from noisecraft.training.checkpoint import load_checkpoint
 from noisecraft.training.trainer import Trainer
 
 STEPS = 120

@@ -8,9 +8,9 @@ import pytest
 import torch
 from scipy.integrate import quad
 
+from noisecraft.checkpoint import load_checkpoint
 from noisecraft.cli.main import main
 from noisecraft.presets import get_preset
-from noisecraft.training.checkpoint import load_checkpoint
 from noisecraft.training.posthoc_ema import (
     PowerEMA,
     gamma_to_sigma_rel,
@@ -106,7 +106,7 @@ def test_snapshots_written_and_tracked_profile_reconstructed(run):
 def test_resume_keeps_the_power_emas_exact(run, tmp_path):
     cfg = load_checkpoint(run).config
     from noisecraft.config import from_dict
-    from noisecraft.training.config import RunConfig
+    from noisecraft.runconfig import RunConfig
 
     cfg = from_dict(RunConfig, cfg)
     part = Trainer(replace(cfg, train=replace(cfg.train, steps=17)), tmp_path, progress=False)

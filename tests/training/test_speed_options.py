@@ -96,7 +96,7 @@ def test_compile_matches_the_plain_run(tmp_path):
 
 def test_config_checks_of_the_scale_fields():
     from noisecraft.errors import ConfigError
-    from noisecraft.training.config import TrainConfig
+    from noisecraft.runconfig import TrainConfig
 
     with pytest.raises(ConfigError, match="grad_accum.*must divide train.batch_size=8"):
         TrainConfig(batch_size=8, grad_accum=3)
@@ -109,7 +109,7 @@ def test_config_checks_of_the_scale_fields():
 def test_accumulation_slices_class_labels_and_condition_dropout(tmp_path):
     """Class-conditional with condition dropout: labels and dropout are drawn for the global batch and
     sliced per micro-batch, so 4 micro-batches equal one batch to float rounding."""
-    from noisecraft.training.config import ConditioningConfig
+    from noisecraft.runconfig import ConditioningConfig
 
     runs = []
     for accum in (1, 4):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from noisecraft.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from noisecraft.errors import CheckpointError, TrainingDiverged
 from noisecraft.presets import get_preset
-from noisecraft.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from noisecraft.training.trainer import Trainer
 
 
@@ -168,7 +168,7 @@ def test_bf16_autocast_trains(tmp_path):
 
 
 def test_evaluation_during_training_keeps_best(tmp_path):
-    from noisecraft.training.config import EvalConfig
+    from noisecraft.runconfig import EvalConfig
 
     cfg = replace(tiny(4), eval=EvalConfig(every=2, metrics=("fd",), num_samples=8, features="mnist"))
     t = Trainer(cfg, tmp_path, progress=False)

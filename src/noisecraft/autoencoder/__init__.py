@@ -6,8 +6,8 @@
     z_diffusion = ae.to_diffusion(z)                       # (z - shift_factor) * scaling_factor
 
 The network is `noisecraft.models.autoencoder.Autoencoder`; training is `noisecraft train-autoencoder`
-(`trainer.py`, presets in `config.py`); `latents.py` turns a dataset into cached latents for `noisecraft train`
-with `data.autoencoder=DIR`.
+(`noisecraft.training.autoencoder_trainer`, presets in `config.py`); `latents.py` turns a dataset into cached
+latents for `noisecraft train` with `data.autoencoder=DIR`.
 """
 
 from __future__ import annotations

@@ -20,19 +20,19 @@ from pathlib import Path
 
 import torch
 
-from noisecraft.errors import CheckpointError
-from noisecraft.files import read_verified, write_verified
-from noisecraft.training.checkpoint import (
+from noisecraft.checkpoint import (
     CHECKPOINT_FILE,
     METADATA_KEYS,
     flatten_optimizer,
     resolve_checkpoint_path,
     unflatten_optimizer,
 )
+from noisecraft.errors import CheckpointError
+from noisecraft.files import read_verified, write_verified
 
 FORMAT = "noisecraft.autoencoder"
 VERSION = "1"
-DIFFUSION_FORMAT = "noisecraft.checkpoint"  # a diffusion run's checkpoint (training/checkpoint.py)
+DIFFUSION_FORMAT = "noisecraft.checkpoint"  # a diffusion run's checkpoint (checkpoint.py)
 _PARTS = ("model", "disc", "optim_ae", "optim_disc")
 
 

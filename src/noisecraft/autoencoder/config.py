@@ -1,6 +1,6 @@
 """Configuration of autoencoder training: frozen dataclasses validated on construction, and named presets.
 
-    AERunConfig = name + autoencoder (models.autoencoder.AutoencoderConfig) + data (training.config.DataConfig)
+    AERunConfig = name + autoencoder (models.autoencoder.AutoencoderConfig) + data (runconfig.DataConfig)
                   + loss (AELossConfig) + train (AETrainConfig)
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from noisecraft.errors import ConfigError, require, unknown_name
 from noisecraft.models.autoencoder import AE_MODEL_PRESETS, AutoencoderConfig
-from noisecraft.training.config import DataConfig
+from noisecraft.runconfig import DataConfig
 
 
 @dataclass(frozen=True)

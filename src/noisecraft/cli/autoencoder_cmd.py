@@ -27,8 +27,8 @@ def _config(args):
 
 
 def run(args) -> int:
-    from noisecraft.autoencoder.trainer import AutoencoderTrainer
     from noisecraft.presets import latent_preset_for
+    from noisecraft.training.autoencoder_trainer import AutoencoderTrainer
 
     config = _config(args)
     trainer = AutoencoderTrainer(config, args.out, resume=args.resume, device=args.device)

@@ -28,7 +28,7 @@ def run_config(args):
     from noisecraft.compat import migrate_config
     from noisecraft.config import from_dict, load_file, to_dict
     from noisecraft.presets import get_preset
-    from noisecraft.training.config import RunConfig, apply_run_overrides
+    from noisecraft.runconfig import RunConfig, apply_run_overrides
 
     data = to_dict(get_preset(args.preset)) if args.preset else migrate_config(load_file(args.config), args.config)
     return with_stopping(from_dict(RunConfig, apply_run_overrides(data, args.overrides), "config"), args)

@@ -368,7 +368,7 @@ def run_config(name: str, net_cfg: dict, shape: tuple, scheduler: dict):
     sampling defaults of the scheduler's family."""
     from noisecraft.models.dit import DiTConfig
     from noisecraft.models.unet import UNetConfig
-    from noisecraft.training.config import DiffusionConfig, RunConfig, SampleConfig
+    from noisecraft.runconfig import DiffusionConfig, RunConfig, SampleConfig
 
     classes = _num_classes(net_cfg)
     if net_cfg["_class_name"].startswith("UNet"):

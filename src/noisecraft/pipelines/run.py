@@ -45,7 +45,7 @@ class Run:
 def load_checkpoint_run(path, *, use_ema: bool = True, device: str = "cpu") -> Run:
     """One of our run directories (or checkpoint files), written by this release or an earlier one."""
     from noisecraft.build import build_denoiser
-    from noisecraft.training.checkpoint import load_checkpoint
+    from noisecraft.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     config = run_config(ckpt)
@@ -65,7 +65,7 @@ def load_checkpoint_run(path, *, use_ema: bool = True, device: str = "cpu") -> R
 def run_config(ckpt):
     """The RunConfig of a checkpoint (migrated to today's fields when it was read), a CheckpointError if invalid."""
     from noisecraft.config import from_dict
-    from noisecraft.training.config import RunConfig
+    from noisecraft.runconfig import RunConfig
 
     try:
         return from_dict(RunConfig, ckpt.config)

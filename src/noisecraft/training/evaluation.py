@@ -41,7 +41,7 @@ PLOT_FILE = "metrics.png"
 
 def _as_config(config):
     from noisecraft.config import from_dict
-    from noisecraft.training.config import RunConfig
+    from noisecraft.runconfig import RunConfig
 
     if isinstance(config, RunConfig):
         return config

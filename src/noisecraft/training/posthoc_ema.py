@@ -212,8 +212,8 @@ def _read_header(path: Path) -> dict:
 def write_posthoc_checkpoint(run_dir, out_dir, sigma_rel: float, step: int | None = None) -> dict:
     """A normal checkpoint in `out_dir`: run_dir's checkpoint with its EMA weights replaced by the post-hoc
     reconstruction for `sigma_rel` (its state records the snapshots and coefficients used)."""
+    from noisecraft.checkpoint import load_checkpoint, save_checkpoint, unflatten_optimizer
     from noisecraft.files import atomic_write_json
-    from noisecraft.training.checkpoint import load_checkpoint, save_checkpoint, unflatten_optimizer
 
     ckpt = load_checkpoint(run_dir)  # refuses anything but a noisecraft safetensors checkpoint
     ema, info = reconstruct(Path(ckpt.path).parent, sigma_rel, step)

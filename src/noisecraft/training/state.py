@@ -14,12 +14,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from noisecraft.checkpoint import CHECKPOINT_FILE, load_checkpoint, unflatten_optimizer
 from noisecraft.config import from_dict
 from noisecraft.errors import CheckpointError
 from noisecraft.files import atomic_write_bytes
+from noisecraft.runconfig import RunConfig
 from noisecraft.training import distributed
-from noisecraft.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, unflatten_optimizer
-from noisecraft.training.config import RunConfig
 
 LOG_FILE = "log.jsonl"
 BEST_DIR = "best"

@@ -28,17 +28,17 @@ from pathlib import Path
 import torch
 
 from noisecraft.build import adapt_config, build_denoiser
+from noisecraft.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from noisecraft.conditions import conditions_for
 from noisecraft.config import to_dict
+from noisecraft.core.losses import denoising_loss
 from noisecraft.errors import CheckpointError
 from noisecraft.files import atomic_write_json
+from noisecraft.runconfig import RunConfig
 from noisecraft.training import distributed
 from noisecraft.training.batches import BatchOrder, chain_hash, load_data, step_seed
-from noisecraft.training.checkpoint import CHECKPOINT_FILE, save_checkpoint
-from noisecraft.training.config import RunConfig
 from noisecraft.training.distributed import Dist, micro_rows, micro_slice
 from noisecraft.training.ema import ema_copy, ema_decay, phema_every, power_ema, snapshot_phema, update_ema
-from noisecraft.training.losses import denoising_loss
 from noisecraft.training.precision import (
     OVERFLOW,
     STEPPED,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from noisecraft.conditions.config import ConditioningConfig
 from noisecraft.config import apply_overrides, parse_override
+from noisecraft.core.losses import WEIGHTINGS
 from noisecraft.core.prediction import PREDICTIONS
 from noisecraft.errors import ConfigError, require, unknown_name
 from noisecraft.models import DEFAULT_MODEL, MODELS, network_configs
@@ -19,7 +20,6 @@ from noisecraft.models.unet import UNetConfig
 from noisecraft.schedules.steps import STEP_SCHEDULES
 from noisecraft.schedules.training import SCHEDULES
 from noisecraft.text.config import TextConfig
-from noisecraft.training.losses import WEIGHTINGS
 
 
 @dataclass(frozen=True)
