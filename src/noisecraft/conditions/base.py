@@ -4,7 +4,8 @@ A condition (a "provider") is one thing a model can be conditioned on - a class 
 layout, a mask. It says
 
 - which network inputs it feeds (`network_fields`: the widths it sets on the network config),
-- how its part of `cond` is built from a training batch (`setup` once, then `from_batch(idx)`),
+- how its part of `cond` is built from a training batch (`setup` once, then `from_batch(idx)`, or
+  `from_images(idx, x0, generator)` for a condition made from the batch's images),
 - how it is built from a user's request at sampling time (`load` once, then `from_request`),
 - and what "dropped" means for classifier-free guidance (`null`; Ho & Salimans 2022, Algorithm 1), and
   which condition the guided sampler moves away from (`unconditional`, e.g. a negative prompt).
@@ -71,6 +72,13 @@ class Condition:
     def from_batch(self, idx: Tensor) -> dict:
         """The cond entries of the dataset items idx (B,)."""
         raise NotImplementedError
+
+    def from_images(self, idx: Tensor, x0: Tensor, generator: torch.Generator) -> dict:
+        """The cond entries of training batch idx whose images, as the network sees them (after augmentation;
+        latents for a latent run), are x0 (B, *data_shape). A condition made from the images themselves (a mask
+        and the masked image, a low-resolution copy, an edge map) overrides this and draws its randomness from
+        `generator`, the step's, so a resumed run draws the same. Default: `from_batch(idx)`."""
+        return self.from_batch(idx)
 
     def null(self, n: int) -> dict:
         """The null ("dropped") condition, batch n (or 1, broadcast): what a training sample gets with
@@ -188,9 +196,10 @@ class ConditionSet:
         for c in self.conditions:
             c.prepare(run_dir, progress)
 
-    def batch(self, idx: Tensor, gen: torch.Generator) -> dict | None:
-        """The cond of training batch idx: each sample's conditions are dropped together with probability p,
-        one draw per sample from the step's generator (so a resumed run draws the same)."""
+    def batch(self, idx: Tensor, gen: torch.Generator, x0: Tensor | None = None) -> dict | None:
+        """The cond of training batch idx (images x0, for conditions made from them): each sample's conditions
+        are dropped together with probability p, one draw per sample from the step's generator (so a resumed
+        run draws the same), then each condition draws what it needs from the same generator, in order."""
         if not self.conditions:
             return None
         drop = None
@@ -198,7 +207,7 @@ class ConditionSet:
             drop = (torch.rand(len(idx), generator=gen) < self.p).to(idx.device)
         parts = []
         for c in self.conditions:
-            values = c.from_batch(idx)
+            values = c.from_batch(idx) if x0 is None else c.from_images(idx, x0, gen)
             parts.append((c.name, values if drop is None else where_dropped(values, c.null(len(idx)), drop)))
         return merge(parts, len(idx))
 

@@ -196,7 +196,7 @@ class Trainer:
             flip = torch.rand(len(idx), generator=gen) < 0.5
             flipped = x0.flip(-1) if self.images_hflip is None else self.images_hflip[idx]
             x0 = torch.where(flip.to(self.device).reshape(-1, *[1] * (x0.ndim - 1)), flipped, x0)
-        cond = self.conditions.batch(idx, gen)  # with condition dropout drawn from gen
+        cond = self.conditions.batch(idx, gen, x0)  # condition dropout, then image-made conditions, from gen
         return x0, cond
 
     def draw(self, step: int):
