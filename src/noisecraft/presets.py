@@ -117,6 +117,14 @@ PRESETS.update({
     "mnist-class": replace(_MNIST, name="mnist-class", network=replace(_MNIST.network, num_classes=10),
                            conditioning=ConditioningConfig(cond_dropout=0.1),
                            train=replace(_MNIST.train, minutes=20.0)),
+    # Mask-conditioned inpainting on MNIST (the SD-inpainting recipe, noisecraft.conditions.inpaint): the U-Net reads
+    # [x, mask, masked image]; random rectangles, halves, strokes and full masks. With a class, guidable by class.
+    "mnist-inpaint": replace(_MNIST, name="mnist-inpaint", conditioning=ConditioningConfig(conditions=("inpaint",)),
+                             train=replace(_MNIST.train, minutes=15.0)),
+    "mnist-class-inpaint": replace(_MNIST, name="mnist-class-inpaint",
+                                   network=replace(_MNIST.network, num_classes=10),
+                                   conditioning=ConditioningConfig(cond_dropout=0.1, conditions=("inpaint",)),
+                                   train=replace(_MNIST.train, minutes=20.0)),
     # Class-conditional MNIST with the DiT backbone (Peebles & Xie 2023): 4x4 patches (49 tokens), 6 blocks.
     "mnist-dit": replace(_MNIST, name="mnist-dit", model="dit",
                          network=replace(DIT_PRESETS["mnist"], patch_size=4, hidden_size=128, depth=6,

@@ -141,7 +141,7 @@ def test_bad_inputs_are_one_line_errors(run):
         (lambda: inpaint(run, image, torch.zeros(H + 1, W)), "give a one-channel mask of the image's size"),
         (lambda: inpaint(run, image, torch.full((H, W), 0.5)), "must be binary: 1 \\(white\\) = regenerate"),
         (lambda: inpaint(run, image.expand(3, H, W), torch.zeros(H, W)), f"takes images of {C}x{H}x{W}"),
-        (lambda: inpaint(run, image, torch.zeros(H, W), method="blend"), "allowed: repaint, replace"),
+        (lambda: inpaint(run, image, torch.zeros(H, W), method="blend"), "allowed: auto, repaint, replace, trained"),
         (lambda: outpaint(run, image, (1, 0, 0, 0)), f"needs an image of {C}x{H}x{W - 1}"),
         (lambda: inpaint(run, image, torch.zeros(H, W), Request(sampler="heun"), method="repaint"),
          "single-step form"),
@@ -174,7 +174,7 @@ def test_cli_inpaint_and_outpaint_write_pngs(run, tmp_path, capsys):
            (["--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "grey.png")], "must be binary"),
            (["--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "small.png")], "mask of the image's"),
            (["--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"), "--method", "x"],
-            "allowed: repaint, replace")]
+            "allowed: auto, repaint, replace, trained")]
     for args, message in bad:
         assert main([*base, *args, "--out", str(tmp_path / "bad.png")]) == 2
         err = capsys.readouterr().err.strip()

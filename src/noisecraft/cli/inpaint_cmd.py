@@ -1,4 +1,5 @@
-"""`noisecraft inpaint`: training-free inpainting and outpainting (`noisecraft.editing.inpaint`) -> PNG files."""
+"""`noisecraft inpaint`: inpainting and outpainting (`noisecraft.editing.inpaint`: a mask-conditioned run, or
+training-free on any run) -> PNG files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from noisecraft.cli.argtypes import KeyValues, key_value, positive_int
 def add_parser(sub) -> None:
     from noisecraft.cli.sample_cmd import add_conditioning_arguments
 
-    p = sub.add_parser("inpaint", help="inpaint or outpaint an image with a trained run (training-free)")
+    p = sub.add_parser("inpaint", help="inpaint or outpaint an image (mask-conditioned run, or any run training-free)")
     p.add_argument("--checkpoint", required=True, help="run directory, checkpoint file or diffusers folder")
     p.add_argument("--image", required=True, help="the image (PNG, JPEG, ...) of the model's size and channels; "
                                                   "with --outpaint, smaller by the pad")
@@ -18,8 +19,9 @@ def add_parser(sub) -> None:
     where.add_argument("--mask", help="binary mask of the image's size: white = regenerate, black = keep")
     where.add_argument("--outpaint", type=int, nargs=4, metavar=("L", "T", "R", "B"),
                        help="outpaint: regenerate L, T, R, B pixels left, top, right and bottom of the image")
-    p.add_argument("--method", default="replace",
-                   help="replace (the replacement method, any sampler; default) or repaint (RePaint resampling)")
+    p.add_argument("--method", default="auto",
+                   help="auto (default: trained for a mask-conditioned run, else replace), trained, replace (the "
+                        "replacement method, any run and sampler) or repaint (RePaint resampling)")
     p.add_argument("--jump", type=positive_int, default=10, help="RePaint jump length j (default 10)")
     p.add_argument("--resample", type=positive_int, default=10, help="RePaint resamplings r (default 10)")
     p.add_argument("--sampler", help="sampler name or alias (default: the run's; ddpm for repaint)")

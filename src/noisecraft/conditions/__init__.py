@@ -11,6 +11,7 @@ from __future__ import annotations
 from noisecraft.conditions.base import CONDITIONS, Condition, ConditionSet, merge, register, where_dropped
 from noisecraft.conditions.classes import ClassCondition, per_image
 from noisecraft.conditions.config import ConditioningConfig
+from noisecraft.conditions.inpaint import InpaintCondition
 from noisecraft.conditions.text import TEXT_IDS, PromptCondition, TextCondition, TextEncoderNet
 from noisecraft.errors import unknown_name
 
@@ -33,6 +34,7 @@ def conditions_for(config) -> ConditionSet:
     return ConditionSet(out, config.conditioning.cond_dropout)
 
 
-__all__ = ["CONDITIONS", "ClassCondition", "Condition", "ConditionSet", "ConditioningConfig", "PromptCondition",
+__all__ = ["CONDITIONS", "ClassCondition", "Condition", "ConditionSet", "ConditioningConfig", "InpaintCondition",
+           "PromptCondition",
            "TEXT_IDS", "TextCondition", "TextEncoderNet", "conditions_for", "merge", "per_image", "register",
            "where_dropped"]

@@ -45,7 +45,9 @@ class Condition:
     have batch 1 (the same for every image) or the full batch."""
 
     name: str = ""
-    guidable: bool = True  # classifier-free guidance can move towards / away from this condition
+    guidable: bool = True  # classifier-free guidance can move towards / away from this condition; a condition that
+                           # is not guidable (an inpainting mask, a control map) is in both branches of guidance, so
+                           # training never drops it (condition dropout drops the guidable conditions only)
 
     def __init__(self, config) -> None:
         self.config = config
@@ -208,7 +210,8 @@ class ConditionSet:
         parts = []
         for c in self.conditions:
             values = c.from_batch(idx) if x0 is None else c.from_images(idx, x0, gen)
-            parts.append((c.name, values if drop is None else where_dropped(values, c.null(len(idx)), drop)))
+            dropped = drop is not None and c.guidable  # a map guidance does not move (a mask, a control map) stays
+            parts.append((c.name, where_dropped(values, c.null(len(idx)), drop) if dropped else values))
         return merge(parts, len(idx))
 
     # ----------------------------------------------------------------------------------- sampling

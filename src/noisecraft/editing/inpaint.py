@@ -49,6 +49,11 @@ Latent runs: the model works on latents z = E(image); the known latent is y_z = 
 the pixel mask max-pooled by the autoencoder's factor f (a latent cell is regenerated if any of its pixels
 is). The sample is decoded and blended in pixel space, m x + (1 - m) y, so the known pixels are exact.
 
+Trained inpainting (method "trained"): a run conditioned on the mask and the masked image
+(`noisecraft.conditions.inpaint`, preset `mnist-inpaint`) samples p(x | (1 - m) y, m) with any sampler and
+guidance through the plain generation pipeline; the known region is pasted at the end. Method "auto" (the
+default) is "trained" for such a run and "replace" otherwise.
+
 Outpainting is inpainting on an enlarged canvas: `outpaint(run, image, pad=(l, t, r, b))` puts the image in a
 canvas of the model's size with the pad regenerated.
 """
@@ -64,7 +69,7 @@ import torch
 from noisecraft.core.random import make_generators, randn_like
 from noisecraft.errors import NoisecraftError, unknown_name
 
-METHODS = ("replace", "repaint")
+METHODS = ("auto", "replace", "repaint", "trained")
 NOISES = ("fresh", "state")
 
 
@@ -211,19 +216,33 @@ def check_mask(mask: torch.Tensor, size: tuple[int, int], what: str = "mask") ->
     return mask[None, None]
 
 
-def inpaint(run, image, mask, request=None, *, method: str = "replace", jump: int = 10, resample: int = 10,
+def inpaint(run, image, mask, request=None, *, method: str = "auto", jump: int = 10, resample: int = 10,
             noise: str = "fresh", callback=None):
     """Inpaint `image` ((C, H, W) in [-1, 1], the run's image size) where `mask` is 1, `request.num` times, with
-    the request's conditions, guidance, sampler, steps and seed (image i from seed + i). method: "replace"
-    (any sampler; noise "fresh" or "state") or "repaint" (a sampler with a step form, default ddpm; `jump`,
-    `resample`). Returns a pipelines.Generation whose images keep the unmasked pixels exactly."""
-    from noisecraft.pipelines import Generation, Request, conditioned, plan
+    the request's conditions, guidance, sampler, steps and seed (image i from seed + i). method: "trained" (a
+    mask-conditioned run), "replace" (any run and sampler; noise "fresh" or "state"), "repaint" (a sampler with a
+    step form, default ddpm; `jump`, `resample`), or "auto" (trained when the run is mask-conditioned, else
+    replace). Returns a pipelines.Generation whose images keep the unmasked pixels exactly."""
+    from noisecraft.pipelines import Generation, Request, conditioned, generate, plan
 
     if method not in METHODS:
         raise unknown_name("inpainting method", method, METHODS)
+    trained = run.conditions.get("inpaint") is not None
+    if method == "auto":
+        method = "trained" if trained else "replace"
+    if method == "trained" and not trained:
+        raise NoisecraftError(f"inpainting method 'trained' needs a mask-conditioned run (conditioning.conditions="
+                              f"['inpaint'], e.g. preset mnist-inpaint); model {run.config.name!r} is not one: use "
+                              f"method replace or repaint")
     request = request or Request()
     y = check_image(run, image)  # (1, C, H, W)
     m = check_mask(mask, y.shape[-2:])  # (1, 1, H, W)
+    if method == "trained":
+        y_model, m_model = _model_space(run, y, m)
+        given = {**(request.conditions or {}), "inpaint": {"image": y_model, "mask": m_model}}
+        result = generate(run, replace(request, conditions=given), callback=callback)
+        parameters = {**result.parameters, "inpaint": {"method": "trained", "regenerated": float(m.mean())}}
+        return Generation(paste(result.images.float(), y, m), result.seeds, parameters, result.samples)
     if method == "repaint" and request.sampler is None:
         request = replace(request, sampler="ddpm")
     denoiser, cond = conditioned(run, request)
