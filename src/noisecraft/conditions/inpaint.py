@@ -140,12 +140,15 @@ class InpaintCondition(Condition):
         h, w = self.size
         if not isinstance(value, dict) or set(value) != {"image", "mask"}:
             raise NoisecraftError(f"conditions['inpaint'] must be {{'image': (1, {self.channels}, {h}, {w}), 'mask': "
-                                  f"(1, 1, {h}, {w})}} in the model's space; use noisecraft.editing.inpaint.inpaint")
-        for key, shape in (("image", (1, self.channels, h, w)), ("mask", (1, 1, h, w))):
+                                  f"(1, 1, {h}, {w})}} in the model's space (batch 1 or one per image); use "
+                                  f"noisecraft.editing.inpaint.inpaint")
+        for key, shape in (("image", (self.channels, h, w)), ("mask", (1, h, w))):
             v = value[key]
-            if not isinstance(v, torch.Tensor) or tuple(v.shape) != shape:
+            if not isinstance(v, torch.Tensor) or v.ndim != 4 or tuple(v.shape[1:]) != shape or \
+                    v.shape[0] not in (1, request.num):
                 got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                raise NoisecraftError(f"conditions['inpaint'][{key!r}] is {got}; expected {shape}")
+                raise NoisecraftError(f"conditions['inpaint'][{key!r}] is {got}; expected {(1, *shape)} or "
+                                      f"{(request.num, *shape)} (one per image)")
             if not torch.isfinite(v).all():
                 raise NoisecraftError(f"conditions['inpaint'][{key!r}] has non-finite values")
         if not ((value["mask"] == 0) | (value["mask"] == 1)).all():
