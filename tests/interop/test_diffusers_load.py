@@ -436,3 +436,27 @@ def test_unsupported_transformer2d_form_is_one_line(tmp_path):
     (folder / "config.json").write_text('{"_class_name": "Transformer2DModel", "norm_type": "layer_norm", '
                                         '"sample_size": 8, "in_channels": 4}')
     one_line_error(folder, "norm_type 'layer_norm' is not supported; supported: ada_norm_zero.*ada_norm_single")
+
+
+@pytest.mark.parametrize("strength", [0.5, 1 / 3])
+def test_sdedit_matches_img2img_pipeline(tmp_path, strength):
+    """SDEdit on a loaded SD run equals StableDiffusionImg2ImgPipeline (DDIM eta 0 on leading timesteps, guidance,
+    negative prompt) given the same initial latents (the run's encoding, passed as 4-channel latents) and the same
+    per-image generators: the pipeline runs timesteps[N - int(s N):] from add_noise(z, n, t_start), which is our
+    x = z + sigma_{i0} n in the VP view, for strengths where int(s N) = round(s N)."""
+    from noisecraft.editing.img2img import encode, img2img
+
+    folder = tmp_path / "sd"
+    tiny_sd_pipeline(tmp_path, "ddim").save_pretrained(folder, safe_serialization=True)
+    run = noisecraft.load(folder)
+    request = Request(prompts=("a red dog",), negative_prompt="cat", guidance=3.0, sampler="ddim", steps=6,
+                      step_schedule="leading", seed=5, num=2)
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ours = img2img(run, image, request, strength)
+    z = encode(run, image[None])
+    pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folder, local_files_only=True)
+    ref = pipe(["a red dog"] * 2, image=z.expand(2, -1, -1, -1), strength=strength, negative_prompt=["cat"] * 2,
+               guidance_scale=3.0, num_inference_steps=6, generator=make_generators(5, 2), output_type="latent").images
+    err = float((ours.samples - ref).abs().max())
+    print(f"sdedit vs img2img pipeline, strength {strength:.3f}: max |latents difference| {err:.2e}")
+    assert err <= 1e-4, err
