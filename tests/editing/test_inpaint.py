@@ -142,7 +142,8 @@ def test_bad_inputs_are_one_line_errors(run):
         (lambda: inpaint(run, image, torch.full((H, W), 0.5)), "must be binary: 1 \\(white\\) = regenerate"),
         (lambda: inpaint(run, image.expand(3, H, W), torch.zeros(H, W)), f"takes images of {C}x{H}x{W}"),
         (lambda: inpaint(run, image, torch.zeros(H, W), method="blend"), "allowed: auto, repaint, replace, trained"),
-        (lambda: outpaint(run, image, (1, 0, 0, 0)), f"needs an image of {C}x{H}x{W - 1}"),
+        (lambda: outpaint(run, image, (1, 0, 0, 0)), "height and width must be multiples of 2"),
+        (lambda: outpaint(run, image[:, 1:, 1:], (1, 0, 0, 0)), f"or one of {C}x{H}x{W - 1}"),
         (lambda: inpaint(run, image, torch.zeros(H, W), Request(sampler="heun"), method="repaint"),
          "single-step form"),
     ]

@@ -155,3 +155,14 @@ def test_cli_uses_the_trained_method(runs, tmp_path, capsys):
     assert code == 0
     out, known = load_image(tmp_path / "out" / "000001.png"), load_image(tmp_path / "in.png")
     assert torch.equal(out[..., :14], known[..., :14])
+
+
+@pytest.mark.parametrize("method", ["trained", "replace"])
+def test_outpaint_beyond_the_models_canvas(runs, method):
+    run = runs[False]
+    image = digit(run)  # the model's own 28x28: the canvas grows by the pad
+    g = outpaint(run, image, (4, 0, 8, 4), Request(steps=3, num=2), method=method)
+    assert g.images.shape == (2, 1, 32, 40) and torch.isfinite(g.images).all()
+    assert torch.equal(g.images[:, :, 0:28, 4:32], image.expand(2, -1, -1, -1))
+    with pytest.raises(NoisecraftError, match="must be multiples of"):
+        outpaint(run, image, (1, 0, 0, 0), Request(steps=2), method=method)

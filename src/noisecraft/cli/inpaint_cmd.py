@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("inpaint", help="inpaint or outpaint an image (mask-conditioned run, or any run training-free)")
     p.add_argument("--checkpoint", required=True, help="run directory, checkpoint file or diffusers folder")
     p.add_argument("--image", required=True, help="the image (PNG, JPEG, ...) of the model's size and channels; "
-                                                  "with --outpaint, smaller by the pad")
+                                                  "with --outpaint, smaller by the pad (the model's canvas) or "
+                                                  "of the model's size (a U-Net run: the canvas grows by the pad)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--mask", help="binary mask of the image's size: white = regenerate, black = keep")
     where.add_argument("--outpaint", type=int, nargs=4, metavar=("L", "T", "R", "B"),

@@ -142,6 +142,8 @@ class InpaintCondition(Condition):
             raise NoisecraftError(f"conditions['inpaint'] must be {{'image': (1, {self.channels}, {h}, {w}), 'mask': "
                                   f"(1, 1, {h}, {w})}} in the model's space (batch 1 or one per image); use "
                                   f"noisecraft.editing.inpaint.inpaint")
+        if isinstance(value["image"], torch.Tensor) and value["image"].ndim == 4:
+            h, w = value["image"].shape[-2:]  # a canvas other than the training size (outpainting beyond it)
         for key, shape in (("image", (self.channels, h, w)), ("mask", (1, h, w))):
             v = value[key]
             if not isinstance(v, torch.Tensor) or v.ndim != 4 or tuple(v.shape[1:]) != shape or \

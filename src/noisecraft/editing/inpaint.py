@@ -55,7 +55,8 @@ guidance through the plain generation pipeline; the known region is pasted at th
 default) is "trained" for such a run and "replace" otherwise.
 
 Outpainting is inpainting on an enlarged canvas: `outpaint(run, image, pad=(l, t, r, b))` puts the image in a
-canvas of the model's size with the pad regenerated.
+canvas with the pad regenerated - the model's canvas for an image smaller by the pad, or, for an image of the
+model's size, a canvas larger than the model's (a U-Net samples at any size its down-sampling divides).
 """
 
 from __future__ import annotations
@@ -243,6 +244,10 @@ def inpaint(run, image, mask, request=None, *, method: str = "auto", jump: int =
         result = generate(run, replace(request, conditions=given), callback=callback)
         parameters = {**result.parameters, "inpaint": {"method": "trained", "regenerated": float(m.mean())}}
         return Generation(paste(result.images.float(), y, m), result.seeds, parameters, result.samples)
+    if trained:  # replace / repaint on a mask-conditioned run: its unconditional model, everything masked
+        y_model, m_model = _model_space(run, y, m)
+        everything = {"image": torch.zeros_like(y_model), "mask": torch.ones_like(m_model)}
+        request = replace(request, conditions={**(request.conditions or {}), "inpaint": everything})
     if method == "repaint" and request.sampler is None:
         request = replace(request, sampler="ddpm")
     denoiser, cond = conditioned(run, request)
@@ -293,8 +298,9 @@ def _sample(denoiser, sigmas, y, m, request, cond, callback, device, method, opt
 
 
 def outpaint_canvas(run, image, pad) -> tuple[torch.Tensor, torch.Tensor]:
-    """(canvas, mask): `image` put in a canvas of the run's image size, `pad` = (left, top, right, bottom)
-    pixels around it regenerated (mask 1), the image kept (mask 0)."""
+    """(canvas, mask): `image` put in a canvas, `pad` = (left, top, right, bottom) pixels around it regenerated
+    (mask 1), the image kept (mask 0). An image smaller than the run's image size by the pad fills a canvas of
+    the run's size; an image of the run's size gets a canvas enlarged by the pad (see `enlarged_run`)."""
     C, H, W = image_shape(run)
     if len(pad) != 4 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in pad) or not any(pad):
         raise NoisecraftError(f"outpainting pad must be 4 integers >= 0 (left, top, right, bottom), not all 0; "
@@ -303,18 +309,45 @@ def outpaint_canvas(run, image, pad) -> tuple[torch.Tensor, torch.Tensor]:
     inner = (C, H - top - bottom, W - left - right)
     image = torch.as_tensor(image).float()
     image = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
-    if min(inner) < 1 or tuple(image.shape) != inner:
+    if tuple(image.shape) == (C, H, W):  # beyond the model's canvas
+        H, W = H + top + bottom, W + left + right
+    elif min(inner) < 1 or tuple(image.shape) != inner:
         raise NoisecraftError(f"image is {_shape_text(image.shape)}; outpainting by (left, top, right, bottom) = "
-                              f"{tuple(pad)} to model {run.config.name!r}'s {_shape_text((C, H, W))} needs an "
-                              f"image of {_shape_text(inner)}")
+                              f"{tuple(pad)} takes an image of model {run.config.name!r}'s size "
+                              f"{_shape_text((C, H, W))} (the canvas grows by the pad) or one of "
+                              f"{_shape_text(inner)} (the canvas is the model's size)")
     canvas, mask = torch.zeros(C, H, W), torch.ones(H, W)
     canvas[:, top:H - bottom, left:W - right] = image
     mask[top:H - bottom, left:W - right] = 0
     return canvas, mask
 
 
+def enlarged_run(run, height: int, width: int):
+    """The run sampling images of height x width pixels: a convolutional U-Net runs at any size its down-sampling
+    divides (Rombach et al. 2022 sample SD beyond its training size the same way); other networks (a DiT's fixed
+    position table, an MLP) only at their own."""
+    from dataclasses import replace as with_fields
+
+    C, H, W = image_shape(run)
+    if (height, width) == (H, W):
+        return run
+    model = getattr(run.config, "model", None)
+    net = getattr(run.config, "network", None)
+    if model != "unet" or net is None:
+        raise NoisecraftError(f"outpainting beyond the model's {H}x{W} needs a U-Net run; model {run.config.name!r} "
+                              f"is a {model or 'foreign'} network: give an image smaller than {H}x{W} by the pad")
+    f = run.autoencoder.factor if run.autoencoder is not None else 1
+    unit = f * 2 ** (len(net.channel_mult) - 1)
+    if height % unit or width % unit:
+        raise NoisecraftError(f"an outpainted canvas of {height}x{width} does not fit model {run.config.name!r}: "
+                              f"height and width must be multiples of {unit} (its down-sampling"
+                              f"{' times the autoencoder factor' if f > 1 else ''}); change the pad")
+    return with_fields(run, data_shape=(run.data_shape[0], height // f, width // f))
+
+
 def outpaint(run, image, pad, request=None, **options):
-    """Outpainting: inpainting (`inpaint`, same options) of `image` in a canvas of the run's image size with
-    `pad` = (left, top, right, bottom) pixels around it regenerated."""
+    """Outpainting: inpainting (`inpaint`, same options) of `image` on a canvas with `pad` = (left, top, right,
+    bottom) pixels around it regenerated: the run's canvas (an image smaller by the pad), or for an image of the
+    run's size a canvas enlarged by the pad (U-Net runs, `enlarged_run`)."""
     canvas, mask = outpaint_canvas(run, image, tuple(pad))
-    return inpaint(run, canvas, mask, request, **options)
+    return inpaint(enlarged_run(run, *canvas.shape[-2:]), canvas, mask, request, **options)
