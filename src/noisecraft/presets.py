@@ -164,6 +164,25 @@ PRESETS["ldm-scenes-layout"] = replace(PRESETS["ldm-scenes-text"], name="ldm-sce
                                        conditioning=replace(_TEXT["conditioning"], layout=True))
 
 
+# ---- Structure control (ControlNet, Zhang et al. 2023; noisecraft.conditions.control) --------------------------
+# A ControlNet trained on a frozen base run (conditioning.control_base: `mnist` -> runs/m, `mnist-class` ->
+# runs/mc, as in the README), whose network, diffusion and data these presets repeat; only the ControlNet
+# (a trainable copy of the encoder, the map encoder and the zero convolutions) is optimised. No condition dropout
+# for the unconditional base (the null control is exactly the base); the class-conditional one keeps the base's
+# 0.1, so that guidance by class has its null label.
+_CONTROL_TRAIN = replace(_MNIST.train, lr=5e-4, warmup_steps=100, minutes=15.0)
+_CONTROL = ConditioningConfig(cond_dropout=0.0, conditions=("control",), control_base="runs/m")
+PRESETS.update({
+    "mnist-control-canny": replace(_MNIST, name="mnist-control-canny", conditioning=_CONTROL, train=_CONTROL_TRAIN),
+    "mnist-control-scribble": replace(_MNIST, name="mnist-control-scribble",
+                                      conditioning=replace(_CONTROL, control_map="scribble"), train=_CONTROL_TRAIN),
+    "mnist-class-control-canny": replace(PRESETS["mnist-class"], name="mnist-class-control-canny",
+                                         conditioning=replace(_CONTROL, cond_dropout=0.1, control_base="runs/mc"),
+                                         train=_CONTROL_TRAIN),
+})
+# ---- end of structure control -------------------------------------------------------------------------------------
+
+
 def latent_preset_for(dataset: str) -> str:
     """The first latent-diffusion preset (one with data.autoencoder set) that trains on `dataset`, else ldm-64:
     what the autoencoder trainer suggests next (train-autoencoder --preset ae-scenes -> ldm-scenes-text)."""

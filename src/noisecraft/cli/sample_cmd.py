@@ -48,6 +48,12 @@ def add_parser(sub) -> None:
                                         "sigma (.png strip or .gif)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     add_conditioning_arguments(p)
+    c = p.add_argument_group("structure control (ControlNet runs)")
+    c.add_argument("--control", metavar="MAP.png",
+                   help="the control map (white = edge or stroke) at the model's image size, for every image")
+    c.add_argument("--control-scale", type=float, metavar="S",
+                   help="the conditioning scale, a finite number >= 0 (0 = the base model; default: the run's "
+                        "conditioning.control_scale, 1)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="merge a LoRA .safetensors file (diffusers/peft or kohya keys) into the model with this "
                         "scale (default 1); repeatable; keys that match nothing are an error naming them")
@@ -75,11 +81,41 @@ def request_from_args(args):
     def tup(v):
         return None if v is None else tuple(v)
 
+    conditions = control_condition(args)
     return Request(prompts=None if args.prompt is None else (args.prompt,), negative_prompt=args.negative_prompt,
                    class_ids=tup(args.class_ids), guidance=args.guidance, guidance_interval=tup(args.guidance_interval),
                    guidance_rescale=args.guidance_rescale, sampler=args.sampler, options=dict(args.options or {}),
                    steps=args.steps, step_schedule=args.step_schedule, seed=args.seed, num=args.num,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, conditions=conditions)
+
+
+def control_condition(args) -> dict | None:
+    """{"control": Control(map, scale)} from --control / --control-scale (the map read as grey in [0, 1])."""
+    path, scale = getattr(args, "control", None), getattr(args, "control_scale", None)
+    if path is None:
+        if scale is not None:
+            from noisecraft.errors import NoisecraftError
+
+            raise NoisecraftError("--control-scale given without --control MAP.png")
+        return None
+    from noisecraft.conditions.control import Control, check_scale
+    from noisecraft.data.images import load_image
+
+    m = (load_image(path, channels=1) + 1) / 2  # (1, H, W) in [0, 1]
+    return {"control": Control(m, None if scale is None else check_scale(scale))}
+
+
+def check_control(run, args) -> None:
+    """--control on a run without a ControlNet: one line naming what the run takes."""
+    if getattr(args, "control", None) is None or run.conditions.get("control") is not None:
+        return
+    from noisecraft.errors import NoisecraftError
+
+    conds = run.conditions
+    what = conds.describe() if conds else "an unconditional model"
+    raise NoisecraftError(f"--control given, but model {run.config.name!r} has no structure control (it is {what}); "
+                          f"train a ControlNet on it: noisecraft train --preset mnist-control-canny "
+                          f"conditioning.control_base={args.checkpoint}")
 
 
 def write_generation(run, request, out, *, callback=None) -> Path:
@@ -115,6 +151,7 @@ def run(args) -> int:
         from noisecraft.interop.lora import apply_lora_specs
 
         apply_lora_specs(loaded, args.lora)
+    check_control(loaded, args)
     frames = []
 
     def record(info):

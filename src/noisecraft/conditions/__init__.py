@@ -11,6 +11,7 @@ from __future__ import annotations
 from noisecraft.conditions.base import CONDITIONS, Condition, ConditionSet, merge, register, where_dropped
 from noisecraft.conditions.classes import ClassCondition, per_image
 from noisecraft.conditions.config import ConditioningConfig
+from noisecraft.conditions.control import Control, ControlCondition
 from noisecraft.conditions.inpaint import InpaintCondition
 from noisecraft.conditions.text import TEXT_IDS, PromptCondition, TextCondition, TextEncoderNet
 from noisecraft.errors import unknown_name
@@ -34,7 +35,8 @@ def conditions_for(config) -> ConditionSet:
     return ConditionSet(out, config.conditioning.cond_dropout)
 
 
-__all__ = ["CONDITIONS", "ClassCondition", "Condition", "ConditionSet", "ConditioningConfig", "InpaintCondition",
+__all__ = ["CONDITIONS", "ClassCondition", "Condition", "ConditionSet", "ConditioningConfig", "Control",
+           "ControlCondition", "InpaintCondition",
            "PromptCondition",
            "TEXT_IDS", "TextCondition", "TextEncoderNet", "conditions_for", "merge", "per_image", "register",
            "where_dropped"]

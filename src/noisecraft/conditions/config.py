@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from noisecraft.errors import require
@@ -17,6 +18,11 @@ class ConditioningConfig:
     layout_planner_steps: int = 1500  # training steps of the layout planner
     layout_separators: tuple[str, ...] | None = None  # words that cut a prompt into object phrases (None: default)
     conditions: tuple[str, ...] = ()  # further conditions by name (noisecraft.conditions.CONDITIONS), in order
+    # structure control (condition "control", a ControlNet; noisecraft.conditions.control)
+    control_base: str = ""          # the frozen base run the ControlNet trains on (a run directory)
+    control_map: str = "canny"      # the control map: canny (edges) or scribble (stroke skeletons)
+    control_scale: float = 1.0      # the default conditioning scale at sampling (0 = the base model)
+    control_canny_sigma: float = 1.0  # Gaussian sigma (pixels) of the Canny edge detector
 
     def __post_init__(self):
         require(0 <= self.cond_dropout < 1, "conditioning.cond_dropout", f"must be in [0, 1), got {self.cond_dropout}")
@@ -29,3 +35,11 @@ class ConditioningConfig:
                f"names a condition twice: {list(self.conditions)}")
         require(not {"class", "text", "layout"} & set(self.conditions), "conditioning.conditions",
                "class, text and layout are set by network.num_classes, text.encoder and conditioning.layout")
+        require(isinstance(self.control_base, str), "conditioning.control_base",
+               f"expected a run directory (string), got {self.control_base!r}")
+        require(self.control_map in ("canny", "scribble"), "conditioning.control_map",
+               f"must be one of canny, scribble; got {self.control_map!r}")
+        for name in ("control_scale", "control_canny_sigma"):
+            v = getattr(self, name)
+            require(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                   f"conditioning.{name}", f"must be a finite number >= 0, got {v!r}")

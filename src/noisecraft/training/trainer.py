@@ -92,19 +92,21 @@ class Trainer:
         torch.manual_seed(t.seed)  # network initialisation
         self.denoiser = build_denoiser(self.config).to(self.device)
         self.net = self.denoiser.net
+        # the run's conditions (noisecraft.conditions): read from the data here, prepared once in run() (e.g. a
+        # layout planner), drawn per batch in batch(). Set up before the averages and the optimiser are made,
+        # since a condition may load and freeze weights (a ControlNet's base run): only parameters that require
+        # gradients are optimised
+        self.conditions = conditions_for(self.config)
+        self.conditions.setup(self.data, self.net, self.device, self.progress)
         self.ema = ema_copy(self.net)
         self.phema = power_ema(self.net, t)
         averages = [self.ema, *(self.phema.models if self.phema else [])]
         self.model, self.train_denoiser = distributed.parallelize(self.denoiser, averages, t, self.dist, self.device)
-        self.optimizer = adamw(self.net.parameters(), t, self.device)
+        self.optimizer = adamw([p for p in self.net.parameters() if p.requires_grad], t, self.device)
         self.scaler = grad_scaler(self.device, t)
         self.images = self.data.images.to(self.device)
         flipped = (self.data.attributes or {}).get("latents_hflip")  # latent runs: E(flip(x)), not flip(E(x))
         self.images_hflip = None if flipped is None else flipped.to(self.device)
-        # the run's conditions (noisecraft.conditions): read from the data here, prepared once in run() (e.g. a
-        # layout planner), drawn per batch in batch()
-        self.conditions = conditions_for(self.config)
-        self.conditions.setup(self.data, self.net, self.device, self.progress)
 
     def _setup_callbacks(self) -> None:
         """After-step callbacks, each called as callback(trainer): evaluation during training when eval.every
