@@ -163,7 +163,6 @@ PRESETS.update({
 PRESETS["ldm-scenes-layout"] = replace(PRESETS["ldm-scenes-text"], name="ldm-scenes-layout",
                                        conditioning=replace(_TEXT["conditioning"], layout=True))
 
-
 # ---- Structure control (ControlNet, Zhang et al. 2023; noisecraft.conditions.control) --------------------------
 # A ControlNet trained on a frozen base run (conditioning.control_base: `mnist` -> runs/m, `mnist-class` ->
 # runs/mc, as in the README), whose network, diffusion and data these presets repeat; only the ControlNet
@@ -181,6 +180,36 @@ PRESETS.update({
                                          train=_CONTROL_TRAIN),
 })
 # ---- end of structure control -------------------------------------------------------------------------------------
+
+
+# ---- Super-resolution cascade (SR3 + noise conditioning augmentation; noisecraft.conditions.low_res) ----------
+# Imagen-style cascade on glyphs, 16 -> 32 -> 64 (grey): `glyphs-16` draws 16x16 glyphs, `glyphs-sr-32` and
+# `glyphs-sr-64` each double the resolution, reading the area-downsampled image bicubic-upsampled as concatenated
+# channels and the augmentation level through cond["vector"]. The SR U-Nets are shallow (their job is local
+# detail), EDM recipe as the other presets; no condition dropout (the low-res image is not guidable).
+# noisecraft upscale --checkpoint runs/glyphs-sr-32 --checkpoint runs/glyphs-sr-64 --base runs/glyphs-16 --num 16
+_SR_CONDITIONING = ConditioningConfig(cond_dropout=0.0, conditions=("low-res",), low_res_factor=2)
+_SR_TRAIN = replace(_EMOJI_64.train, batch_size=32, lr=1e-3, warmup_steps=50, minutes=8.0, checkpoint_every=250)
+PRESETS.update({
+    "glyphs-16": replace(_MNIST, name="glyphs-16",
+                         network=UNetConfig(in_channels=1, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                                            attention_levels=(1,), head_channels=32, norm_groups=8),
+                         data=DataConfig(dataset="glyphs", split="train", resolution=16),
+                         train=replace(_MNIST.train, minutes=8.0)),
+    "glyphs-sr-32": replace(_GLYPHS_64, name="glyphs-sr-32",
+                            network=UNetConfig(in_channels=1, base_channels=32, channel_mult=(1, 2, 2),
+                                               num_res_blocks=1, attention_levels=(), head_channels=32,
+                                               norm_groups=8),
+                            data=DataConfig(dataset="glyphs", split="train", resolution=32),
+                            conditioning=_SR_CONDITIONING, train=_SR_TRAIN),
+    "glyphs-sr-64": replace(_GLYPHS_64, name="glyphs-sr-64",
+                            network=UNetConfig(in_channels=1, base_channels=24, channel_mult=(1, 2, 2),
+                                               num_res_blocks=1, attention_levels=(), head_channels=24,
+                                               norm_groups=8),
+                            data=DataConfig(dataset="glyphs", split="train", resolution=64),
+                            conditioning=_SR_CONDITIONING, train=replace(_SR_TRAIN, batch_size=16, minutes=10.0)),
+})
+# ---- end of super-resolution ---------------------------------------------------------------------------------
 
 
 def latent_preset_for(dataset: str) -> str:

@@ -29,6 +29,7 @@ COMMANDS = {
     "inpaint": "noisecraft.cli.inpaint_cmd",
     "index": "noisecraft.cli.index_cmd",
     "search": "noisecraft.cli.search_cmd",
+    "upscale": "noisecraft.cli.upscale_cmd",
 }
 
 

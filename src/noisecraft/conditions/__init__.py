@@ -13,6 +13,7 @@ from noisecraft.conditions.classes import ClassCondition, per_image
 from noisecraft.conditions.config import ConditioningConfig
 from noisecraft.conditions.control import Control, ControlCondition
 from noisecraft.conditions.inpaint import InpaintCondition
+from noisecraft.conditions.low_res import LowResCondition
 from noisecraft.conditions.text import TEXT_IDS, PromptCondition, TextCondition, TextEncoderNet
 from noisecraft.errors import unknown_name
 
@@ -35,8 +36,9 @@ def conditions_for(config) -> ConditionSet:
     return ConditionSet(out, config.conditioning.cond_dropout)
 
 
-__all__ = ["CONDITIONS", "ClassCondition", "Condition", "ConditionSet", "ConditioningConfig", "Control",
-           "ControlCondition", "InpaintCondition",
+__all__ = ["CONDITIONS", "ClassCondition", "Condition", "ConditionSet", "ConditioningConfig",
+           "Control", "ControlCondition", "InpaintCondition",
+           "LowResCondition",
            "PromptCondition",
            "TEXT_IDS", "TextCondition", "TextEncoderNet", "conditions_for", "merge", "per_image", "register",
            "where_dropped"]

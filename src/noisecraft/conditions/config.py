@@ -18,6 +18,10 @@ class ConditioningConfig:
     layout_planner_steps: int = 1500  # training steps of the layout planner
     layout_separators: tuple[str, ...] | None = None  # words that cut a prompt into object phrases (None: default)
     conditions: tuple[str, ...] = ()  # further conditions by name (noisecraft.conditions.CONDITIONS), in order
+    # super-resolution ("low-res" in conditions; noisecraft.conditions.low_res, SR3 + noise conditioning augmentation)
+    low_res_factor: int = 2           # the low-resolution image is 1/factor of the run's size (area downsampling)
+    low_res_aug_max: float = 0.3      # training augmentation levels s ~ U[0, max] (Ho et al. 2022, Sec. 4.2)
+    low_res_aug_sample: float = 0.05  # the fixed level at sampling (noisecraft upscale --aug-level)
     # structure control (condition "control", a ControlNet; noisecraft.conditions.control)
     control_base: str = ""          # the frozen base run the ControlNet trains on (a run directory)
     control_map: str = "canny"      # the control map: canny (edges) or scribble (stroke skeletons)
@@ -35,6 +39,13 @@ class ConditioningConfig:
                f"names a condition twice: {list(self.conditions)}")
         require(not {"class", "text", "layout"} & set(self.conditions), "conditioning.conditions",
                "class, text and layout are set by network.num_classes, text.encoder and conditioning.layout")
+        require(isinstance(self.low_res_factor, int) and not isinstance(self.low_res_factor, bool)
+                and 2 <= self.low_res_factor <= 16, "conditioning.low_res_factor",
+                f"must be an integer in 2..16, got {self.low_res_factor!r}")
+        for field in ("low_res_aug_max", "low_res_aug_sample"):
+            value = getattr(self, field)
+            require(isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1,
+                    f"conditioning.{field}", f"must be a number in [0, 1], got {value!r}")
         require(isinstance(self.control_base, str), "conditioning.control_base",
                f"expected a run directory (string), got {self.control_base!r}")
         require(self.control_map in ("canny", "scribble"), "conditioning.control_map",
