@@ -2,7 +2,7 @@
 
 One mask-conditioned run (preset mnist-inpaint) serves every method: with its null condition (everything masked)
 it is an unconditional model, which is what the training-free methods need, so the comparison holds the network,
-its training and its budget fixed. Queries: the first --num MNIST test digits (never seen in training), the
+its training and its budget fixed. Queries: the --num MNIST test digits (never seen in training), the
 right half (or --half bottom) regenerated. Scores, against the same classifier and features `noisecraft eval`
 uses (noisecraft.eval.mnist_net, MNIST features):
 
@@ -11,7 +11,8 @@ uses (noisecraft.eval.mnist_net, MNIST features):
 - FD of the completions (MNIST features) against the training split's reference, beside real test digits' FD;
 - known pixels kept: max |completion - digit| over the kept half (0: bit for bit).
 
-    python benchmarks/editing.py --run runs/mnist-inpaint --num 300 --out benchmarks
+    python benchmarks/editing.py --run runs/mnist-inpaint --out benchmarks            # right half
+    python benchmarks/editing.py --run runs/mnist-inpaint --half bottom --out benchmarks
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def complete(run, digits: torch.Tensor, mask: torch.Tensor, method: str, args) -
     """Completions of `digits` (N, 1, H, W) where mask (1, 1, H, W) is 1; image i from seed i."""
     from noisecraft.core.random import make_generators, randn_like
     from noisecraft.editing.inpaint import paste, sample_repaint, sample_replace
-    from noisecraft.pipelines import Request, generate, plan
+    from noisecraft.pipelines import Request, conditioned, generate, plan
 
     out = []
     for start in range(0, len(digits), args.batch_size):
@@ -44,20 +45,25 @@ def complete(run, digits: torch.Tensor, mask: torch.Tensor, method: str, args) -
             continue
         sampler = "heun" if method == "replace" else "ddpm"
         p = plan(run, Request(sampler=sampler, steps=args.steps if method == "replace" else args.repaint_steps))
+        cond = None
+        if run.conditions.get("inpaint") is not None:  # the mask-conditioned run's unconditional model
+            everything = {"image": torch.zeros_like(y[:1]), "mask": torch.ones_like(mask)}
+            cond = {k: v.expand(n, *v.shape[1:]) for k, v in
+                    conditioned(run, Request(conditions={"inpaint": everything}))[1].items()}
         gens = make_generators(start, n)
         x = randn_like(torch.empty_like(y), gens) * float(p.sigmas[0])
         if method == "replace":
-            out.append(sample_replace(run.denoiser, x, p.sigmas, y, mask, sampler=sampler, generator=gens))
+            out.append(sample_replace(run.denoiser, x, p.sigmas, y, mask, sampler=sampler, cond=cond, generator=gens))
         else:
             out.append(sample_repaint(run.denoiser, x, p.sigmas, y, mask, sampler=sampler, jump=args.jump,
-                                      resample=args.resample, generator=gens))
+                                      resample=args.resample, cond=cond, generator=gens))
     return torch.cat(out).float().clamp(-1, 1)  # as written to PNG; the kept half is in [-1, 1] already
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True)
-    ap.add_argument("--num", type=int, default=300)
+    ap.add_argument("--num", type=int, default=500, help="test digits (the split holds 500, 50 per class, in order)")
     ap.add_argument("--half", choices=("right", "bottom"), default="right")
     ap.add_argument("--steps", type=int, default=10, help="heun steps of trained / replace / unconditional")
     ap.add_argument("--repaint-steps", type=int, default=10)
@@ -86,7 +92,8 @@ def main(argv=None) -> int:
     clf = load_mnist_classifier().eval()
     extractor = get_extractor("mnist")
     ref = load_reference("mnist", extractor, split="train")
-    rows, grid = [], [torch.where(mask.bool(), torch.zeros_like(digits[:10]), digits[:10])]
+    shown = torch.linspace(0, len(digits) - 1, 10).long()  # the split is ordered by class: one of each
+    rows, grid = [], [torch.where(mask.bool(), torch.zeros_like(digits[shown]), digits[shown])]
     with torch.no_grad():
         real_pred = clf(digits)[1].argmax(1)
     rows.append({"method": "real held-out digits", "agreement": float((real_pred == labels).float().mean()),
@@ -102,10 +109,10 @@ def main(argv=None) -> int:
                      "fd": fd(extractor(images), ref.features),
                      "kept_max_error": float(kept) if method != "unconditional" else None,
                      "seconds": round(seconds, 1)})
-        grid.append(images[:10])
+        grid.append(images[shown])
         print(json.dumps(rows[-1]), flush=True)
-    grid.append(digits[:10])
-    save_png(grid_image(torch.cat(grid), nrow=10), args.out / "editing_inpaint.png", scale=3,
+    grid.append(digits[shown])
+    save_png(grid_image(torch.cat(grid), nrow=10), args.out / f"editing_inpaint_{args.half}.png", scale=3,
              info={"rows": ["masked input", "trained", "replace", "repaint", "unconditional", "real"]})
     result = {"run": args.run, "model_step": run.step, "config": run.config.name, "num": args.num,
               "half": args.half, "steps": args.steps, "repaint": [args.repaint_steps, args.jump, args.resample],
