@@ -189,7 +189,7 @@ PRESETS.update({
 # detail), EDM recipe as the other presets; no condition dropout (the low-res image is not guidable).
 # noisecraft upscale --checkpoint runs/glyphs-sr-32 --checkpoint runs/glyphs-sr-64 --base runs/glyphs-16 --num 16
 _SR_CONDITIONING = ConditioningConfig(cond_dropout=0.0, conditions=("low-res",), low_res_factor=2)
-_SR_TRAIN = replace(_EMOJI_64.train, batch_size=32, lr=1e-3, warmup_steps=50, minutes=8.0, checkpoint_every=250)
+_SR_TRAIN = replace(_EMOJI_64.train, batch_size=32, lr=1e-3, warmup_steps=50, minutes=15.0, checkpoint_every=250)
 PRESETS.update({
     "glyphs-16": replace(_MNIST, name="glyphs-16",
                          network=UNetConfig(in_channels=1, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
@@ -207,7 +207,7 @@ PRESETS.update({
                                                num_res_blocks=1, attention_levels=(), head_channels=24,
                                                norm_groups=8),
                             data=DataConfig(dataset="glyphs", split="train", resolution=64),
-                            conditioning=_SR_CONDITIONING, train=replace(_SR_TRAIN, batch_size=16, minutes=10.0)),
+                            conditioning=_SR_CONDITIONING, train=replace(_SR_TRAIN, batch_size=16, minutes=15.0)),
 })
 # ---- end of super-resolution ---------------------------------------------------------------------------------
 
