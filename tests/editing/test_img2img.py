@@ -161,24 +161,13 @@ def test_cli_writes_pngs_and_bad_inputs_are_one_line(trained, tmp_path, capsys):
 def test_latent_run_edits_in_latent_space(tmp_path, monkeypatch):
     """A latent run: the image is encoded (posterior mean, scaled), edited in latent space and decoded; strength 0
     gives the pixels back exactly, strength 1 is text-to-image from the same noise, inversion returns latents."""
-    from noisecraft.autoencoder.config import get_ae_preset
+    from latent_run import tiny_latent_run
+
     from noisecraft.autoencoder.latents import encode_images
     from noisecraft.editing.img2img import encode, image_shape, img2img, invert_image
-    from noisecraft.pipelines import Request, generate, load
-    from noisecraft.presets import get_preset
-    from noisecraft.training.autoencoder_trainer import AutoencoderTrainer
-    from noisecraft.training.trainer import Trainer
+    from noisecraft.pipelines import Request, generate
 
-    monkeypatch.setenv("NOISECRAFT_CACHE", str(tmp_path / "cache"))
-    ae = get_ae_preset("ae-tiny")
-    AutoencoderTrainer(replace(ae, train=replace(ae.train, steps=2, eval_every=2, fd_every=2)), tmp_path / "ae",
-                       progress=False).run()
-    base = get_preset("mnist-tiny")
-    c = replace(base, data=replace(base.data, dataset="digits", resolution=16, channels=3, limit=64,
-                                   autoencoder=str(tmp_path / "ae")),
-                train=replace(base.train, steps=2, batch_size=8, checkpoint_every=2))
-    Trainer(c, tmp_path / "ldm", progress=False).run()
-    run = load(tmp_path / "ldm")
+    run = tiny_latent_run(tmp_path, monkeypatch)
     assert image_shape(run) == (3, 16, 16) and run.data_shape[0] != 3
     image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     z = encode(run, image[None])

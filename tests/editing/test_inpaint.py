@@ -182,20 +182,11 @@ def test_cli_inpaint_and_outpaint_write_pngs(run, tmp_path, capsys):
 
 def test_latent_run_keeps_the_known_pixels(tmp_path, monkeypatch):
     """A latent run inpaints in latent space (the mask max-pooled by the factor) and pastes the known pixels."""
-    from noisecraft.autoencoder.config import get_ae_preset
-    from noisecraft.editing.inpaint import _model_space
-    from noisecraft.training.autoencoder_trainer import AutoencoderTrainer
+    from latent_run import tiny_latent_run
 
-    monkeypatch.setenv("NOISECRAFT_CACHE", str(tmp_path / "cache"))
-    ae = get_ae_preset("ae-tiny")
-    AutoencoderTrainer(replace(ae, train=replace(ae.train, steps=2, eval_every=2, fd_every=2)), tmp_path / "ae",
-                       progress=False).run()
-    base = get_preset("mnist-tiny")
-    c = replace(base, data=replace(base.data, dataset="digits", resolution=16, channels=3, limit=64,
-                                   autoencoder=str(tmp_path / "ae")),
-                train=replace(base.train, steps=2, batch_size=8, checkpoint_every=2))
-    Trainer(c, tmp_path / "ldm", progress=False).run()
-    latent = load(tmp_path / "ldm")
+    from noisecraft.editing.inpaint import _model_space
+
+    latent = tiny_latent_run(tmp_path, monkeypatch)
     f = latent.autoencoder.factor
     image = torch.randint(0, 256, (3, 16, 16), generator=torch.Generator().manual_seed(0)).float() / 127.5 - 1
     mask = torch.zeros(16, 16)

@@ -14,10 +14,10 @@ from noisecraft.models.mlp import MLP_PRESETS, MLPConfig, MLPDenoiserNet
 from noisecraft.models.unet import (
     UNET_PRESETS,
     AttentionBlock,
+    ConcatSkip,
     UNet,
     UNetConfig,
     Upsample,
-    _ConcatSkip,
     timestep_embedding,
 )
 
@@ -199,7 +199,7 @@ def test_concat_skip_gradients_are_dense_and_exact():
     cl = torch.channels_last
     h = torch.randn(2, 3, 4, 4).contiguous(memory_format=cl).requires_grad_()
     s = torch.randn(2, 5, 4, 4).contiguous(memory_format=cl).requires_grad_()
-    out = _ConcatSkip.apply(h, s, cl)
+    out = ConcatSkip.apply(h, s, cl)
     torch.testing.assert_close(out, torch.cat([h, s], dim=1), rtol=0, atol=0)
     g = torch.randn(2, 8, 4, 4).contiguous(memory_format=cl)
     gh, gs = torch.autograd.grad(out, [h, s], g)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from noisecraft.errors import ConfigError, NoisecraftError
 from noisecraft.models.conditioning import check_cond, refined_context
-from noisecraft.models.unet import CONV, UNet, _ConcatSkip, group_norm_silu
+from noisecraft.models.unet import CONV, ConcatSkip, UNet, group_norm_silu
 
 CONTROL_KEYS = ("control", "control_scale")  # the cond keys a ControlledUNet consumes
 
@@ -164,7 +164,7 @@ class ControlledUNet(nn.Module):
         skips = [h_i + s * r_i for h_i, r_i in zip(skips, res)]
         h = base.mid(h, emb_act, context) + s * res_mid
         for block in base.up:
-            h = block(_ConcatSkip.apply(h, skips.pop(), base.memory_format), emb_act, context)
+            h = block(ConcatSkip.apply(h, skips.pop(), base.memory_format), emb_act, context)
         return base.conv_out(group_norm_silu(h, base.norm_out)).contiguous()
 
     def _check_control(self, control, scale, x: Tensor) -> tuple[Tensor, Tensor]:

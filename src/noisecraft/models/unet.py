@@ -31,7 +31,7 @@ Speed without changing the function (see benchmarks/README.md for the measuremen
   no such format and ignores the flag.
 - `Upsample` runs nearest 2x upsampling + 3x3 conv as one stride-2 transposed convolution with
   the equivalent 4x4 weight (16 instead of 36 multiply-adds per input pixel in 2-D).
-- `_ConcatSkip` hands densely stored gradients to the skip connections; plain `torch.cat`
+- `ConcatSkip` hands densely stored gradients to the skip connections; plain `torch.cat`
   returns strided channel slices in channels-last layout.
 """
 
@@ -344,7 +344,7 @@ class Upsample(nn.Module):
         return _CONV_TRANSPOSE[self.dims](x, weight, self.conv.bias, stride=2, padding=1)
 
 
-class _ConcatSkip(torch.autograd.Function):
+class ConcatSkip(torch.autograd.Function):
     """torch.cat([h, skip], dim=1) whose backward hands out densely stored gradients. The plain
     backward returns channel slices of the incoming gradient; in channels-last layout those are
     strided tensors, and the convolutions they reach fall onto slow paths on CPU."""
@@ -474,7 +474,7 @@ class UNet(nn.Module):
             skips.append(h)
         h = self.mid(h, emb_act, context)  # (B, C_last, *S / 2^(levels-1))
         for block in self.up:
-            h = block(_ConcatSkip.apply(h, skips.pop(), self.memory_format), emb_act, context)
+            h = block(ConcatSkip.apply(h, skips.pop(), self.memory_format), emb_act, context)
         return self.conv_out(group_norm_silu(h, self.norm_out)).contiguous()  # (B, C_out, *S)
 
     def _embed(self, c_noise: Tensor, cond: dict, batch: int) -> Tensor:
