@@ -40,7 +40,7 @@ def sr_run(tmp_path_factory):
 
 def condition(config, device="cpu"):
     c = conditions_for(config).get("low-res")
-    c.device, c.size = torch.device(device), (16, 16)
+    c.device, c.size, c.input_size = torch.device(device), (16, 16), (16, 16)
     return c
 
 

@@ -71,13 +71,15 @@ def encode_images(ae, images: torch.Tensor, *, progress: bool = True) -> torch.T
     return torch.cat(out)
 
 
-def encode_dataset(ds, ae_path, *, hflip: bool = False, progress: bool = True):
+def encode_dataset(ds, ae_path, *, hflip: bool = False, progress: bool = True, keep_pixels: bool = False):
     """An ImageDataset of images -> the same dataset with `images` replaced by cached scaled latents.
 
     hflip=True (data.hflip of a latent run) also encodes the horizontally flipped images and keeps their latents
     as attributes[HFLIP_KEY]: flipping is an augmentation of the pixels, and the latent of a flipped image is not
     the flipped latent (the encoder is not equivariant to flips), so the trainer draws E(flip(x)) from there. The
-    flipped latents are cached under their own key (the key hashes the image bytes)."""
+    flipped latents are cached under their own key (the key hashes the image bytes). keep_pixels=True keeps the
+    pixel images as attributes[PIXELS] (for conditions made in pixel space: a ControlNet's edge maps, a
+    super-resolution model's low-resolution image)."""
     from noisecraft.autoencoder import load_autoencoder
 
     if ds.is_points or ds.images.ndim != 4:
@@ -96,6 +98,10 @@ def encode_dataset(ds, ae_path, *, hflip: bool = False, progress: bool = True):
     if hflip:
         flipped = _cached_latents(ae, Path(ae_path), ds.images.flip(-1), f"{ds.name}-hflip", progress)
         attributes = {**(attributes or {}), HFLIP_KEY: flipped}
+    if keep_pixels:
+        from noisecraft.conditions.base import PIXELS
+
+        attributes = {**(attributes or {}), PIXELS: ds.images}
     return dataclasses.replace(ds, name=f"{ds.name}-latents", images=latents, attributes=attributes)
 
 

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from noisecraft.errors import ConfigError, NoisecraftError, unknown_name
 
+PIXELS = "pixels"  # a latent run's dataset attribute holding its pixel images (autoencoder.latents.encode_dataset)
 JOINED = {"concat": 1, "vector": 1}  # keys several conditions may feed: joined along this dimension
 SUMMED_FIELDS = {"concat_channels", "vector_dim"}  # network fields that add up over conditions
 
@@ -48,6 +49,10 @@ class Condition:
     guidable: bool = True  # classifier-free guidance can move towards / away from this condition; a condition that
                            # is not guidable (an inpainting mask, a control map) is in both branches of guidance, so
                            # training never drops it (condition dropout drops the guidable conditions only)
+    pixel_space: bool = False  # made from the images in pixel space (an edge map, a low-resolution copy): in a latent
+                               # run, `from_images` gets the batch's pixel images, not its latents
+    image_shape: tuple[int, ...] | None = None  # one image's shape in pixel space (a latent run: the decoded image's,
+                                                # else the sample shape); set by ConditionSet.setup / load
 
     def __init__(self, config) -> None:
         self.config = config
@@ -191,17 +196,29 @@ class ConditionSet:
 
     # ----------------------------------------------------------------------------------- training
     def setup(self, dataset, net, device, progress: bool = False) -> None:
+        """Set every condition up for training; `image_shape` is the pixel images' (a latent run's dataset keeps
+        them as attributes["pixels"] when a condition is `pixel_space`)."""
+        pixels = (dataset.attributes or {}).get(PIXELS)
+        shape = tuple((dataset.images if pixels is None else pixels).shape[1:])
         for c in self.conditions:
+            c.image_shape = shape
             c.setup(dataset, net, device, progress)
+
+    @property
+    def pixel_space(self) -> bool:
+        """Whether a condition is made from pixel images (a latent run then keeps its dataset's pixels)."""
+        return any(c.pixel_space for c in self.conditions)
 
     def prepare(self, run_dir, progress: bool = False) -> None:
         for c in self.conditions:
             c.prepare(run_dir, progress)
 
-    def batch(self, idx: Tensor, gen: torch.Generator, x0: Tensor | None = None) -> dict | None:
-        """The cond of training batch idx (images x0, for conditions made from them): each sample's conditions
-        are dropped together with probability p, one draw per sample from the step's generator (so a resumed
-        run draws the same), then each condition draws what it needs from the same generator, in order."""
+    def batch(self, idx: Tensor, gen: torch.Generator, x0: Tensor | None = None,
+              pixels: Tensor | None = None) -> dict | None:
+        """The cond of training batch idx (images x0, for conditions made from them; a latent run's pixel images
+        `pixels`, for conditions made in pixel space): each sample's conditions are dropped together with
+        probability p, one draw per sample from the step's generator (so a resumed run draws the same), then each
+        condition draws what it needs from the same generator, in order."""
         if not self.conditions:
             return None
         drop = None
@@ -209,14 +226,18 @@ class ConditionSet:
             drop = (torch.rand(len(idx), generator=gen) < self.p).to(idx.device)
         parts = []
         for c in self.conditions:
-            values = c.from_batch(idx) if x0 is None else c.from_images(idx, x0, gen)
+            images = pixels if c.pixel_space and pixels is not None else x0
+            values = c.from_batch(idx) if images is None else c.from_images(idx, images, gen)
             dropped = drop is not None and c.guidable  # a map guidance does not move (a mask, a control map) stays
             parts.append((c.name, where_dropped(values, c.null(len(idx)), drop) if dropped else values))
         return merge(parts, len(idx))
 
     # ----------------------------------------------------------------------------------- sampling
-    def load(self, run_dir, net, device, data_shape: tuple) -> None:
+    def load(self, run_dir, net, device, data_shape: tuple, image_shape: tuple | None = None) -> None:
+        """Load every condition for sampling; image_shape: one image's shape in pixel space (a latent run's decoded
+        image; None: data_shape)."""
         for c in self.conditions:
+            c.image_shape = tuple(image_shape or data_shape)
             c.load(run_dir, net, device, data_shape)
 
     def check_request(self, request) -> None:

@@ -27,6 +27,8 @@ class ConditioningConfig:
     control_map: str = "canny"      # the control map: canny (edges) or scribble (stroke skeletons)
     control_scale: float = 1.0      # the default conditioning scale at sampling (0 = the base model)
     control_canny_sigma: float = 1.0  # Gaussian sigma (pixels) of the Canny edge detector
+    control_factor: int = 1         # the map's size over the network input's: 1 in pixel space, a latent run's
+                                    # autoencoder factor f (the map encoder then downsamples by f, as SD's ControlNet)
 
     def __post_init__(self):
         require(0 <= self.cond_dropout < 1, "conditioning.cond_dropout", f"must be in [0, 1), got {self.cond_dropout}")
@@ -50,6 +52,9 @@ class ConditioningConfig:
                f"expected a run directory (string), got {self.control_base!r}")
         require(self.control_map in ("canny", "scribble"), "conditioning.control_map",
                f"must be one of canny, scribble; got {self.control_map!r}")
+        require(self.control_factor in (1, 2, 4, 8, 16), "conditioning.control_factor",
+                f"must be one of 1, 2, 4, 8, 16 (1 in pixel space, else the autoencoder's factor), got "
+                f"{self.control_factor!r}")
         for name in ("control_scale", "control_canny_sigma"):
             v = getattr(self, name)
             require(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,

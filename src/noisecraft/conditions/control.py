@@ -21,7 +21,9 @@ augmentation) in `from_images`, and from any image with `control_map(kind, image
               (grey image thresholded by Otsu's method): a clean line drawing of where the strokes run, standing
               in for the user scribbles of the paper's Sec. 4 (a user draws centre lines, not outlines)
 
-Maps are one channel in {0, 1}, of the image's size. Classifier-free guidance: the control is not guided
+Maps are one channel in {0, 1}, of the image's size; in a latent run too (`pixel_space`: the maps are made from the
+pixel images, and the ControlNet's map encoder downsamples them by `conditioning.control_factor`, the autoencoder's
+factor). Classifier-free guidance: the control is not guided
 (`guidable = False`), the unconditional side gets the same map and scale (as the paper's CFG, Sec. 3.4); the null
 control (nothing given, or a sample dropped by condition dropout) is scale 0, which is exactly the base model.
 """
@@ -143,13 +145,14 @@ class ControlCondition(Condition):
     """The control map of a ControlNet run (module docstring); request value: a map tensor or a `Control`."""
 
     guidable = False  # the map goes to both sides of classifier-free guidance
+    pixel_space = True  # maps of the pixel images, also in a latent run (the map encoder downsamples them)
 
     def __init__(self, config) -> None:
         super().__init__(config)
         c = config.conditioning
         self.kind, self.base_path, self.default_scale = c.control_map, c.control_base, c.control_scale
-        self.canny_sigma = c.control_canny_sigma
-        self.size: tuple[int, ...] | None = None
+        self.canny_sigma, self.factor = c.control_canny_sigma, c.control_factor
+        self.size: tuple[int, ...] | None = None  # the map's (the pixel images') spatial size
 
     # ---------------------------------------------------------------------------------- the network
     def wrap_network(self, net):
@@ -159,16 +162,24 @@ class ControlCondition(Condition):
         if not isinstance(net, UNet):
             raise ConfigError(f"conditioning.conditions: 'control' (a ControlNet) needs model = 'unet'; this run's "
                               f"network is {type(net).__name__} (model {self.config.model!r})")
-        return ControlledUNet(net, ControlNet(net, MAP_CHANNELS))
+        return ControlledUNet(net, ControlNet(net, MAP_CHANNELS, factor=self.factor))
 
     # ----------------------------------------------------------------------------------- training
     def setup(self, dataset, net, device, progress: bool = False) -> None:
         super().setup(dataset, net, device, progress)
-        if self.config.data.autoencoder:
-            raise ConfigError("conditioning.conditions: 'control' computes its maps from pixel images; latent runs "
-                              f"(data.autoencoder={self.config.data.autoencoder!r}) are not supported")
-        self.size = tuple(dataset.images.shape[2:])
+        self.size = tuple(self.image_shape[1:])
+        self._check_factor(tuple(dataset.images.shape[2:]))
         self._load_base(net)
+
+    def _check_factor(self, input_size: tuple[int, ...]) -> None:
+        """The map (image) size is control_factor times the network input's (ConfigError naming the value)."""
+        if any(m != s * self.factor for m, s in zip(self.size, input_size)):
+            what = "the autoencoder's factor" if self.config.data.autoencoder else "1 in pixel space"
+            ratios = {m // s if m % s == 0 else 0 for m, s in zip(self.size, input_size)}
+            want = f"{ratios.pop()}" if len(ratios) == 1 and 0 not in ratios else "(none fits)"
+            raise ConfigError(f"conditioning.control_factor={self.factor}, but the maps are "
+                              f"{'x'.join(map(str, self.size))} and the network input "
+                              f"{'x'.join(map(str, input_size))}: set conditioning.control_factor={want} ({what})")
 
     def _load_base(self, net) -> None:
         """Load the base run's EMA weights into net.base, copy them into the ControlNet, freeze the base."""
@@ -213,7 +224,8 @@ class ControlCondition(Condition):
     # ----------------------------------------------------------------------------------- sampling
     def load(self, run_dir, net, device, data_shape: tuple) -> None:
         super().load(run_dir, net, device, data_shape)
-        self.size = tuple(data_shape[1:])
+        self.size = tuple(self.image_shape[1:])
+        self._check_factor(tuple(data_shape[1:]))
 
     def _value(self, request) -> tuple[Tensor, float]:
         """(map (1 or n, 1, *S) float, scale) of a request, checked (NoisecraftError naming the expected)."""

@@ -15,11 +15,13 @@ conditioning augmentation (cascaded diffusion).
   `cond["vector"]` as a sinusoidal embedding (Vaswani et al. 2017, Sec. 3.5) of 1000 s, as the timestep does.
 
 The low-resolution image is made from the batch's images inside `from_images` (area downsampling by
-`conditioning.low_res_factor`, i.e. the mean of each factor x factor block, then bicubic upsampling back), so
-the dataset is just the high-resolution images, and the augmentation noise and levels come from the step's
-generator (a resumed run draws the same). Not guidable: classifier-free guidance keeps the low-resolution image
-in both branches (it guides another condition, a class or a prompt) and condition dropout never drops it.
-"""
+`conditioning.low_res_factor`, i.e. the mean of each factor x factor block, then bicubic upsampling back), so the
+dataset is just the high-resolution images, and the augmentation noise and levels come from the step's generator (a
+resumed run draws the same). In a latent run (`pixel_space`) the low-resolution image is still made from, and given
+as, pixels; its channels are resized to the latents' size (bicubic up or area down by a whole factor), as the Stable
+Diffusion x4 upscaler reads its low-resolution image next to the latents. Not guidable: classifier-free guidance
+keeps the low-resolution image in both branches (it guides another condition, a class or a prompt) and condition
+dropout never drops it. """
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from noisecraft.conditions.base import Condition, register
-from noisecraft.errors import NoisecraftError
+from noisecraft.errors import ConfigError, NoisecraftError
 
 EMBED_DIM = 32  # width of the level's sinusoidal embedding (cond["vector"])
 
@@ -44,6 +46,20 @@ def upsample(x: Tensor, factor: int) -> Tensor:
     """Bicubic upsampling by `factor` (SR3's conditioning input; align_corners=False as PIL / diffusers), not
     clamped (the network reads the exact interpolant)."""
     return F.interpolate(x, scale_factor=factor, mode="bicubic", align_corners=False) if factor > 1 else x
+
+
+def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """x (B, C, h, w) at `size` (H, W): bicubic upsampling when H >= h (`upsample` for whole factors), area
+    downsampling (`downsample`) when smaller by a whole factor. A latent run's concat channels are at the latents'
+    size, which may be above or below the low-resolution image's (the SD x4 upscaler reads it at the latents' size)."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if size[0] >= h and size[0] % h == 0 and size[0] // h == size[1] // w and size[1] % w == 0:
+        return upsample(x, size[0] // h)
+    if h % size[0] == 0 and h // size[0] == w // size[1] and w % size[1] == 0:
+        return downsample(x, h // size[0])
+    raise NoisecraftError(f"low-res: cannot resize {h}x{w} to {size[0]}x{size[1]} by a whole factor")
 
 
 def alpha_bar(level: Tensor) -> Tensor:
@@ -81,6 +97,7 @@ class LowResCondition(Condition):
     (default conditioning.low_res_aug_sample)}, or just the image tensor."""
 
     guidable = False
+    pixel_space = True  # the low-resolution copy of the pixel images, also in a latent run
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -88,22 +105,36 @@ class LowResCondition(Condition):
         self.factor = int(c.low_res_factor)
         self.aug_max = float(c.low_res_aug_max)
         self.aug_sample = float(c.low_res_aug_sample)
-        self.channels = int(config.network.in_channels)
-        self.size: tuple[int, int] | None = None  # the high-resolution (H, W)
+        self.latent = bool(config.data.autoencoder)
+        self.channels = self._pixel_channels(config)
+        self.size: tuple[int, int] | None = None  # the high-resolution image's (H, W)
+        self.input_size: tuple[int, int] | None = None  # the network input's (latents' in a latent run)
+
+    @staticmethod
+    def _pixel_channels(config) -> int:
+        """The images' channels: the network's in pixel space; in a latent run, data.channels (required there)."""
+        if not config.data.autoencoder:
+            return int(config.network.in_channels)
+        if config.data.channels is None:
+            raise ConfigError("conditioning.conditions: a latent super-resolution run ('low-res' with data."
+                              "autoencoder) reads the low-resolution image in pixel space; set data.channels (1 or 3)")
+        return int(config.data.channels)
 
     def network_fields(self) -> dict[str, int]:
         return {"concat_channels": self.channels, "vector_dim": EMBED_DIM}
 
     def values(self, low: Tensor, level: Tensor, noise: Tensor | None = None) -> dict:
         """The cond entries of low-resolution images (B, C, h, w) at levels (B,) or (1,): concat = the bicubic
-        upsampling of the augmented image, vector = the level's embedding."""
+        upsampling of the augmented image to the network input's size (a latent run: the latents'), vector = the
+        level's embedding."""
         z = low if noise is None else augment(low, level, noise)
-        return {"concat": upsample(z, self.factor), "vector": level_embedding(level)}
+        concat = upsample(z, self.factor) if self.input_size == self.size else resize_to(z, self.input_size)
+        return {"concat": concat, "vector": level_embedding(level)}
 
     # ----------------------------------------------------------------------------------- training
     def setup(self, dataset, net, device, progress: bool = False) -> None:
         super().setup(dataset, net, device, progress)
-        self.size = tuple(dataset.images.shape[-2:])
+        self.size, self.input_size = tuple(self.image_shape[-2:]), tuple(dataset.images.shape[-2:])
         self._check_size(self.size, "the dataset's images")
 
     def _check_size(self, size, what) -> None:
@@ -115,8 +146,7 @@ class LowResCondition(Condition):
         """Training cond of a batch of high-resolution images x0 (B, C, H, W): z = downsample(x0), levels
         s ~ U[0, s_max] and eps ~ N(0, I), both from the step's generator (levels first, then the noise)."""
         if x0.ndim != 4 or x0.shape[1] != self.channels:
-            raise NoisecraftError(f"low-res: expected images (B, {self.channels}, H, W), got {tuple(x0.shape)} "
-                                  f"(a latent run is not supported: super-resolution works in pixel space)")
+            raise NoisecraftError(f"low-res: expected images (B, {self.channels}, H, W), got {tuple(x0.shape)}")
         low = downsample(x0.float(), self.factor)
         level = torch.rand(len(x0), generator=generator) * self.aug_max
         noise = torch.randn(low.shape, generator=generator)
@@ -125,14 +155,14 @@ class LowResCondition(Condition):
     def null(self, n: int) -> dict:
         """The zero map at level 0 (what a request without a low-resolution image gets: never met in training,
         since the condition is not dropped)."""
-        h, w = self.size
+        h, w = self.input_size
         return {"concat": torch.zeros(1, self.channels, h, w, device=self.device),
                 "vector": level_embedding(torch.zeros(1, device=self.device))}
 
     # ----------------------------------------------------------------------------------- sampling
     def load(self, run_dir, net, device, data_shape: tuple) -> None:
         super().load(run_dir, net, device, data_shape)
-        self.size = tuple(data_shape[-2:])
+        self.size, self.input_size = tuple(self.image_shape[-2:]), tuple(data_shape[-2:])
 
     def low_size(self) -> tuple[int, int]:
         return self.size[0] // self.factor, self.size[1] // self.factor

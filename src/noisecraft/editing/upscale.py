@@ -29,8 +29,6 @@ def sr_condition(run):
     if c is None:
         raise NoisecraftError(f"model {run.config.name!r} is not a super-resolution model (conditioning.conditions "
                               f"must contain {NAME!r}, e.g. preset glyphs-sr-32)")
-    if run.autoencoder is not None:
-        raise NoisecraftError(f"model {run.config.name!r} is a latent run; super-resolution works in pixel space")
     return c
 
 

@@ -12,9 +12,11 @@ for a block F with frozen weights Theta,
 
 with Theta_c a trainable copy of Theta. Here Z(c; Theta_z1) is the condition encoder of Sec. 3.2 (a small
 convolutional network from the map to the width of the first level, its last layer zero-initialised), added to the
-copy's first feature map; the U-Net's own first convolution gives that map the base's resolution, so the encoder
-works at full resolution and needs no strides. A conditioning scale s multiplies every residual (the "control
-strength" of the reference implementation's sampling): the skip h_i becomes h_i + s Z_i(h^c_i).
+copy's first feature map; in pixel space the map has the input's resolution and the encoder needs no strides, and
+for a latent run (a map f times the latents' size) it downsamples by f with stride-2 convolutions, as the paper's
+encoder does for Stable Diffusion (512 x 512 maps to 64 x 64 latents). A conditioning scale s multiplies every
+residual (the "control strength" of the reference implementation's sampling): the skip h_i becomes h_i + s
+Z_i(h^c_i).
 
 Because every Z starts at zero, a fresh ControlNet adds exactly zero: the controlled model's output equals the
 base model's bit for bit (and so does s = 0, at any time). Gradients still reach the copy through Z's weights
@@ -51,16 +53,23 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class ConditionEncoder(nn.Module):
-    """The control map c (B, C_map, *S) -> features (B, C_0, *S) added to the copy's first feature map (Zhang et al.
-    2023, Sec. 3.2: "a tiny network E(.) of four convolution layers"): 3x3 convolutions with SiLU, widths
-    `hidden`, then a zero-initialised 3x3 convolution to C_0 (so a fresh encoder adds 0)."""
+    """The control map c (B, C_map, *S f) -> features (B, C_0, *S) added to the copy's first feature map (Zhang et
+    al. 2023, Sec. 3.2: "a tiny network E(.) of four convolution layers"): 3x3 convolutions with SiLU, widths
+    `hidden`, then log2(f) stride-2 3x3 convolutions with SiLU for a map f times the input's size (a latent run:
+    the map is at the image's resolution, the paper's 512 -> 64 encoder for Stable Diffusion), then a
+    zero-initialised 3x3 convolution to C_0 (so a fresh encoder adds 0)."""
 
-    def __init__(self, map_channels: int, out_channels: int, dims: int, hidden: tuple[int, ...] = (16, 16, 32)):
+    def __init__(self, map_channels: int, out_channels: int, dims: int, hidden: tuple[int, ...] = (16, 16, 32),
+                 factor: int = 1):
         super().__init__()
+        if factor not in (1, 2, 4, 8, 16):
+            raise ConfigError(f"ControlNet map factor must be one of 1, 2, 4, 8, 16, got {factor!r}")
         conv, layers, ch = CONV[dims], [], map_channels
         for width in hidden:
             layers += [conv(ch, width, 3, padding=1), nn.SiLU()]
             ch = width
+        for _ in range(factor.bit_length() - 1):  # log2(factor) downsamplings
+            layers += [conv(ch, ch, 3, padding=1, stride=2), nn.SiLU()]
         self.body = nn.Sequential(*layers)
         self.out = zero_module(conv(ch, out_channels, 3, padding=1))
 
@@ -76,17 +85,18 @@ class ControlNet(nn.Module):
     forward(x, c_noise, cond, control, context) -> (residuals for the skips, in the order the base appends them,
     residual for the middle block's output), unscaled."""
 
-    def __init__(self, base: UNet, map_channels: int = 1, hidden: tuple[int, ...] = (16, 16, 32)) -> None:
+    def __init__(self, base: UNet, map_channels: int = 1, hidden: tuple[int, ...] = (16, 16, 32),
+                 factor: int = 1) -> None:
         super().__init__()
         if not isinstance(base, UNet):
             raise ConfigError(f"a ControlNet controls a U-Net (model = 'unet'); got {type(base).__name__}")
         if not (isinstance(map_channels, int) and map_channels >= 1):
             raise ConfigError(f"ControlNet map_channels must be an integer >= 1, got {map_channels!r}")
         cfg = base.config
-        self.config, self.map_channels, self.memory_format = cfg, map_channels, base.memory_format
+        self.config, self.map_channels, self.factor, self.memory_format = cfg, map_channels, factor, base.memory_format
         for name in ("time_mlp", "class_emb", "cond_emb", "conv_in", "concat_in", "down", "mid"):
             setattr(self, name, copy.deepcopy(getattr(base, name)))
-        self.hint = ConditionEncoder(map_channels, cfg.base_channels, cfg.dims, hidden)
+        self.hint = ConditionEncoder(map_channels, cfg.base_channels, cfg.dims, hidden, factor)
         skip_chs = [cfg.base_channels] + [_out_channels(block) for block in base.down]
         conv = CONV[cfg.dims]
         self.zero_convs = nn.ModuleList(zero_module(conv(ch, ch, 1)) for ch in skip_chs)
@@ -168,13 +178,14 @@ class ControlledUNet(nn.Module):
         return base.conv_out(group_norm_silu(h, base.norm_out)).contiguous()
 
     def _check_control(self, control, scale, x: Tensor) -> tuple[Tensor, Tensor]:
-        B, C = x.shape[0], self.control.map_channels
-        expected = (C, *x.shape[2:])
+        B, C, f = x.shape[0], self.control.map_channels, self.control.factor
+        expected = (C, *(s * f for s in x.shape[2:]))
         if not (isinstance(control, Tensor) and control.is_floating_point() and control.ndim == x.ndim
                 and control.shape[0] in (1, B) and tuple(control.shape[1:]) == expected):
             got = tuple(control.shape) if isinstance(control, Tensor) else type(control).__name__
+            times = f" times {f}" if f > 1 else ""
             raise NoisecraftError(f"ControlNet: cond['control'] must be a float tensor of shape ({B} or 1, "
-                                  f"{', '.join(map(str, expected))}) (the input's spatial size); got {got}")
+                                  f"{', '.join(map(str, expected))}) (the input's spatial size{times}); got {got}")
         if scale is None:
             scale = torch.ones(1, device=x.device)
         if not (isinstance(scale, Tensor) and scale.ndim == 1 and scale.shape[0] in (1, B)):

@@ -58,7 +58,7 @@ def load_checkpoint_run(path, *, use_ema: bool = True, device: str = "cpu") -> R
     denoiser = denoiser.to(device).eval().requires_grad_(False)
     shape, autoencoder = sample_shape(config, ckpt)
     conditions = conditions_for(config)
-    conditions.load(ckpt.path.parent, denoiser.net, device, shape)
+    conditions.load(ckpt.path.parent, denoiser.net, device, shape, image_shape(shape, autoencoder))
     return Run(denoiser, config, shape, conditions, int(ckpt.state.get("step", 0)), ckpt.path, autoencoder, use_ema)
 
 
@@ -85,6 +85,14 @@ def sample_shape(config, ckpt) -> tuple[tuple[int, ...], object | None]:
 
         autoencoder, shape = load_run_autoencoder(config, ckpt.path, shape)
     return tuple(shape), autoencoder
+
+
+def image_shape(data_shape, autoencoder=None) -> tuple[int, ...]:
+    """One image's shape in pixel space: a latent run's decoded image (C, H f, W f), else data_shape."""
+    if autoencoder is None:
+        return tuple(data_shape)
+    f = autoencoder.factor
+    return (int(autoencoder.config.in_channels), *(int(s) * f for s in data_shape[1:]))
 
 
 def run_autoencoder(config, run_path, device="cpu"):

@@ -17,7 +17,8 @@ from noisecraft.errors import DataError
 
 def load_data(config):
     """The dataset of a RunConfig: `config.data` loaded (latent runs: the cached scaled latents of its images,
-    plus those of the flipped images when data.hflip is set)."""
+    plus those of the flipped images when data.hflip is set, and the pixel images when a condition is made from
+    them)."""
     from noisecraft.data import load_dataset
 
     c = config.data
@@ -25,8 +26,10 @@ def load_data(config):
                       limit=c.limit, seed=config.train.seed, count=c.count)
     if c.autoencoder:  # latent diffusion (noisecraft.autoencoder.latents)
         from noisecraft.autoencoder.latents import encode_dataset, resolve_autoencoder_path
+        from noisecraft.conditions import conditions_for
 
-        ds = encode_dataset(ds, resolve_autoencoder_path(c.autoencoder), hflip=c.hflip)  # + flipped images' latents
+        ds = encode_dataset(ds, resolve_autoencoder_path(c.autoencoder), hflip=c.hflip,  # + flipped images' latents
+                            keep_pixels=conditions_for(config).pixel_space)
     if len(ds) < config.train.batch_size:
         raise DataError(f"dataset {c.dataset!r} has {len(ds)} items, fewer than train.batch_size="
                         f"{config.train.batch_size}; lower the batch size")

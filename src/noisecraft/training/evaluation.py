@@ -140,16 +140,17 @@ class TrainingEvaluator:
 
         from noisecraft.conditions import conditions_for
         from noisecraft.pipelines import Request, Run, generate
-        from noisecraft.pipelines.run import run_autoencoder
+        from noisecraft.pipelines.run import image_shape, run_autoencoder
 
         den = self._denoiser(denoiser)
         was_training = den.training
         den.eval()
         try:
-            conditions = conditions_for(self.config)
-            conditions.load(self.out_dir, den.net, self.device, tuple(data_shape))
             if self._autoencoder is None:  # a latent run: its samples are decoded and scored as images
                 self._autoencoder = run_autoencoder(self.config, self.out_dir, self.device)
+            conditions = conditions_for(self.config)
+            conditions.load(self.out_dir, den.net, self.device, tuple(data_shape),
+                            image_shape(data_shape, self._autoencoder))
             run = Run(den, self.config, tuple(data_shape), conditions, autoencoder=self._autoencoder)
             request = Request(sampler=self.sampler, steps=self.steps, step_schedule=self.step_schedule, seed=self.seed,
                               num=self.num_samples, batch_size=self.batch_size)

@@ -30,6 +30,7 @@ import torch
 from noisecraft.build import adapt_config, build_denoiser
 from noisecraft.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from noisecraft.conditions import conditions_for
+from noisecraft.conditions.base import PIXELS
 from noisecraft.config import to_dict
 from noisecraft.core.losses import denoising_loss
 from noisecraft.errors import CheckpointError
@@ -107,6 +108,8 @@ class Trainer:
         self.images = self.data.images.to(self.device)
         flipped = (self.data.attributes or {}).get("latents_hflip")  # latent runs: E(flip(x)), not flip(E(x))
         self.images_hflip = None if flipped is None else flipped.to(self.device)
+        pixels = (self.data.attributes or {}).get(PIXELS) if self.config.data.autoencoder else None
+        self.pixels = None if pixels is None else pixels.to(self.device)  # for conditions made in pixel space
 
     def _setup_callbacks(self) -> None:
         """After-step callbacks, each called as callback(trainer): evaluation during training when eval.every
@@ -194,11 +197,14 @@ class Trainer:
         then their conditions, drawing from `gen` in that order."""
         idx = self.batch_indices(step).to(self.device)
         x0 = self.images[idx]
+        pixels = None if self.pixels is None else self.pixels[idx]  # a latent run's pixel images (see setup)
         if self.config.data.hflip:
-            flip = torch.rand(len(idx), generator=gen) < 0.5
+            flip = torch.rand(len(idx), generator=gen).to(self.device) < 0.5
             flipped = x0.flip(-1) if self.images_hflip is None else self.images_hflip[idx]
-            x0 = torch.where(flip.to(self.device).reshape(-1, *[1] * (x0.ndim - 1)), flipped, x0)
-        cond = self.conditions.batch(idx, gen, x0)  # condition dropout, then image-made conditions, from gen
+            x0 = torch.where(flip.reshape(-1, *[1] * (x0.ndim - 1)), flipped, x0)
+            if pixels is not None:
+                pixels = torch.where(flip.reshape(-1, *[1] * (pixels.ndim - 1)), pixels.flip(-1), pixels)
+        cond = self.conditions.batch(idx, gen, x0, pixels)  # condition dropout, then image-made conditions, from gen
         return x0, cond
 
     def draw(self, step: int):
