@@ -51,6 +51,9 @@ def add_parser(sub) -> None:
     c = p.add_argument_group("structure control (ControlNet runs)")
     c.add_argument("--control", metavar="MAP.png",
                    help="the control map (white = edge or stroke) at the model's image size, for every image")
+    c.add_argument("--controlnet", metavar="DIR",
+                   help="a diffusers ControlNetModel folder to attach to a loaded Stable Diffusion model (then give "
+                        "--control IMAGE.png at the image size)")
     c.add_argument("--control-scale", type=float, metavar="S",
                    help="the conditioning scale, a finite number >= 0 (0 = the base model; default: the run's "
                         "conditioning.control_scale, 1)")
@@ -151,6 +154,10 @@ def run(args) -> int:
         from noisecraft.interop.lora import apply_lora_specs
 
         apply_lora_specs(loaded, args.lora)
+    if getattr(args, "controlnet", None):
+        from noisecraft.interop.diffusers_controlnet import attach_controlnet
+
+        attach_controlnet(loaded, args.controlnet)
     check_control(loaded, args)
     frames = []
 

@@ -145,6 +145,7 @@ class ControlCondition(Condition):
     """The control map of a ControlNet run (module docstring); request value: a map tensor or a `Control`."""
 
     guidable = False  # the map goes to both sides of classifier-free guidance
+    map_channels = MAP_CHANNELS
     pixel_space = True  # maps of the pixel images, also in a latent run (the map encoder downsamples them)
 
     def __init__(self, config) -> None:
@@ -218,7 +219,7 @@ class ControlCondition(Condition):
 
     def null(self, n: int) -> dict:
         """No control: scale 0, exactly the base model (the map is then not read)."""
-        return {"control": torch.zeros(1, MAP_CHANNELS, *self.size, device=self.device),
+        return {"control": torch.zeros(1, self.map_channels, *self.size, device=self.device),
                 "control_scale": torch.zeros(1, device=self.device)}
 
     # ----------------------------------------------------------------------------------- sampling
@@ -233,20 +234,21 @@ class ControlCondition(Condition):
         m, scale = (value.map, value.scale) if isinstance(value, Control) else (value, None)
         scale = self.default_scale if scale is None else scale
         scale = check_scale(scale)
-        size, dims = "x".join(map(str, self.size)), ", ".join(map(str, self.size))
-        expected = (f"a control map of this model's image size {size}: a tensor of shape ({dims}), (1, {dims}) or "
-                    f"(1 or num, 1, {dims}) with values in [0, 1] ({self.kind} map)")
+        size, dims, C = "x".join(map(str, self.size)), ", ".join(map(str, self.size)), self.map_channels
+        channels = "1" if C == 1 else f"1 or {C}"
+        expected = (f"a control map of this model's image size {size}: a tensor of shape ({dims}), ({channels}, "
+                    f"{dims}) or (1 or num, {channels}, {dims}) with values in [0, 1] ({self.kind} map)")
         if not isinstance(m, Tensor):
             raise NoisecraftError(f"control: expected {expected}; got {type(m).__name__}")
         if m.ndim == len(self.size):
             m = m[None, None]
         elif m.ndim == len(self.size) + 1:
             m = m[None]
-        ok = m.ndim == len(self.size) + 2 and m.shape[0] in (1, request.num) and \
-            tuple(m.shape[1:]) == (MAP_CHANNELS, *self.size)
+        ok = m.ndim == len(self.size) + 2 and m.shape[0] in (1, request.num) and m.shape[1] in (1, C) and \
+            tuple(m.shape[2:]) == self.size
         if not ok:
             raise NoisecraftError(f"control: expected {expected}; got shape {tuple(value_shape(value))}")
-        m = m.float()
+        m = m.float().expand(-1, C, *self.size)  # a grey map for every channel of a colour-map ControlNet
         if not bool(torch.isfinite(m).all()) or float(m.min()) < 0 or float(m.max()) > 1:
             raise NoisecraftError(f"control: map values must be finite and in [0, 1]; got [{float(m.min()):g}, "
                                   f"{float(m.max()):g}]")

@@ -242,15 +242,26 @@ class DiffusersNet(nn.Module):
         self.in_channels = int(config.get("in_channels", 4))
         self.cond_spec = CondSpec(num_classes=_num_classes(config), context_dim=_context_dim(config))
         self.additional = bool(self.class_name == "Transformer2DModel" and config.get("norm_type") == "ada_norm_single")
+        self.controlnet: nn.Module | None = None  # a diffusers ControlNetModel (interop.diffusers_controlnet)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         cond = dict(cond or {})
+        control = None
+        if self.controlnet is not None:
+            from noisecraft.interop.diffusers_controlnet import control_inputs
+
+            control = control_inputs(cond, x)  # pops cond["control"], cond["control_scale"]
         unknown = sorted(set(cond) - set(self.cond_spec.accepts()))
         if unknown:
             raise NoisecraftError(f"this diffusers {self.class_name} takes cond keys "
                                   f"{', '.join(self.cond_spec.accepts()) or '(none)'}; got {', '.join(unknown)}")
         t = c_noise.to(x.dtype).reshape(-1).expand(x.shape[0])  # (B,)
-        out = self.module(x, timestep=t, return_dict=False, **self._inputs(cond, x))[0]
+        kw = self._inputs(cond, x)
+        if control is not None:
+            from noisecraft.interop.diffusers_controlnet import control_residuals
+
+            kw.update(control_residuals(self.controlnet, x, t, kw, *control))
+        out = self.module(x, timestep=t, return_dict=False, **kw)[0]
         return out[:, :self.in_channels] if out.shape[1] == 2 * self.in_channels else out
 
     def _inputs(self, cond: dict, x: torch.Tensor) -> dict:
@@ -407,7 +418,7 @@ def _pipeline_parts(root: Path) -> tuple[Path, dict, dict]:
     where = root / MODEL_INDEX
     keys = [k for k in NETWORK_KEYS if index.get(k) and index[k][1] is not None]
     _require(len(keys) == 1, where, f"needs exactly one of {', '.join(NETWORK_KEYS)}, found {keys or 'none'}")
-    for extra in ("text_encoder_2", "text_encoder_3", "prior", "image_encoder", "controlnet", "adapter"):
+    for extra in ("text_encoder_2", "text_encoder_3", "prior", "image_encoder", "adapter"):
         _require(not (index.get(extra) and index[extra][1] is not None), where,
                  f"{index.get('_class_name')} has {extra}, which is not supported (one text encoder only)")
     name = index[keys[0]][1]
@@ -441,7 +452,15 @@ def load_diffusers_run(path, *, use_ema: bool = True, device: str = "cpu", sched
     extra = {"format": "diffusers", "class_name": net_cfg["_class_name"], "scheduler_config": scheduler,
              "model_index": index}
     denoiser = Denoiser(net, schedule, prediction).eval()
-    return Run(denoiser, config, shape, conditions, 0, root, autoencoder, False, extra)
+    run = Run(denoiser, config, shape, conditions, 0, root, autoencoder, False, extra)
+    entry = index.get("controlnet")
+    if entry and entry[1] is not None:  # a StableDiffusionControlNetPipeline folder
+        from noisecraft.interop.diffusers_controlnet import attach_controlnet
+
+        _require(entry[1] == "ControlNetModel", root / MODEL_INDEX, f"controlnet {entry[1]!r} is not supported; "
+                 f"supported: ControlNetModel (one ControlNet)")
+        attach_controlnet(run, root / "controlnet", device=device)
+    return run
 
 
 def _conditions(root: Path, index: dict, net: DiffusersNet, config, device) -> ConditionSet:
