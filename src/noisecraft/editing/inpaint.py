@@ -51,7 +51,8 @@ is). The sample is decoded and blended in pixel space, m x + (1 - m) y, so the k
 
 Trained inpainting (method "trained"): a run conditioned on the mask and the masked image
 (`noisecraft.conditions.inpaint`, preset `mnist-inpaint`) samples p(x | (1 - m) y, m) with any sampler and
-guidance through the plain generation pipeline; the known region is pasted at the end. Method "auto" (the
+guidance through the plain generation pipeline; the known region is pasted at the end. A loaded Stable Diffusion
+inpainting model is one too (`noisecraft.interop.diffusers_inpaint`: its condition takes the pixels). Method "auto" (the
 default) is "trained" for such a run and "replace" otherwise.
 
 Outpainting is inpainting on an enlarged canvas: `outpaint(run, image, pad=(l, t, r, b))` puts the image in a
@@ -238,14 +239,14 @@ def inpaint(run, image, mask, request=None, *, method: str = "auto", jump: int =
     request = request or Request()
     y = check_image(run, image)  # (1, C, H, W)
     m = check_mask(mask, y.shape[-2:])  # (1, 1, H, W)
-    if method == "trained":
-        y_model, m_model = _model_space(run, y, m)
+    if method == "trained":  # a condition made in pixel space (SD inpainting) takes the pixels as they are
+        y_model, m_model = (y, m) if run.conditions.get("inpaint").pixel_space else _model_space(run, y, m)
         given = {**(request.conditions or {}), "inpaint": {"image": y_model, "mask": m_model}}
         result = generate(run, replace(request, conditions=given), callback=callback)
         parameters = {**result.parameters, "inpaint": {"method": "trained", "regenerated": float(m.mean())}}
         return Generation(paste(result.images.float(), y, m), result.seeds, parameters, result.samples)
     if trained:  # replace / repaint on a mask-conditioned run: its unconditional model, everything masked
-        y_model, m_model = _model_space(run, y, m)
+        y_model, m_model = (y, m) if run.conditions.get("inpaint").pixel_space else _model_space(run, y, m)
         everything = {"image": torch.zeros_like(y_model), "mask": torch.ones_like(m_model)}
         request = replace(request, conditions={**(request.conditions or {}), "inpaint": everything})
     if method == "repaint" and request.sampler is None:

@@ -239,8 +239,10 @@ class DiffusersNet(nn.Module):
         from noisecraft.models.conditioning import CondSpec
 
         self.module, self.class_name = module, config["_class_name"]
-        self.in_channels = int(config.get("in_channels", 4))
-        self.cond_spec = CondSpec(num_classes=_num_classes(config), context_dim=_context_dim(config))
+        self.concat_channels = concat_channels(config)  # extra input channels (SD inpainting: mask + masked latents)
+        self.in_channels = int(config.get("in_channels", 4)) - self.concat_channels  # those of x
+        self.cond_spec = CondSpec(num_classes=_num_classes(config), context_dim=_context_dim(config),
+                                  concat_channels=self.concat_channels)
         self.additional = bool(self.class_name == "Transformer2DModel" and config.get("norm_type") == "ada_norm_single")
         self.controlnet: nn.Module | None = None  # a diffusers ControlNetModel (interop.diffusers_controlnet)
 
@@ -257,6 +259,8 @@ class DiffusersNet(nn.Module):
                                   f"{', '.join(self.cond_spec.accepts()) or '(none)'}; got {', '.join(unknown)}")
         t = c_noise.to(x.dtype).reshape(-1).expand(x.shape[0])  # (B,)
         kw = self._inputs(cond, x)
+        if self.concat_channels:  # [x, extra channels], as diffusers' inpainting pipeline concatenates them
+            x = torch.cat([x, _concat_input(cond, x, self.concat_channels, self.class_name)], dim=1)
         if control is not None:
             from noisecraft.interop.diffusers_controlnet import control_residuals
 
@@ -286,6 +290,25 @@ class DiffusersNet(nn.Module):
         return kw
 
 
+def concat_channels(cfg: dict) -> int:
+    """Input channels beyond the output's of a UNet2DConditionModel (9 = 4 + 1 + 4: Stable Diffusion inpainting's
+    latents, mask and masked-image latents); 0 for other networks."""
+    if cfg.get("_class_name") != "UNet2DConditionModel":
+        return 0
+    extra = int(cfg.get("in_channels", 4)) - int(cfg.get("out_channels", cfg.get("in_channels", 4)))
+    return max(extra, 0)
+
+
+def _concat_input(cond: dict, x: torch.Tensor, channels: int, class_name: str) -> torch.Tensor:
+    v = cond.get("concat")
+    if v is None or v.ndim != 4 or v.shape[1] != channels or v.shape[0] not in (1, x.shape[0]) or \
+            v.shape[2:] != x.shape[2:]:
+        got = tuple(v.shape) if v is not None else "nothing"
+        raise NoisecraftError(f"this diffusers {class_name} reads {channels} channels beside x (cond['concat'] of "
+                              f"shape (B, {channels}, {x.shape[2]}, {x.shape[3]})); got {got}")
+    return v.to(x.dtype).expand(x.shape[0], *v.shape[1:])
+
+
 def load_network(folder: Path, device) -> tuple[DiffusersNet, dict]:
     cfg = read_json(folder / CONFIG)
     check_network_config(cfg, folder / CONFIG)
@@ -302,7 +325,7 @@ def data_shape_of(cfg: dict) -> tuple[int, ...]:
     if size is None:
         raise CheckpointError(f"the {cfg['_class_name']} config has no sample_size; cannot tell the sample shape")
     h, w = (size, size) if isinstance(size, int) else size
-    return int(cfg.get("in_channels", 4)), int(h), int(w)
+    return int(cfg.get("in_channels", 4)) - concat_channels(cfg), int(h), int(w)
 
 
 # ------------------------------------------------------------------------------------------------- text
@@ -447,8 +470,8 @@ def load_diffusers_run(path, *, use_ema: bool = True, device: str = "cpu", sched
     net, net_cfg = load_network(net_dir, device)
     shape = data_shape_of(net_cfg)
     config = run_config(root.resolve().name, net_cfg, shape, scheduler)
-    conditions = _conditions(root, index, net, config, device)
     autoencoder = _autoencoder(root, index, shape, device)
+    conditions = _conditions(root, index, net, config, device, autoencoder)
     extra = {"format": "diffusers", "class_name": net_cfg["_class_name"], "scheduler_config": scheduler,
              "model_index": index}
     denoiser = Denoiser(net, schedule, prediction).eval()
@@ -463,8 +486,12 @@ def load_diffusers_run(path, *, use_ema: bool = True, device: str = "cpu", sched
     return run
 
 
-def _conditions(root: Path, index: dict, net: DiffusersNet, config, device) -> ConditionSet:
+def _conditions(root: Path, index: dict, net: DiffusersNet, config, device, autoencoder=None) -> ConditionSet:
     out = []
+    if net.concat_channels:
+        from noisecraft.interop.diffusers_inpaint import inpaint_condition
+
+        out.append(inpaint_condition(root, net, autoencoder, device))
     if net.cond_spec.num_classes:
         out.append(class_condition(net.cond_spec.num_classes, config, device))
     text = load_text_condition(root, index, device) if index else None
