@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num", type=positive_int, default=1, help="number of outputs (default 1)")
     p.add_argument("--aug-level", type=float, metavar="A",
                    help="noise conditioning augmentation level in [0, 1] at every SR stage (default: each run's "
-                        "conditioning.low_res_aug_sample)")
+                        "conditioning.low_res_aug_sample); a loaded Stable Diffusion upscaler takes its integer "
+                        "noise level in [0, max_noise_level] (default 20)")
     p.add_argument("--class", dest="class_ids", type=int, nargs="+", metavar="N",
                    help="class id(s) for SR runs (and base) that are class-conditional")
     p.add_argument("--prompt", help="text prompt for text-conditional runs")
@@ -33,16 +34,19 @@ def run(args) -> int:
     from dataclasses import replace
 
     from noisecraft.cli.sample_cmd import save_generation
-    from noisecraft.conditions.low_res import check_level
     from noisecraft.data.images import load_image
     from noisecraft.editing import upscale as sr
+    from noisecraft.errors import NoisecraftError
     from noisecraft.pipelines import Request, generate, load
 
-    if args.aug_level is not None:
-        check_level(args.aug_level, "--aug-level")
     runs = [load(path, device=args.device) for path in args.checkpoint]
     for r in runs:
-        sr.sr_condition(r)
+        c = sr.sr_condition(r)
+        if args.aug_level is not None:
+            try:
+                c.checked_level(args.aug_level)
+            except NoisecraftError as e:
+                raise NoisecraftError(f"--aug-level for {r.config.name!r}: {e}") from None
     request = Request(prompts=None if args.prompt is None else (args.prompt,),
                       class_ids=None if args.class_ids is None else tuple(args.class_ids), guidance=args.guidance,
                       sampler=args.sampler, steps=args.steps, seed=args.seed, num=args.num)

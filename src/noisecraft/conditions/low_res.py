@@ -164,6 +164,11 @@ class LowResCondition(Condition):
         super().load(run_dir, net, device, data_shape)
         self.size, self.input_size = tuple(self.image_shape[-2:]), tuple(data_shape[-2:])
 
+    @staticmethod
+    def checked_level(level) -> float:
+        """A sampling augmentation level s in [0, 1] (NoisecraftError otherwise)."""
+        return check_level(level)
+
     def low_size(self) -> tuple[int, int]:
         return self.size[0] // self.factor, self.size[1] // self.factor
 

@@ -65,9 +65,9 @@ def upscale(run, low_res_images, request=None, *, aug_level: float | None = None
     """Super-resolve low_res_images ((C, h, w), or (N, C, h, w) with N = 1 or request.num) with an SR run
     (module docstring). request: the sampler, steps, seed, num, other conditions and guidance (None: defaults,
     num = N). aug_level: the augmentation level s in [0, 1] at sampling (None: the run's
-    conditioning.low_res_aug_sample). Image i is drawn from seed + i, its augmentation noise too. Returns a
+    conditioning.low_res_aug_sample; a loaded Stable Diffusion upscaler takes its integer noise level, default 20).
+    Image i is drawn from seed + i, its augmentation noise too. Returns a
     pipelines.Generation of (num, C, H, W) images in [-1, 1]."""
-    from noisecraft.conditions.low_res import check_level
     from noisecraft.pipelines import Generation, Request, generate
 
     c = sr_condition(run)
@@ -75,7 +75,7 @@ def upscale(run, low_res_images, request=None, *, aug_level: float | None = None
     n_given = 1 if images.ndim == 3 else (images.shape[0] if images.ndim == 4 else 1)
     request = request or Request(num=n_given)
     request.check()
-    level = c.aug_sample if aug_level is None else check_level(aug_level)
+    level = c.aug_sample if aug_level is None else c.checked_level(aug_level)
     low = check_low_res(run, images, request.num)
     if request.conditions and NAME in request.conditions:
         raise NoisecraftError(f"give the low-resolution image as the argument of upscale, not request.conditions"

@@ -201,6 +201,8 @@ def check_network_config(cfg: dict, where) -> None:
     if name not in NETWORKS:
         raise unsupported_class(where, name)
     for key in ("addition_embed_type", "class_embed_type", "num_class_embeds", "encoder_hid_dim"):
+        if key == "num_class_embeds" and is_upscaler(cfg):
+            continue  # the x4 upscaler's noise level (interop.diffusers_upscale)
         _require(cfg.get(key) is None, where, f"{key}={cfg.get(key)!r} (an extra condition) is not supported")
     _require(cfg.get("time_embedding_type", "positional") == "positional", where,
              f"time_embedding_type {cfg.get('time_embedding_type')!r} (a continuous-sigma model) is not supported; "
@@ -221,8 +223,16 @@ def _context_dim(cfg: dict) -> int:
     return 0
 
 
+def is_upscaler(cfg: dict) -> bool:
+    """The Stable Diffusion x4 upscaler's U-Net: 3 image channels beside the latents, the noise level as a class."""
+    return cfg.get("_class_name") == "UNet2DConditionModel" and cfg.get("num_class_embeds") is not None and \
+        cfg.get("class_embed_type") is None and concat_channels(cfg) == 3
+
+
 def _num_classes(cfg: dict) -> int:
     name = cfg["_class_name"]
+    if is_upscaler(cfg):
+        return int(cfg["num_class_embeds"])  # noise levels, fed by the low-res condition
     if name == "DiTTransformer2DModel" or (name == "Transformer2DModel" and cfg.get("norm_type") == "ada_norm_zero"):
         return int(cfg.get("num_embeds_ada_norm") or 0)
     return 0
@@ -244,6 +254,7 @@ class DiffusersNet(nn.Module):
         self.cond_spec = CondSpec(num_classes=_num_classes(config), context_dim=_context_dim(config),
                                   concat_channels=self.concat_channels)
         self.additional = bool(self.class_name == "Transformer2DModel" and config.get("norm_type") == "ada_norm_single")
+        self.upscaler = is_upscaler(config)
         self.controlnet: nn.Module | None = None  # a diffusers ControlNetModel (interop.diffusers_controlnet)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
@@ -488,11 +499,15 @@ def load_diffusers_run(path, *, use_ema: bool = True, device: str = "cpu", sched
 
 def _conditions(root: Path, index: dict, net: DiffusersNet, config, device, autoencoder=None) -> ConditionSet:
     out = []
-    if net.concat_channels:
+    if net.upscaler:
+        from noisecraft.interop.diffusers_upscale import low_res_condition
+
+        out.append(low_res_condition(root, index, net, autoencoder, device))
+    elif net.concat_channels:
         from noisecraft.interop.diffusers_inpaint import inpaint_condition
 
         out.append(inpaint_condition(root, net, autoencoder, device))
-    if net.cond_spec.num_classes:
+    if net.cond_spec.num_classes and not net.upscaler:
         out.append(class_condition(net.cond_spec.num_classes, config, device))
     text = load_text_condition(root, index, device) if index else None
     if text is not None:
