@@ -60,10 +60,14 @@ def test_inversion_round_trip_converges():
     """Invert, then sample the same deterministic sampler at 25 / 50 / 100 Karras steps (0.002..80): the error
     falls faster than 4x per doubling; the fixed-point refinement makes it exact (figures: benchmarks/editing.md)."""
     for sampler in ("heun", "dpmpp_2m"):
-        e = [round_trip(sampler, n) for n in (25, 50, 100)]
+        e = [round_trip(sampler, n, refine=0) for n in (25, 50, 100)]
         assert e[0] > 4 * e[1] > 16 * e[2], (sampler, e)
         assert e[1] <= 2.5e-3, (sampler, e)
     assert round_trip("heun", 50, refine=1) <= 1e-3  # the issue's aim at 50 steps
+    assert round_trip("heun", 50) == round_trip("heun", 50, refine=1)  # the default: one refinement
+    assert round_trip("dpmpp_2m", 50) == round_trip("dpmpp_2m", 50, refine=0)  # it takes none
+    with pytest.raises(NoisecraftError, match="refine must be an integer >= 0"):
+        round_trip("heun", 50, refine=-1)
     assert round_trip("heun", 50, refine=2) <= 1e-4
     assert round_trip("euler", 50, refine=5) <= 1e-4  # Euler alone: 0.2 (first order), refined: exact
     assert round_trip("heun", 50, refine=5) <= 1e-6

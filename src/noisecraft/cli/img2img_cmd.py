@@ -16,8 +16,9 @@ def add_parser(sub) -> None:
     how.add_argument("--invert", action="store_true",
                      help="invert the image by the probability-flow ODE (unconditionally), then re-sample toward "
                           "the condition with the same deterministic sampler (ddim, euler, heun, dpmpp_2m)")
-    p.add_argument("--refine", type=int, default=0, metavar="K",
-                   help="with --invert: fixed-point iterations per step for an exact inverse (euler, heun)")
+    p.add_argument("--refine", type=int, default=None, metavar="K",
+                   help="with --invert: fixed-point iterations per step for an exact inverse (ddim, euler, heun; "
+                        "default 1, one extra network call per step; 0 for the plain inverse)")
     p.add_argument("--prompt", help="text prompt toward which to edit (text-conditional models)")
     p.add_argument("--class", dest="class_ids", type=int, nargs="+", metavar="N", help="target class id(s)")
     p.add_argument("--guidance", type=float, metavar="S", help="classifier-free guidance scale")

@@ -128,6 +128,21 @@ def _invert_dpmpp_2m(denoiser, x, up, cond, callback, refine: int):
     return x
 
 
+DEFAULT_REFINE = 1  # fixed-point iterations per step by default (one-step samplers), for twice the network calls:
+                    # round-trip errors with and without it in benchmarks/editing.md
+
+
+def default_refine(name: str, refine: int | None) -> int:
+    """The refinement of sampler `name`: refine as given (an integer >= 0), or for None DEFAULT_REFINE for the
+    one-step samplers and 0 for dpmpp_2m (which takes none)."""
+    if refine is None:
+        return DEFAULT_REFINE if name in _ONE_STEP else 0
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise NoisecraftError(f"refine must be an integer >= 0 (fixed-point iterations per inversion step), got "
+                              f"{refine!r}")
+    return refine
+
+
 def _inverter(name: str):
     from functools import partial
 
@@ -136,11 +151,12 @@ def _inverter(name: str):
 
 @torch.no_grad()
 def invert(denoiser, x0: torch.Tensor, sigmas: torch.Tensor, *, sampler: str = "heun", cond=None, callback=None,
-           refine: int = 0, final_iterations: int = FINAL_ITERATIONS) -> torch.Tensor:
+           refine: int | None = None, final_iterations: int = FINAL_ITERATIONS) -> torch.Tensor:
     """Exact probability-flow ODE inversion of x0 (B, ...) for a decreasing schedule `sigmas` ending at 0: the
     x(sigma_0) from which `sampler` (deterministic: one of INVERTIBLE, default options) over `sigmas` returns
     x0 up to the discretisation error of both passes; refine = k fixed-point iterations per step (one-step
-    samplers) make it the sampler's exact inverse. The noise is the result / sigma_0 (module docstring)."""
+    samplers) make it the sampler's exact inverse (None: `default_refine`, one iteration for euler / ddim / heun).
+    The noise is the result / sigma_0 (module docstring)."""
     from noisecraft.samplers import resolve
     from noisecraft.samplers._common import check_sigmas, working
 
@@ -151,7 +167,7 @@ def invert(denoiser, x0: torch.Tensor, sigmas: torch.Tensor, *, sampler: str = "
     sigmas = check_sigmas(sigmas, x0)
     up = sigmas[:-1].flip(0).tolist()  # sigma_{N-1} < ... < sigma_0
     x = invert_final(denoiser, working(x0), up[0], cond, final_iterations)
-    return _inverter(name)(denoiser, x, up, cond, callback, refine).to(x0.dtype)
+    return _inverter(name)(denoiser, x, up, cond, callback, default_refine(name, refine)).to(x0.dtype)
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -231,7 +247,7 @@ def img2img(run, image: torch.Tensor, request, strength: float = 0.75, *, callba
                        pixels.clone() if unchanged else None)
 
 
-def invert_image(run, image: torch.Tensor, request, *, refine: int = 0) -> torch.Tensor:
+def invert_image(run, image: torch.Tensor, request, *, refine: int | None = None) -> torch.Tensor:
     """The x(sigma_0) of `image` under the request's condition and guidance (`invert`; the request's sampler must
     be deterministic, without options). Returns (num, *run.data_shape) float32 on the CPU."""
     from noisecraft.pipelines import conditioned, plan
@@ -245,7 +261,7 @@ def invert_image(run, image: torch.Tensor, request, *, refine: int = 0) -> torch
                     x0, request.num, request.batch_size, request.seed, cond)
 
 
-def edit_by_inversion(run, image: torch.Tensor, source, target, *, refine: int = 0, callback=None):
+def edit_by_inversion(run, image: torch.Tensor, source, target, *, refine: int | None = None, callback=None):
     """Editing by inversion: invert `image` under the `source` request's condition, then sample the same
     deterministic sampler from that x(sigma_0) under `target`'s condition and guidance (Song et al. 2021a,
     Sec. 5.4 / Mokady et al. 2023 without null-text tuning). Steps and sampler come from `target`."""
