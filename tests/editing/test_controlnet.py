@@ -274,3 +274,16 @@ def test_cli_samples_with_a_control_map_and_refuses_one_for_a_model_without_cont
         code = main(["sample", *args, "--steps", "2", "--num", "1", "--out", str(tmp_path / "x.png")])
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_the_preview_shows_the_datasets_maps(runs):
+    from noisecraft.pipelines.preview import preview_request
+    from noisecraft.training.batches import load_data
+
+    run = load(runs / "a")
+    data = load_data(run.config)
+    request = preview_request(run.config, data, 3, run.conditions)
+    value = request.conditions["control"]
+    assert torch.equal(value.map, canny_map(data.images[:3])) and value.scale is None
+    assert request.class_ids == (0, 1, 2)
+    assert generate(run, replace(request, steps=2)).images.shape == (3, 1, 8, 8)

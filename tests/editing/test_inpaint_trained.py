@@ -166,3 +166,17 @@ def test_outpaint_beyond_the_models_canvas(runs, method):
     assert torch.equal(g.images[:, :, 0:28, 4:32], image.expand(2, -1, -1, -1))
     with pytest.raises(NoisecraftError, match="must be multiples of"):
         outpaint(run, image, (1, 0, 0, 0), Request(steps=2), method=method)
+
+
+def test_the_preview_inpaints_the_right_half_of_the_datasets_images(runs):
+    from noisecraft.pipelines import generate
+    from noisecraft.pipelines.preview import preview_request
+    from noisecraft.training.batches import load_data
+
+    run = runs[True]
+    data = load_data(run.config)
+    request = preview_request(run.config, data, 2, run.conditions)
+    value = request.conditions["inpaint"]
+    assert torch.equal(value["image"], data.images[:2].float())
+    assert value["mask"][..., :14].sum() == 0 and bool((value["mask"][..., 14:] == 1).all())
+    assert generate(run, replace(request, steps=2)).images.shape == (2, 1, 28, 28)

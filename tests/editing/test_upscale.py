@@ -189,7 +189,23 @@ def test_cli_writes_a_png_and_cascade_shapes(sr_run, tmp_path):
     assert [tuple(s.images.shape) for s in stages] == [(2, 1, 8, 8), (2, 1, 16, 16)] and final is stages[-1]
     assert final.seeds == [4, 5] and stages[0].seeds == [4, 5]
     with pytest.raises(NoisecraftError, match=r"upscales \(1, 8, 8\) images; the previous stage gives"):
+        cascade(base, [run, run], Request(num=1, steps=1))
+    with pytest.raises(NoisecraftError, match="needs condition 'low-res'"):  # an SR run is no base
         cascade(run, [run], Request(num=1, steps=1))
     assert main(["upscale", "--checkpoint", str(sr_run), "--base", str(tmp_path / "base"), "--num", "2",
                  "--steps", "2", "--out", str(tmp_path / "cascade")]) == 0
     assert len(list((tmp_path / "cascade").glob("*.png"))) == 2
+
+
+def test_the_low_res_image_is_required_and_the_preview_shows_the_datasets_copies(sr_run):
+    from noisecraft.pipelines.preview import preview_request
+    from noisecraft.training.batches import load_data
+
+    run = load(sr_run)
+    with pytest.raises(NoisecraftError, match="needs condition 'low-res'.*noisecraft upscale"):
+        generate(run, Request(num=2, steps=2))  # no silent zero image
+    data = load_data(run.config)
+    request = preview_request(run.config, data, 4, run.conditions)
+    value = request.conditions["low-res"]
+    assert torch.equal(value["image"], downsample(data.images[:4].float(), 2)) and value["level"] == 0.05
+    assert generate(run, replace(request, steps=2)).images.shape == (4, 1, 16, 16)

@@ -60,5 +60,5 @@ def _after_training(trainer) -> None:
     out = trainer.out_dir
     if trainer.log:
         plot_loss(trainer.log, out / "loss.png", title=f"{trainer.config.name}: training loss")
-    request = preview_request(trainer.config, trainer.data, trainer.config.sample.num)
+    request = preview_request(trainer.config, trainer.data, trainer.config.sample.num, trainer.conditions)
     write_generation(load(out), request, out / "samples.png")

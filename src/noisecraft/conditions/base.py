@@ -53,6 +53,8 @@ class Condition:
                                # run, `from_images` gets the batch's pixel images, not its latents
     image_shape: tuple[int, ...] | None = None  # one image's shape in pixel space (a latent run: the decoded image's,
                                                 # else the sample shape); set by ConditionSet.setup / load
+    required: bool = False  # a request must give it: its null value is never a sensible sample (a super-resolution
+                            # model's low-resolution image); a request without it is an error naming `describe()`
 
     def __init__(self, config) -> None:
         self.config = config
@@ -113,6 +115,11 @@ class Condition:
         """The condition classifier-free guidance moves away from (batch 1): the null condition by default."""
         return self.null(1)
 
+    def preview(self, dataset, num: int):
+        """The request value the preview grid after training shows for `num` images of `dataset` (e.g. the
+        low-resolution copies of its first images), or None (the request leaves this condition out)."""
+        return None
+
     def describe(self) -> str:
         """How a user gives this condition (for error messages), e.g. 'use --class 0..9'."""
         return f"condition {self.name!r} (request.conditions[{self.name!r}])"
@@ -130,6 +137,12 @@ def register(name: str):
         return cls
 
     return add
+
+
+def pixel_images(dataset) -> Tensor:
+    """A dataset's pixel images: a latent run's kept pixels (attributes[PIXELS]), else its images."""
+    pixels = (dataset.attributes or {}).get(PIXELS)
+    return dataset.images if pixels is None else pixels
 
 
 def where_dropped(values: dict, null: dict, drop: Tensor) -> dict:
@@ -198,8 +211,7 @@ class ConditionSet:
     def setup(self, dataset, net, device, progress: bool = False) -> None:
         """Set every condition up for training; `image_shape` is the pixel images' (a latent run's dataset keeps
         them as attributes["pixels"] when a condition is `pixel_space`)."""
-        pixels = (dataset.attributes or {}).get(PIXELS)
-        shape = tuple((dataset.images if pixels is None else pixels).shape[1:])
+        shape = tuple(pixel_images(dataset).shape[1:])
         for c in self.conditions:
             c.image_shape = shape
             c.setup(dataset, net, device, progress)
@@ -247,7 +259,14 @@ class ConditionSet:
             if name not in names:
                 raise unknown_name("condition", name, names or ["(none: this model is unconditional)"])
         for c in self.conditions:
+            if c.required and not c.given(request):
+                raise NoisecraftError(f"this model needs condition {c.name!r}: it is {c.describe()}")
             c.check_request(request)
+
+    def preview(self, dataset, num: int) -> dict:
+        """{name: value} of the conditions that give a preview value for num images of dataset (`Condition.preview`)."""
+        values = {c.name: c.preview(dataset, num) for c in self.conditions}
+        return {name: v for name, v in values.items() if v is not None}
 
     def request(self, request, num: int, seed: int | None = None) -> tuple[dict | None, dict | None]:
         """(cond for num images, the unconditional side with batch 1) of a request; a condition the request does

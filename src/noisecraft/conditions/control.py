@@ -270,6 +270,15 @@ class ControlCondition(Condition):
         """The same map and scale as the conditional side (not guided), or no control when none is given."""
         return self.from_request(request, request.num, None) if self.given(request) else self.null(1)
 
+    def preview(self, dataset, num: int):
+        """The maps of the dataset's first num images, at the run's conditioning scale."""
+        from noisecraft.conditions.base import pixel_images
+
+        images = pixel_images(dataset)[:num]
+        if len(images) != num:
+            return None
+        return Control(control_map(self.kind, images, canny_sigma=self.canny_sigma), scale=None)
+
     def describe(self) -> str:
         return (f"a ControlNet on {self.kind} maps of size {'x'.join(map(str, self.size or ()))}; use --control "
                 f"MAP.png (white = {'edge' if self.kind == 'canny' else 'stroke'}) and --control-scale S >= 0")

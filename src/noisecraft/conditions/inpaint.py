@@ -163,5 +163,14 @@ class InpaintCondition(Condition):
     def unconditional(self, request) -> dict:
         return self.from_request(request, 1) if self.given(request) else self.null(1)
 
+    def preview(self, dataset, num: int):
+        """The dataset's first num images (the model's space: latents in a latent run) with the right half masked."""
+        images = dataset.images[:num].float()
+        if len(images) != num:
+            return None
+        mask = torch.zeros(1, 1, *images.shape[-2:])
+        mask[..., images.shape[-1] // 2:] = 1
+        return {"image": images, "mask": mask}
+
     def describe(self) -> str:
         return "a mask-conditioned inpainting model; use noisecraft inpaint (--image and --mask)"

@@ -98,6 +98,7 @@ class LowResCondition(Condition):
 
     guidable = False
     pixel_space = True  # the low-resolution copy of the pixel images, also in a latent run
+    required = True  # sampling needs the low-resolution image (noisecraft upscale)
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -221,6 +222,13 @@ class LowResCondition(Condition):
         another condition: a class or a prompt); batch num when the level is > 0 or one image is given per
         output (`noisecraft.editing.upscale` runs one network batch per call for this)."""
         return self.from_request(request, request.num, request.seed) if self.given(request) else self.null(1)
+
+    def preview(self, dataset, num: int):
+        """The low-resolution copies of the dataset's first num images, at the sampling level."""
+        from noisecraft.conditions.base import pixel_images
+
+        images = pixel_images(dataset)[:num].float()
+        return {"image": downsample(images, self.factor), "level": self.aug_sample} if len(images) == num else None
 
     def describe(self) -> str:
         h, w = (self.low_size() if self.size else ("H/f", "W/f"))

@@ -34,6 +34,7 @@ class DiffusersLowResCondition(Condition):
     name = "low-res"
     guidable = False
     pixel_space = True
+    required = True
 
     def __init__(self, alphas_cumprod: torch.Tensor, max_noise_level: int, channels: int, low_size: tuple[int, int],
                  factor: int, device) -> None:
