@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from noisecraft.conditions.base import Condition, ConditionSet
 from noisecraft.conditions.control import ControlCondition
@@ -47,45 +46,16 @@ class DiffusersControlCondition(ControlCondition):
                 f"{'x'.join(map(str, self.size))}; use --control MAP.png and --control-scale S >= 0")
 
 
-def control_inputs(cond: dict, x: Tensor) -> tuple[Tensor, Tensor] | None:
-    """(control image (B, C, H, W), scale (B,)) popped from cond, or None when there is none or every scale is 0
-    (then the U-Net runs alone: exactly the base)."""
-    control, scale = cond.pop("control", None), cond.pop("control_scale", None)
-    if control is None:
-        return None
-    B = x.shape[0]
-    if not (isinstance(control, Tensor) and control.ndim == 4 and control.shape[0] in (1, B)):
-        got = tuple(control.shape) if isinstance(control, Tensor) else type(control).__name__
-        raise NoisecraftError(f"diffusers ControlNet: cond['control'] must be a (1 or {B}, C, H, W) image; got {got}")
-    scale = torch.ones(1, device=x.device) if scale is None else scale.to(x.device).reshape(-1)
-    if scale.shape[0] not in (1, B):
-        raise NoisecraftError(f"diffusers ControlNet: cond['control_scale'] must have 1 or {B} entries; got "
-                              f"{scale.shape[0]}")
-    if not bool((scale != 0).any()):
-        return None
-    return control.expand(B, *control.shape[1:]), scale.expand(B)
-
-
-def control_residuals(controlnet, x: Tensor, t: Tensor, kw: dict, control: Tensor, scale: Tensor) -> dict:
-    """The U-Net's extra keyword arguments: the ControlNet's residuals of (x, t, the prompt's tokens, control),
-    times the per-sample scale (the diffusers ControlNet multiplies them by its conditioning_scale)."""
-    down, mid = controlnet(x, t, encoder_hidden_states=kw.get("encoder_hidden_states"),
-                           controlnet_cond=control.to(x.dtype), conditioning_scale=1.0,
-                           class_labels=kw.get("class_labels"), return_dict=False)
-    s = scale.to(x.dtype).view(-1, 1, 1, 1)
-    return {"down_block_additional_residuals": [d * s for d in down], "mid_block_additional_residual": mid * s}
-
-
 def attach_controlnet(run, folder, *, device=None, default_scale: float = 1.0):
     """Attach the diffusers ControlNetModel in `folder` to a loaded Stable Diffusion run (module docstring): the run
     then takes request.conditions["control"]. Returns the run. One-line errors for a run that is not a diffusers
     UNet2DConditionModel, a folder that is not a ControlNetModel, or one made for another U-Net (the mismatched
     fields named)."""
-    from noisecraft.interop.diffusers_load import CONFIG, DiffusersNet, from_pretrained, read_json
+    from noisecraft.interop.diffusers_files import CONFIG, from_pretrained, read_json
     from noisecraft.pipelines.run import image_shape
 
-    net = run.denoiser.net
-    if not (isinstance(net, DiffusersNet) and net.class_name == "UNet2DConditionModel"):
+    net = run.denoiser.net  # a DiffusersNet (interop.diffusers_load) has a controlnet slot
+    if not (hasattr(net, "controlnet") and getattr(net, "class_name", None) == "UNet2DConditionModel"):
         what = getattr(net, "class_name", type(net).__name__)
         raise NoisecraftError(f"a diffusers ControlNet controls a loaded Stable Diffusion U-Net "
                               f"(UNet2DConditionModel); model {run.config.name!r} is a {what}. For noisecraft runs, "
@@ -130,4 +100,4 @@ def _norm(v):
     return list(v) if isinstance(v, list | tuple) else v
 
 
-__all__ = ["DiffusersControlCondition", "attach_controlnet", "control_inputs", "control_residuals"]
+__all__ = ["DiffusersControlCondition", "attach_controlnet"]

@@ -31,7 +31,6 @@ clip_sample) are not applied: `Run.config.sample` takes a sampler of the same fa
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +41,23 @@ from torch import nn
 from noisecraft.conditions.base import ConditionSet
 from noisecraft.conditions.text import PromptCondition
 from noisecraft.errors import CheckpointError, NoisecraftError
+from noisecraft.interop.diffusers_files import (
+    BETA_SCHEDULES,
+    CONFIG,
+    MODEL_INDEX,
+    SCHEDULER_CONFIG,
+    check_weights,
+    diffusers_alphas_cumprod,
+    from_pretrained,
+    read_json,
+    require,
+)
 from noisecraft.schedules.training import DiscreteSchedule
 
-MODEL_INDEX, CONFIG, SCHEDULER_CONFIG = "model_index.json", "config.json", "scheduler_config.json"
 NETWORKS = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "Transformer2DModel")
 NETWORK_KEYS = ("unet", "transformer")  # the network's entry in model_index.json
 TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel")
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
-BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine",
-                  "sigmoid": "sigmoid"}  # diffusers' name -> noisecraft's
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # the scheduler class -> the noisecraft sampler of the same algorithm (the run's default sampler)
 SAMPLER_OF = {"EulerDiscreteScheduler": "euler", "EulerAncestralDiscreteScheduler": "euler_a",
               "DDIMScheduler": "ddim", "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
@@ -62,17 +68,6 @@ DEFAULT_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000
 
 
 # ------------------------------------------------------------------------------------------------ files
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read it as JSON: {type(e).__name__}: {str(e).splitlines()[0]}") \
-            from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def is_diffusers_folder(path) -> bool:
     """A directory with model_index.json, or with a config.json naming a diffusers `_class_name` (our run
     directories have a config.json without one, beside checkpoint.safetensors)."""
@@ -89,47 +84,9 @@ def is_diffusers_folder(path) -> bool:
         return False
 
 
-def check_weights(folder: Path) -> None:
-    """The folder holds safetensors weights that open (headers checked, so a truncated file is refused here);
-    a folder with pickle weights only is refused without unpickling them."""
-    folder = Path(folder)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise CheckpointError(f"{folder}: only pickle weights ({', '.join(pickles)}), which noisecraft does not "
-                                  f"load (unpickling can run code); save the model with safetensors "
-                                  f"(save_pretrained(..., safe_serialization=True))")
-        raise CheckpointError(f"{folder}: no *.safetensors weights")
-    from safetensors import safe_open
-
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                st.keys()
-        except Exception as e:  # SafetensorError, OSError: truncated, corrupt, unreadable
-            raise CheckpointError(f"{f} is truncated or corrupt: {type(e).__name__}: {str(e).splitlines()[0]}") \
-                from None
-
-
-def from_pretrained(cls, folder: Path, what: str, **kwargs):
-    """cls.from_pretrained(folder), local files and safetensors only, errors as one-line CheckpointErrors."""
-    check_weights(folder)
-    try:
-        return cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True, **kwargs)
-    except Exception as e:  # diffusers / transformers raise OSError, ValueError, EnvironmentError, ...
-        raise CheckpointError(f"{folder}: cannot load the {what}: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
-
-
 def unsupported_class(where, name) -> CheckpointError:
     return CheckpointError(f"{where}: diffusers class {name!r} is not a network noisecraft loads; supported: "
                            f"{', '.join(NETWORKS)} (model folders), or a pipeline folder (model_index.json) with one")
-
-
-def _require(ok: bool, where, message: str) -> None:
-    if not ok:
-        raise CheckpointError(f"{where}: {message}")
 
 
 # --------------------------------------------------------------------------------------------- schedule
@@ -141,37 +98,6 @@ class DiffusersSchedule(DiscreteSchedule):
     steps_offset: int = 0
 
 
-def diffusers_alphas_cumprod(cfg: dict, where="scheduler_config.json") -> torch.Tensor:
-    """alphas_cumprod (float64) exactly as diffusers' schedulers compute them: betas in float32 from
-    trained_betas or beta_schedule (linear, scaled_linear = linear in sqrt(beta), squaredcos_cap_v2 = Nichol &
-    Dhariwal 2021 Eq. 17 with beta <= 0.999, sigmoid), then their float32 cumulative product."""
-    _require(not cfg.get("rescale_betas_zero_snr"), where, "rescale_betas_zero_snr (zero terminal SNR, sigma_max "
-             "= inf) is not supported")
-    T = int(cfg.get("num_train_timesteps", 1000))
-    start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
-    if cfg.get("trained_betas") is not None:
-        betas = torch.tensor(cfg["trained_betas"], dtype=torch.float32)
-    else:
-        kind = cfg.get("beta_schedule", "linear")
-        _require(kind in BETA_SCHEDULES, where, f"beta_schedule {kind!r} is not supported; supported: "
-                 f"{', '.join(BETA_SCHEDULES)} (or trained_betas)")
-        if kind == "linear":
-            betas = torch.linspace(start, end, T, dtype=torch.float32)
-        elif kind == "scaled_linear":
-            betas = torch.linspace(start**0.5, end**0.5, T, dtype=torch.float32) ** 2
-        elif kind == "sigmoid":
-            betas = torch.sigmoid(torch.linspace(-6, 6, T)) * (end - start) + start
-        else:
-            def abar(t):
-                return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-            betas = torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)],
-                                 dtype=torch.float32)
-    _require(betas.ndim == 1 and len(betas) >= 2 and bool(((betas > 0) & (betas < 1)).all()), where,
-             "betas must be a list of at least 2 values in (0, 1)")
-    return torch.cumprod(1.0 - betas, dim=0).double()
-
-
 def diffusers_schedule(cfg: dict, where="scheduler_config.json"):
     """The DiscreteSchedule of a scheduler config: its betas are chosen so that their float64 cumulative product
     is diffusers' float32 alphas_cumprod (`diffusers_alphas_cumprod`), the table the scheduler really uses. It
@@ -180,7 +106,7 @@ def diffusers_schedule(cfg: dict, where="scheduler_config.json"):
     betas = 1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
     name = "trained" if cfg.get("trained_betas") is not None else BETA_SCHEDULES[cfg.get("beta_schedule", "linear")]
     offset = cfg.get("steps_offset") or 0
-    _require(isinstance(offset, int) and not isinstance(offset, bool) and 0 <= offset < len(betas), where,
+    require(isinstance(offset, int) and not isinstance(offset, bool) and 0 <= offset < len(betas), where,
              f"steps_offset must be an integer in [0, {len(betas)}), got {offset!r}")
     return DiffusersSchedule(name=name, betas=betas, steps_offset=offset)
 
@@ -189,7 +115,7 @@ def diffusers_prediction(cfg: dict, where="scheduler_config.json"):
     from noisecraft.core.prediction import Prediction
 
     kind = cfg.get("prediction_type", "epsilon")
-    _require(kind in PREDICTIONS, where, f"prediction_type {kind!r} is not supported; supported: "
+    require(kind in PREDICTIONS, where, f"prediction_type {kind!r} is not supported; supported: "
              f"{', '.join(PREDICTIONS)}")
     return Prediction(PREDICTIONS[kind])
 
@@ -203,12 +129,12 @@ def check_network_config(cfg: dict, where) -> None:
     for key in ("addition_embed_type", "class_embed_type", "num_class_embeds", "encoder_hid_dim"):
         if key == "num_class_embeds" and is_upscaler(cfg):
             continue  # the x4 upscaler's noise level (interop.diffusers_upscale)
-        _require(cfg.get(key) is None, where, f"{key}={cfg.get(key)!r} (an extra condition) is not supported")
-    _require(cfg.get("time_embedding_type", "positional") == "positional", where,
+        require(cfg.get(key) is None, where, f"{key}={cfg.get(key)!r} (an extra condition) is not supported")
+    require(cfg.get("time_embedding_type", "positional") == "positional", where,
              f"time_embedding_type {cfg.get('time_embedding_type')!r} (a continuous-sigma model) is not supported; "
              f"supported: positional")
     if name == "Transformer2DModel":
-        _require(cfg.get("norm_type") in ("ada_norm_zero", "ada_norm_single"), where,
+        require(cfg.get("norm_type") in ("ada_norm_zero", "ada_norm_single"), where,
                  f"norm_type {cfg.get('norm_type')!r} is not supported; supported: ada_norm_zero (DiT), "
                  f"ada_norm_single (PixArt)")
 
@@ -259,11 +185,7 @@ class DiffusersNet(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         cond = dict(cond or {})
-        control = None
-        if self.controlnet is not None:
-            from noisecraft.interop.diffusers_controlnet import control_inputs
-
-            control = control_inputs(cond, x)  # pops cond["control"], cond["control_scale"]
+        control = None if self.controlnet is None else control_inputs(cond, x)  # pops the control keys
         unknown = sorted(set(cond) - set(self.cond_spec.accepts()))
         if unknown:
             raise NoisecraftError(f"this diffusers {self.class_name} takes cond keys "
@@ -273,8 +195,6 @@ class DiffusersNet(nn.Module):
         if self.concat_channels:  # [x, extra channels], as diffusers' inpainting pipeline concatenates them
             x = torch.cat([x, _concat_input(cond, x, self.concat_channels, self.class_name)], dim=1)
         if control is not None:
-            from noisecraft.interop.diffusers_controlnet import control_residuals
-
             kw.update(control_residuals(self.controlnet, x, t, kw, *control))
         out = self.module(x, timestep=t, return_dict=False, **kw)[0]
         return out[:, :self.in_channels] if out.shape[1] == 2 * self.in_channels else out
@@ -299,6 +219,37 @@ class DiffusersNet(nn.Module):
         if self.additional:
             kw["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
         return kw
+
+
+# ------------------------------------------------------------------------------- ControlNet residuals
+def control_inputs(cond: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(control image (B, C, H, W), scale (B,)) popped from cond, or None when there is none or every scale is 0
+    (then the U-Net runs alone: exactly the base)."""
+    control, scale = cond.pop("control", None), cond.pop("control_scale", None)
+    if control is None:
+        return None
+    B = x.shape[0]
+    if not (isinstance(control, torch.Tensor) and control.ndim == 4 and control.shape[0] in (1, B)):
+        got = tuple(control.shape) if isinstance(control, torch.Tensor) else type(control).__name__
+        raise NoisecraftError(f"diffusers ControlNet: cond['control'] must be a (1 or {B}, C, H, W) image; got {got}")
+    scale = torch.ones(1, device=x.device) if scale is None else scale.to(x.device).reshape(-1)
+    if scale.shape[0] not in (1, B):
+        raise NoisecraftError(f"diffusers ControlNet: cond['control_scale'] must have 1 or {B} entries; got "
+                              f"{scale.shape[0]}")
+    if not bool((scale != 0).any()):
+        return None
+    return control.expand(B, *control.shape[1:]), scale.expand(B)
+
+
+def control_residuals(controlnet, x: torch.Tensor, t: torch.Tensor, kw: dict, control: torch.Tensor,
+                      scale: torch.Tensor) -> dict:
+    """The U-Net's extra keyword arguments: the ControlNet's residuals of (x, t, the prompt's tokens, control),
+    times the per-sample scale (the diffusers ControlNet multiplies them by its conditioning_scale)."""
+    down, mid = controlnet(x, t, encoder_hidden_states=kw.get("encoder_hidden_states"),
+                           controlnet_cond=control.to(x.dtype), conditioning_scale=1.0,
+                           class_labels=kw.get("class_labels"), return_dict=False)
+    s = scale.to(x.dtype).view(-1, 1, 1, 1)
+    return {"down_block_additional_residuals": [d * s for d in down], "mid_block_additional_residual": mid * s}
 
 
 def concat_channels(cfg: dict) -> int:
@@ -380,14 +331,14 @@ def load_text_condition(root: Path, index: dict, device) -> DiffusersTextConditi
     if not entry or entry[1] is None:
         return None
     where = root / MODEL_INDEX
-    _require(entry[1] in TEXT_ENCODERS, where, f"text_encoder {entry[1]!r} is not supported; supported: "
+    require(entry[1] in TEXT_ENCODERS, where, f"text_encoder {entry[1]!r} is not supported; supported: "
              f"{', '.join(TEXT_ENCODERS)}")
     tok_entry = index.get("tokenizer")
-    _require(bool(tok_entry) and tok_entry[1] is not None, where, "the pipeline has a text_encoder but no tokenizer")
+    require(bool(tok_entry) and tok_entry[1] is not None, where, "the pipeline has a text_encoder but no tokenizer")
     import transformers
 
     tok_cls = getattr(transformers, tok_entry[1], None)
-    _require(tok_cls is not None, where, f"unknown tokenizer class {tok_entry[1]!r}")
+    require(tok_cls is not None, where, f"unknown tokenizer class {tok_entry[1]!r}")
     try:
         tokenizer = tok_cls.from_pretrained(str(root / "tokenizer"), local_files_only=True)
     except Exception as e:
@@ -451,14 +402,14 @@ def _pipeline_parts(root: Path) -> tuple[Path, dict, dict]:
     index = read_json(root / MODEL_INDEX)
     where = root / MODEL_INDEX
     keys = [k for k in NETWORK_KEYS if index.get(k) and index[k][1] is not None]
-    _require(len(keys) == 1, where, f"needs exactly one of {', '.join(NETWORK_KEYS)}, found {keys or 'none'}")
+    require(len(keys) == 1, where, f"needs exactly one of {', '.join(NETWORK_KEYS)}, found {keys or 'none'}")
     for extra in ("text_encoder_2", "text_encoder_3", "prior", "image_encoder", "adapter"):
-        _require(not (index.get(extra) and index[extra][1] is not None), where,
+        require(not (index.get(extra) and index[extra][1] is not None), where,
                  f"{index.get('_class_name')} has {extra}, which is not supported (one text encoder only)")
     name = index[keys[0]][1]
     if name not in NETWORKS:
         raise unsupported_class(where, name)
-    _require((root / "scheduler" / SCHEDULER_CONFIG).is_file(), where, "no scheduler/scheduler_config.json")
+    require((root / "scheduler" / SCHEDULER_CONFIG).is_file(), where, "no scheduler/scheduler_config.json")
     return root / keys[0], index, read_json(root / "scheduler" / SCHEDULER_CONFIG)
 
 
@@ -491,7 +442,7 @@ def load_diffusers_run(path, *, use_ema: bool = True, device: str = "cpu", sched
     if entry and entry[1] is not None:  # a StableDiffusionControlNetPipeline folder
         from noisecraft.interop.diffusers_controlnet import attach_controlnet
 
-        _require(entry[1] == "ControlNetModel", root / MODEL_INDEX, f"controlnet {entry[1]!r} is not supported; "
+        require(entry[1] == "ControlNetModel", root / MODEL_INDEX, f"controlnet {entry[1]!r} is not supported; "
                  f"supported: ControlNetModel (one ControlNet)")
         attach_controlnet(run, root / "controlnet", device=device)
     return run
@@ -511,10 +462,10 @@ def _conditions(root: Path, index: dict, net: DiffusersNet, config, device, auto
         out.append(class_condition(net.cond_spec.num_classes, config, device))
     text = load_text_condition(root, index, device) if index else None
     if text is not None:
-        _require(net.cond_spec.context_dim > 0, root / MODEL_INDEX, "has a text encoder but its network reads no text")
+        require(net.cond_spec.context_dim > 0, root / MODEL_INDEX, "has a text encoder but its network reads no text")
         width = text.encoder.config.hidden_size if hasattr(text.encoder.config, "hidden_size") \
             else text.encoder.config.d_model
-        _require(width == net.cond_spec.context_dim, root / MODEL_INDEX,
+        require(width == net.cond_spec.context_dim, root / MODEL_INDEX,
                  f"the text encoder's width {width} differs from the network's cross-attention width "
                  f"{net.cond_spec.context_dim}")
         out.append(text)
@@ -525,12 +476,12 @@ def _autoencoder(root: Path, index: dict, shape: tuple, device):
     entry = index.get("vae")
     if not entry or entry[1] is None:
         return None
-    _require(entry[1] == "AutoencoderKL", root / MODEL_INDEX, f"vae {entry[1]!r} is not supported; supported: "
+    require(entry[1] == "AutoencoderKL", root / MODEL_INDEX, f"vae {entry[1]!r} is not supported; supported: "
              f"AutoencoderKL")
     from noisecraft.autoencoder import load_autoencoder
 
     check_weights(root / "vae")
     ae = load_autoencoder(root / "vae", device=device)
-    _require(ae.config.latent_channels == shape[0], root / MODEL_INDEX,
+    require(ae.config.latent_channels == shape[0], root / MODEL_INDEX,
              f"the vae has {ae.config.latent_channels} latent channels, the network takes {shape[0]}")
     return ae

@@ -115,7 +115,7 @@ class DiffusersLowResCondition(Condition):
 
 def low_res_condition(root, index: dict, net, autoencoder, device) -> DiffusersLowResCondition:
     """The upscaler's condition from its pipeline folder: low_res_scheduler's alphas_cumprod, max_noise_level."""
-    from noisecraft.interop.diffusers_load import SCHEDULER_CONFIG, diffusers_alphas_cumprod, read_json
+    from noisecraft.interop.diffusers_files import SCHEDULER_CONFIG, diffusers_alphas_cumprod, read_json
 
     where = root / LOW_RES_SCHEDULER / SCHEDULER_CONFIG
     if autoencoder is None or not where.is_file():
