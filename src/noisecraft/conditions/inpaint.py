@@ -98,6 +98,27 @@ def inpaint_input(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([mask.expand(y.shape[0], 1, *y.shape[2:]), (1 - mask) * y], dim=1)
 
 
+def check_inpaint_value(value, shape: tuple[int, int, int], num: int, space: str) -> None:
+    """A request's {"image": (1 or num, C, H, W), "mask": (1 or num, 1, H, W)} with a binary, finite mask and a
+    finite image of `shape` (C, H, W); NoisecraftError naming the expected shapes otherwise. space: where the
+    values live, for the message (e.g. "in pixels")."""
+    c, h, w = shape
+    if not isinstance(value, dict) or set(value) != {"image", "mask"}:
+        raise NoisecraftError(f"conditions['inpaint'] must be {{'image': (1, {c}, {h}, {w}), 'mask': "
+                              f"(1, 1, {h}, {w})}} {space} (batch 1 or one per image); use "
+                              f"noisecraft.editing.inpaint.inpaint")
+    for key, want in (("image", (c, h, w)), ("mask", (1, h, w))):
+        v = value[key]
+        if not isinstance(v, torch.Tensor) or v.ndim != 4 or tuple(v.shape[1:]) != want or v.shape[0] not in (1, num):
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise NoisecraftError(f"conditions['inpaint'][{key!r}] is {got}; expected {(1, *want)} or "
+                                  f"{(num, *want)} (one per image)")
+        if not torch.isfinite(v).all():
+            raise NoisecraftError(f"conditions['inpaint'][{key!r}] has non-finite values")
+    if not ((value["mask"] == 0) | (value["mask"] == 1)).all():
+        raise NoisecraftError("conditions['inpaint']['mask'] must be binary: 1 = regenerate, 0 = keep")
+
+
 @register("inpaint")
 class InpaintCondition(Condition):
     """[mask, masked image] as `concat` channels (module docstring). At sampling, request.conditions["inpaint"] =
@@ -138,23 +159,9 @@ class InpaintCondition(Condition):
         if value is None:
             return
         h, w = self.size
-        if not isinstance(value, dict) or set(value) != {"image", "mask"}:
-            raise NoisecraftError(f"conditions['inpaint'] must be {{'image': (1, {self.channels}, {h}, {w}), 'mask': "
-                                  f"(1, 1, {h}, {w})}} in the model's space (batch 1 or one per image); use "
-                                  f"noisecraft.editing.inpaint.inpaint")
-        if isinstance(value["image"], torch.Tensor) and value["image"].ndim == 4:
+        if isinstance(value, dict) and isinstance(value.get("image"), torch.Tensor) and value["image"].ndim == 4:
             h, w = value["image"].shape[-2:]  # a canvas other than the training size (outpainting beyond it)
-        for key, shape in (("image", (self.channels, h, w)), ("mask", (1, h, w))):
-            v = value[key]
-            if not isinstance(v, torch.Tensor) or v.ndim != 4 or tuple(v.shape[1:]) != shape or \
-                    v.shape[0] not in (1, request.num):
-                got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                raise NoisecraftError(f"conditions['inpaint'][{key!r}] is {got}; expected {(1, *shape)} or "
-                                      f"{(request.num, *shape)} (one per image)")
-            if not torch.isfinite(v).all():
-                raise NoisecraftError(f"conditions['inpaint'][{key!r}] has non-finite values")
-        if not ((value["mask"] == 0) | (value["mask"] == 1)).all():
-            raise NoisecraftError("conditions['inpaint']['mask'] must be binary: 1 = regenerate, 0 = keep")
+        check_inpaint_value(value, (self.channels, h, w), request.num, "in the model's space")
 
     def from_request(self, request, num: int, seed=None) -> dict:
         value = request.conditions[self.name]

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from noisecraft.conditions.base import Condition
-from noisecraft.errors import CheckpointError, NoisecraftError
+from noisecraft.conditions.inpaint import check_inpaint_value
+from noisecraft.errors import CheckpointError
 
 
 class DiffusersInpaintCondition(Condition):
@@ -55,24 +56,8 @@ class DiffusersInpaintCondition(Condition):
 
     def check_request(self, request) -> None:
         value = (request.conditions or {}).get(self.name)
-        if value is None:
-            return
-        c, h, w = self.image_shape
-        if not isinstance(value, dict) or set(value) != {"image", "mask"}:
-            raise NoisecraftError(f"conditions['inpaint'] must be {{'image': (1, {c}, {h}, {w}), 'mask': "
-                                  f"(1, 1, {h}, {w})}} in pixels (batch 1 or one per image); use "
-                                  f"noisecraft.editing.inpaint.inpaint")
-        for key, shape in (("image", (c, h, w)), ("mask", (1, h, w))):
-            v = value[key]
-            if not isinstance(v, torch.Tensor) or v.ndim != 4 or tuple(v.shape[1:]) != shape or \
-                    v.shape[0] not in (1, request.num):
-                got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                raise NoisecraftError(f"conditions['inpaint'][{key!r}] is {got}; expected {(1, *shape)} or "
-                                      f"{(request.num, *shape)} (one per image)")
-            if not torch.isfinite(v).all():
-                raise NoisecraftError(f"conditions['inpaint'][{key!r}] has non-finite values")
-        if not ((value["mask"] == 0) | (value["mask"] == 1)).all():
-            raise NoisecraftError("conditions['inpaint']['mask'] must be binary: 1 = regenerate, 0 = keep")
+        if value is not None:
+            check_inpaint_value(value, self.image_shape, request.num, "in pixels")
 
     def from_request(self, request, num: int, seed=None) -> dict:
         value = request.conditions[self.name]

@@ -21,24 +21,21 @@ import math
 import torch
 
 from noisecraft.conditions.base import Condition
+from noisecraft.conditions.low_res import LowResCondition
 from noisecraft.errors import CheckpointError, NoisecraftError
 
 DEFAULT_NOISE_LEVEL = 20  # the pipeline's default noise_level
 LOW_RES_SCHEDULER = "low_res_scheduler"
 
 
-class DiffusersLowResCondition(Condition):
+class DiffusersLowResCondition(LowResCondition):
     """request.conditions["low-res"] = {"image": (1 or num, 3, h, w) in [-1, 1], "level": noise level} or the image
-    alone (level `aug_sample`); attributes as `noisecraft.conditions.low_res.LowResCondition`'s for `upscale`."""
-
-    name = "low-res"
-    guidable = False
-    pixel_space = True
-    required = True
+    alone (level `aug_sample`); the attributes `upscale` reads are LowResCondition's (which also checks requests and
+    gives guidance the same image in both branches)."""
 
     def __init__(self, alphas_cumprod: torch.Tensor, max_noise_level: int, channels: int, low_size: tuple[int, int],
                  factor: int, device) -> None:
-        super().__init__(None)
+        Condition.__init__(self, None)
         self.alphas_cumprod = alphas_cumprod.float()  # (T,) float32, as the scheduler holds it
         self.max_noise_level, self.channels, self.factor = int(max_noise_level), int(channels), int(factor)
         self._low = tuple(low_size)
@@ -76,16 +73,6 @@ class DiffusersLowResCondition(Condition):
                                   f"(x{self.factor} to {self.size[0]}x{self.size[1]}), got {got}")
         return value, level
 
-    def check_request(self, request) -> None:
-        if not self.given(request):
-            return
-        image, _ = self.parse(request.conditions[self.name])
-        if image.shape[0] not in (1, request.num):
-            raise NoisecraftError(f"low-res: {image.shape[0]} images for {request.num} outputs; give 1 or "
-                                  f"{request.num}")
-        if not torch.isfinite(image).all():
-            raise NoisecraftError("low-res: the image has non-finite values (NaN or inf)")
-
     def add_noise(self, z: torch.Tensor, eps: torch.Tensor, level: int) -> torch.Tensor:
         """low_res_scheduler.add_noise: sqrt(abar_t) z + sqrt(1 - abar_t) eps, in z's dtype."""
         abar = self.alphas_cumprod.to(device=z.device, dtype=z.dtype)[level]
@@ -104,9 +91,6 @@ class DiffusersLowResCondition(Condition):
         """A zero image at level 0 (a request without a low-resolution image; use noisecraft upscale)."""
         return {"concat": torch.zeros(1, self.channels, *self._low, device=self.device),
                 "class_labels": torch.zeros(1, dtype=torch.long, device=self.device)}
-
-    def unconditional(self, request) -> dict:
-        return self.from_request(request, request.num, request.seed) if self.given(request) else self.null(1)
 
     def describe(self) -> str:
         h, w = self._low
