@@ -46,6 +46,13 @@ def build_network(config) -> torch.nn.Module:
     """The network of a run config, wrapped by the conditions that run inside it (a trainable text encoder)."""
     from noisecraft.models import build_model
 
+    student = getattr(config, "distill", None)
+    if student is not None and student.guidance_input:  # an LCM student: the guidance scale w is an input
+        from noisecraft.distill.guided import GuidanceScaleInput
+
+        width = student.guidance_embed_dim
+        net = build_model(config.model, replace(config.network, vector_dim=config.network.vector_dim + width))
+        return conditions_for(config).wrap_network(GuidanceScaleInput(net, width))
     return conditions_for(config).wrap_network(build_model(config.model, config.network))
 
 
@@ -54,4 +61,6 @@ def build_denoiser(config, net: torch.nn.Module | None = None) -> Denoiser:
     d = config.diffusion
     net = net if net is not None else build_network(config)
     schedule = build_schedule(d.schedule, **d.schedule_options())
-    return Denoiser(net, schedule, Prediction(d.prediction, sigma_data=d.sigma_data))
+    student = getattr(config, "distill", None)  # a consistency student: the boundary f(x, eps) = x built in
+    boundary = student.prediction_options() if student is not None else {}
+    return Denoiser(net, schedule, Prediction(d.prediction, sigma_data=d.sigma_data, **boundary))

@@ -34,6 +34,9 @@ def _coerce(value: Any, tp, where: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        present = [a for a in args if a is not type(None)]
+        if len(present) == 1 and dataclasses.is_dataclass(present[0]):  # an optional section: its own error
+            return _coerce(value, present[0], where)
         errors = []
         for arg in args:
             if arg is type(None):

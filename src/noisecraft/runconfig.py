@@ -12,6 +12,7 @@ from noisecraft.conditions.config import ConditioningConfig
 from noisecraft.config import apply_overrides, parse_override
 from noisecraft.core.losses import WEIGHTINGS
 from noisecraft.core.prediction import PREDICTIONS
+from noisecraft.distill.config import DistillConfig
 from noisecraft.errors import ConfigError, require, unknown_name
 from noisecraft.models import DEFAULT_MODEL, MODELS, network_configs
 from noisecraft.models.dit import DiTConfig
@@ -160,6 +161,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     text: TextConfig = field(default_factory=TextConfig)                       # text encoder (text-to-image)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)  # condition dropout, text routes
+    distill: DistillConfig | None = None  # a few-step student (noisecraft distill); None: an ordinary diffusion run
 
     def __post_init__(self):
         require(self.model in MODELS, "model", f"unknown model {self.model!r}; allowed: {', '.join(sorted(MODELS))}")

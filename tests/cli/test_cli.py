@@ -67,7 +67,7 @@ def test_resume_via_cli(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["sample", "--checkpoint", "{run}", "--sampler", "nope"], "unknown sampler 'nope'; allowed: ddim"),
+    (["sample", "--checkpoint", "{run}", "--sampler", "nope"], "unknown sampler 'nope'; allowed: consistency, ddim"),
     (["sample", "--checkpoint", "{run}", "--step-schedule", "wobbly"], "unknown step schedule 'wobbly'; allowed"),
     (["sample", "--checkpoint", "{run}", "--sampler", "heun", "--eta", "0.5"],
      "sampler 'heun' has no option 'eta'; allowed: s_churn (float, default 0, >= 0: EDM S_churn"),

@@ -68,6 +68,9 @@ def _samples(args):
                         f"noisecraft eval scores images")
     s = loaded.config.sample
     sampler, implied = resolve_alias(args.sampler or s.sampler)
+    from noisecraft.pipelines.generate import check_student_sampler
+
+    check_student_sampler(loaded, sampler)  # a few-step student: only the samplers it was made for
     sigmas = get_sigmas(loaded.denoiser.schedule, args.steps or s.steps,
                          args.step_schedule or implied or s.step_schedule)
     parts = [generate(loaded.denoiser, sigmas, loaded.data_shape, num=min(MAX_NUM, args.num - start),

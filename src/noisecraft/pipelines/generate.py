@@ -62,11 +62,21 @@ def plan(run, request: Request) -> Plan:
 
     s = run.config.sample
     name, implied = samplers.resolve_alias(request.sampler or s.sampler)
+    check_student_sampler(run, name)
     kind = request.step_schedule or implied or s.step_schedule
     options = samplers.check_options(name, dict(request.options)) if hasattr(samplers, "check_options") \
         else dict(request.options)
     sigmas = get_sigmas(run.denoiser.schedule, request.steps or s.steps, kind)
     return Plan(name, kind, sigmas, options)
+
+
+def check_student_sampler(run, sampler: str) -> None:
+    """A few-step student (config.distill) samples only with the samplers it was made for; else NoisecraftError."""
+    student = getattr(run.config, "distill", None)
+    if student is not None and sampler not in student.samplers():
+        raise NoisecraftError(f"model {run.config.name!r} is a few-step student (distill method {student.method!r}); "
+                              f"it samples with {', '.join(student.samplers())}, not {sampler!r} "
+                              f"(e.g. --sampler consistency --steps 1, 2 or 4)")
 
 
 def check_request(run, request: Request) -> None:
@@ -95,6 +105,11 @@ def conditioned(run, request: Request, *, draw: bool = True):
     conditions that draw per image (a layout) their deterministic choice (the planner's mean boxes) instead."""
     check_request(run, request)
     cond, uncond = run.conditions.request(request, request.num, request.seed if draw else None)
+    student = getattr(run.config, "distill", None)
+    if student is not None and student.guidance_input:  # an LCM student: w is its input, one call per step
+        from noisecraft.distill.guided import guidance_cond
+
+        return run.denoiser, guidance_cond(cond, request)
     if not request.guided:
         return run.denoiser, cond
     from noisecraft.guidance import ClassifierFreeGuidance

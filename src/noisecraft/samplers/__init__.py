@@ -30,6 +30,7 @@ line) to the declared types, refusing unknown options and values out of range.
 | pc            | predictor-corrector, Langevin corrector, snr (Alg. 1-2)  | SDE   | 1 + M        |
 | expint        | Gaussian-basis predictor-corrector exponential integrator | p + 1 | 1            |
 | ode           | adaptive RK45 on the probability-flow ODE (reference)    | 5(4)  | adaptive     |
+| consistency   | multistep consistency sampling (Song et al. 2023, Alg. 1) | CM   | 1            |
 
 `expint` is noisecraft's own: DPM-Solver++'s exact exponential integrator with the x0 estimate
 interpolated in v = 1 / sqrt(sigma^2 + sigma_data^2) (exact for Gaussian data) and UniPC's free corrector;
@@ -53,6 +54,7 @@ from noisecraft.samplers.ancestral import (
     sample_euler_ancestral,
     step_ddim,
 )
+from noisecraft.samplers.consistency import sample_consistency
 from noisecraft.samplers.dpm_solver import (
     SOLVER_TYPES,
     sample_dpm_solver,
@@ -92,6 +94,7 @@ SAMPLERS = {
     "pc": sample_pc,
     "expint": sample_expint,
     "ode": sample_ode,
+    "consistency": sample_consistency,
 }
 
 # One line on each sampler (`noisecraft samplers`; the table above, in short).
@@ -116,6 +119,7 @@ DESCRIPTIONS = {
     "pc": "predictor-corrector with a Langevin corrector (Song et al. 2021, Alg. 1-2); stochastic",
     "expint": "noisecraft's Gaussian-basis exponential integrator with a corrector (samplers.expint)",
     "ode": "adaptive RK45 on the probability-flow ODE (a reference; adaptive NFE)",
+    "consistency": "multistep consistency sampling (Song et al. 2023, Alg. 1), for consistency students; stochastic",
 }
 
 # The stateless step(x, sigma, sigma_next, denoised, state, **options) -> (x, state) of every sampler
@@ -151,6 +155,7 @@ ALIASES = {
     "euler maruyama": "euler_maruyama", "euler-maruyama": "euler_maruyama",
     "predictor-corrector": "pc", "predictor_corrector": "pc",
     "dpm adaptive": "ode", "rk45": "ode", "adaptive": "ode",
+    "lcm": "consistency", "cm": "consistency", "consistency model": "consistency",
 }
 ALIAS_SCHEDULES = {"karras": "karras", "exponential": "exponential", "ays": "ays"}
 
@@ -239,6 +244,9 @@ OPTION_DOCS = {
     "dtype": _doc("working torch.dtype of the solve"),
     "stats": _doc("a dict the sampler fills with nfe, steps and rejected"),
 }
+# Where one option name means different things in different samplers.
+_CM_SIGMA_MIN = _doc("the boundary eps of the consistency model (re-noise by sqrt(tau^2 - eps^2)); 0 = the "
+                     "student's own", bounds=(0.0, math.inf))
 _SDE_ETA = _doc("SDE noise: 0 = the ODE solver, 1 = the SDE variant (Lu et al. 2022b, Sec. 5)",
                 bounds=(0.0, math.inf))
 _EPS_FINAL = _doc("the last step to sigma = 0: step (the multistep formula), denoise (D) or extrapolate",
@@ -250,6 +258,7 @@ SAMPLER_OPTION_DOCS = {
     **{name: {"eta": _SDE_ETA} for name in ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde")},
     "lms": {"order": {"choices": (1, 2, 3, 4)}, "final": _EPS_FINAL},
     "deis": {"final": _EPS_FINAL},
+    "consistency": {"sigma_min": _CM_SIGMA_MIN},
 }
 _TYPES = {"float": float, "int": int, "bool": bool, "str": str}
 

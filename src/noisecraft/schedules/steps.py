@@ -18,7 +18,7 @@ from noisecraft.errors import NoisecraftError, unknown_name
 from noisecraft.schedules.training import DiscreteSchedule, Schedule
 
 DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
-STEP_SCHEDULES = DISCRETE_SPACINGS + ("karras", "exponential", "logsnr", "uniform", "ays")
+STEP_SCHEDULES = DISCRETE_SPACINGS + ("karras", "exponential", "logsnr", "uniform", "ays", "consistency")
 
 # Align Your Steps (Sabour et al. 2024), the published 10-step schedule for Stable Diffusion 1.5
 # (sigma_max 14.6146 ... sigma_min 0.0292; the last knot becomes 0 when sampling).
@@ -102,6 +102,13 @@ def ays_sigmas(sigma_min: float, sigma_max: float, steps: int) -> torch.Tensor:
     return sigmas
 
 
+def consistency_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """The levels of multistep consistency sampling (Song et al. 2023, Alg. 1; samplers.consistency): the Karras
+    ramp (Eq. 5) over steps + 1 levels without its last one, sigma_min, where a consistency model is the identity
+    (re-noising there would waste a step); then 0. One step: [sigma_max, 0]."""
+    return _append_zero(karras_sigmas(sigma_min, sigma_max, steps + 1, rho)[:-2])
+
+
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
@@ -117,7 +124,8 @@ def get_sigmas(schedule: Schedule, steps: int, kind: str = "trailing", *, rho: f
 
     kind: "leading" | "trailing" | "linspace" (integer timesteps, discrete schedules only),
     "karras" (rho), "exponential" or its synonym "logsnr" (uniform in log sigma = uniform in log-SNR),
-    "uniform" (uniform in the schedule's timestep), "ays" (Align Your Steps), or the path of a JSON
+    "uniform" (uniform in the schedule's timestep), "ays" (Align Your Steps), "consistency" (the levels of
+    multistep consistency sampling, `consistency_sigmas`), or the path of a JSON
     schedule written by `noisecraft schedule optimise` (interpolated log-linearly to `steps`).
     offset: added to every "leading" timestep (diffusers' `steps_offset`; Stable Diffusion's schedulers use 1);
     None takes the schedule's own `steps_offset` attribute (a schedule read from a diffusers scheduler config
@@ -150,6 +158,8 @@ def get_sigmas(schedule: Schedule, steps: int, kind: str = "trailing", *, rho: f
         return exponential_sigmas(schedule.sigma_min, schedule.sigma_max, steps)
     if kind == "ays":
         return ays_sigmas(schedule.sigma_min, schedule.sigma_max, steps)
+    if kind == "consistency":
+        return consistency_sigmas(schedule.sigma_min, schedule.sigma_max, steps, rho)
     if kind == "uniform":
         return _append_zero(_uniform_t_sigmas(schedule, steps))
     raise unknown_name("step schedule", kind, STEP_SCHEDULES + ("<file>.json",))

@@ -1,0 +1,12 @@
+"""Few-step generation: consistency distillation and training, easy consistency tuning, guided (LCM-style)
+consistency distillation and rectified-flow reflow, from any trained run (`noisecraft distill`).
+
+- `objectives`: the losses as pure functions (discretisations, teacher ODE step, distances, each method's loss);
+- `guided`: the guidance-scale input of an LCM student and the guided teacher;
+- `reflow`: teacher ODE pairs;
+- `trainer`: `Distiller`, the training loop's pieces around those losses (checkpoints, exact resume,
+  progress, evaluation, multi-process);
+- `config`: the run config's `distill` section.
+
+Students sample with `noisecraft.samplers` "consistency" (CM Alg. 1). Imports here stay light.
+"""
