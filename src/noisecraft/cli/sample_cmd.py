@@ -60,6 +60,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="merge a LoRA .safetensors file (diffusers/peft or kohya keys) into the model with this "
                         "scale (default 1); repeatable; keys that match nothing are an error naming them")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="load a textual-inversion embedding (.safetensors, diffusers or A1111 layout) into the text "
+                        "encoder; write its token in --prompt; repeatable")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
@@ -150,6 +153,10 @@ def run(args) -> int:
     from noisecraft.pipelines import load
 
     loaded = load(args.checkpoint, use_ema=not args.no_ema, device=args.device, config_dir=args.config_dir)
+    for embedding in getattr(args, "embedding", None) or []:
+        from noisecraft.finetune.embeddings import apply_embedding
+
+        print(f"loaded embedding {apply_embedding(loaded, embedding)!r} from {embedding}")
     if args.lora:
         from noisecraft.interop.lora import apply_lora_specs
 

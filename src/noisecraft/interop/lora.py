@@ -430,7 +430,8 @@ def _components_of_run(run) -> dict[str, nn.Module]:
     net = run.denoiser.net
     inner = _diffusers_inner(net)
     network = inner if inner is not None else net
-    found = {"transformer" if "Transformer" in type(network).__name__ else "unet": network}
+    kind = type(network).__name__
+    found = {"transformer" if "Transformer" in kind or kind == "DiT" else "unet": network}  # DiT: our transformer
     for condition in getattr(run, "conditions", None) or ():
         encoder = getattr(condition, "encoder", None)
         if isinstance(encoder, nn.Module) and type(encoder).__module__.startswith("transformers."):
