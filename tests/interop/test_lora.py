@@ -393,8 +393,9 @@ def test_apply_lora_to_run_routes_components(base_unet, base_text_encoder, tmp_p
 def test_lora_on_a_loaded_diffusers_run_matches_the_pipelines_load_lora_weights(tmp_path):
     pytest.importorskip("peft")
     pytest.importorskip("noisecraft.interop.diffusers_load")
+    from diffusers_tiny import tiny_sd_pipeline_dir
+
     import noisecraft
-    from conftest import tiny_sd_pipeline_dir
 
     folder = tiny_sd_pipeline_dir(tmp_path)
     run = noisecraft.load(folder)
@@ -431,10 +432,10 @@ def test_cli_lora_spec_parsing():
 
 def test_cli_sample_with_lora_changes_the_image_and_refuses_foreign_keys(tmp_path, capsys):
     pytest.importorskip("noisecraft.interop.diffusers_load")
+    from diffusers_tiny import tiny_sd_pipeline_dir
     from PIL import Image
 
     import noisecraft
-    from conftest import tiny_sd_pipeline_dir
     from noisecraft.cli.main import main
 
     folder = tiny_sd_pipeline_dir(tmp_path)

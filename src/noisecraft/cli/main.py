@@ -30,6 +30,10 @@ COMMANDS = {
     "index": "noisecraft.cli.index_cmd",
     "search": "noisecraft.cli.search_cmd",
     "upscale": "noisecraft.cli.upscale_cmd",
+    "distill": "noisecraft.cli.distill_cmd",
+    "finetune": "noisecraft.cli.finetune_cmd",
+    "serve": "noisecraft.cli.serve_cmd",
+    "watermark": "noisecraft.cli.watermark_cmd",
 }
 
 
