@@ -48,7 +48,7 @@ def build_network(config) -> torch.nn.Module:
 
     student = getattr(config, "distill", None)
     if student is not None and student.guidance_input:  # an LCM student: the guidance scale w is an input
-        from noisecraft.distill.guided import GuidanceScaleInput
+        from noisecraft.models.guidance_input import GuidanceScaleInput
 
         width = student.guidance_embed_dim
         net = build_model(config.model, replace(config.network, vector_dim=config.network.vector_dim + width))

@@ -3,7 +3,7 @@ consistency distillation and rectified-flow reflow, from any trained run (`noise
 
 - `objectives`: the losses as pure functions (discretisations, teacher ODE step, distances, each method's loss);
 - `guided`: the guidance-scale input of an LCM student and the guided teacher;
-- `reflow`: teacher ODE pairs;
+- reflow's teacher ODE pairs are drawn and cached by `trainer` (`reflow_pairs`);
 - `trainer`: `Distiller`, the training loop's pieces around those losses (checkpoints, exact resume,
   progress, evaluation, multi-process);
 - `config`: the run config's `distill` section.

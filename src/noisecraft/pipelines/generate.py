@@ -107,7 +107,7 @@ def conditioned(run, request: Request, *, draw: bool = True):
     cond, uncond = run.conditions.request(request, request.num, request.seed if draw else None)
     student = getattr(run.config, "distill", None)
     if student is not None and student.guidance_input:  # an LCM student: w is its input, one call per step
-        from noisecraft.distill.guided import guidance_cond
+        from noisecraft.models.guidance_input import guidance_cond
 
         return run.denoiser, guidance_cond(cond, request)
     if not request.guided:
