@@ -6,11 +6,12 @@ nearest upsampling (results: benchmarks/editing_sr.md).
 
 1. Training (unless --run): `noisecraft train --preset glyphs-sr-32 --steps STEPS train.threads=1` (16 -> 32 on
    the glyphs' train split, rendered natively at 32x32).
-2. Held-out images: the glyphs' test split at 32x32 (every 10th item of each class; no font variant of them is
-   trained on). The low-resolution inputs are their 2x area downsampling (the condition's own `downsample`).
-3. Each method upsamples the 16x16 inputs to 32x32: nearest, bicubic (clamped to [-1, 1]), and the SR run via
+2. Held-out images: the glyphs' test split at the SR run's output size (32x32 for glyphs-sr-32, 64x64 for
+   glyphs-sr-64; every 10th item of each class; no font variant of them is trained on). The low-resolution inputs
+   are their area downsampling by the run's factor (the condition's own `downsample`).
+3. Each method upsamples the inputs to the output size: nearest, bicubic (clamped to [-1, 1]), and the SR run via
    `noisecraft.editing.upscale` (its default sampler and steps, seed 0, at each --aug-levels level).
-4. Metrics against the real 32x32 images: PSNR and SSIM (skimage.metrics, data range [0, 1], per image, mean),
+4. Metrics against the real images: PSNR and SSIM (skimage.metrics, data range [0, 1], per image, mean),
    and FD of EfficientNet-Lite0 ("effnet") features (noisecraft.eval.metrics.fd) of all outputs against all real
    images. Aim (issue 19): FD of SR >= 5x closer to real than bicubic's, i.e. FD(bicubic) / FD(SR) >= 5.
 Writes WORK/results.json and WORK/editing_sr.png (rows: low-res (nearest-enlarged) | bicubic | SR | real);
@@ -78,11 +79,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     run_dir = Path(args.run) if args.run else train(work, args.steps)
 
-    real = load_glyphs(split="test", resolution=32).images[: args.num]  # (N, 1, 32, 32)
-    low = downsample(real, 2)  # (N, 1, 16, 16)
-    outputs = {"nearest": F.interpolate(low, scale_factor=2, mode="nearest"),
-               "bicubic": upsample(low, 2).clamp(-1, 1)}
     run = load(run_dir)
+    sr = run.conditions.get("low-res")  # the stage's output size and factor (glyphs-sr-32: 32, 2; -sr-64: 64, 2)
+    size, factor = sr.size[0], sr.factor
+    real = load_glyphs(split="test", resolution=size).images[: args.num]  # (N, 1, size, size)
+    low = downsample(real, factor)  # (N, 1, size / factor, size / factor)
+    outputs = {"nearest": F.interpolate(low, scale_factor=factor, mode="nearest"),
+               "bicubic": upsample(low, factor).clamp(-1, 1)}
     timings = {}
     for level in args.aug_levels:
         t0 = time.time()
@@ -90,7 +93,8 @@ def main() -> None:
         timings[f"sr (aug {level:g})"] = time.time() - t0
     ext = get_extractor("effnet")
     ref = ext(real)
-    results = {"run": str(run_dir), "model_step": run.step, "num": len(real), "sampler": run.config.sample.sampler,
+    results = {"run": str(run_dir), "model_step": run.step, "size": size, "factor": factor, "num": len(real),
+               "sampler": run.config.sample.sampler,
                "sampling_steps": run.config.sample.steps, "methods": {}}
     for name, out in outputs.items():
         m = metrics(out, real)
@@ -100,7 +104,7 @@ def main() -> None:
         results["methods"][name] = m
         print(f"{name:>14}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, FD {m['fd']:.2f}")
     # the floor: FD of other renders of the same held-out glyphs (render seed 1: new jitter) against the real ones
-    results["fd_floor_real_rerender"] = fd(ext(load_glyphs(split="test", resolution=32, seed=1).images[: args.num]),
+    results["fd_floor_real_rerender"] = fd(ext(load_glyphs(split="test", resolution=size, seed=1).images[: args.num]),
                                            ref)
     bic = results["methods"]["bicubic"]["fd"]
     for m in results["methods"].values():
@@ -116,8 +120,9 @@ def main() -> None:
     save_grid(torch.cat(rows), work / "editing_sr.png", nrow=k)
     if args.publish:
         (REPO / "benchmarks" / "results").mkdir(exist_ok=True)
-        shutil.copy(work / "results.json", REPO / "benchmarks" / "results" / "editing_sr.json")
-        shutil.copy(work / "editing_sr.png", REPO / "benchmarks" / "editing_sr.png")
+        name = "editing_sr" if size == 32 else f"editing_sr_{size}"  # the 16 -> 32 stage keeps its old names
+        shutil.copy(work / "results.json", REPO / "benchmarks" / "results" / f"{name}.json")
+        shutil.copy(work / "editing_sr.png", REPO / "benchmarks" / f"{name}.png")
 
 
 if __name__ == "__main__":
