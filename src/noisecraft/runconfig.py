@@ -12,7 +12,7 @@ from noisecraft.conditions.config import ConditioningConfig
 from noisecraft.config import apply_overrides, parse_override
 from noisecraft.core.losses import WEIGHTINGS
 from noisecraft.core.prediction import PREDICTIONS
-from noisecraft.distill.config import DistillConfig
+from noisecraft.distill_config import DistillConfig
 from noisecraft.errors import ConfigError, require, unknown_name
 from noisecraft.models import DEFAULT_MODEL, MODELS, network_configs
 from noisecraft.models.dit import DiTConfig

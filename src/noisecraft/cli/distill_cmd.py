@@ -5,8 +5,7 @@ a preview grid sampled with the student's own sampler."""
 from __future__ import annotations
 
 from noisecraft.cli.argtypes import positive_float, positive_int
-
-METHODS = ("cd", "ct", "ect", "lcm", "reflow")  # noisecraft.distill.config.METHODS (kept light here)
+from noisecraft.distill_config import METHODS  # light: dataclasses and errors only
 
 
 def add_parser(sub) -> None:

@@ -6,7 +6,8 @@ consistency distillation and rectified-flow reflow, from any trained run (`noise
 - reflow's teacher ODE pairs are drawn and cached by `trainer` (`reflow_pairs`);
 - `trainer`: `Distiller`, the training loop's pieces around those losses (checkpoints, exact resume,
   progress, evaluation, multi-process);
-- `config`: the run config's `distill` section.
+- the run config's `distill` section is `noisecraft.distill_config.DistillConfig` (below the run config, which
+  holds it).
 
 Students sample with `noisecraft.samplers` "consistency" (CM Alg. 1). Imports here stay light.
 """

@@ -298,7 +298,7 @@ def student_config(teacher, method: str, *, steps: int | None = None, minutes: f
     (section.field=value, e.g. distill.num_scales=40). Raises NoisecraftError for a teacher the method cannot use."""
     from noisecraft.checkpoint import load_checkpoint
     from noisecraft.config import from_dict
-    from noisecraft.distill.config import METHODS, DistillConfig
+    from noisecraft.distill_config import METHODS, DistillConfig
     from noisecraft.pipelines.run import run_config
     from noisecraft.runconfig import RunConfig, SampleConfig, apply_run_overrides
     from noisecraft.schedules.training import build_schedule

@@ -1,5 +1,6 @@
 """The `distill` section of a run config: what makes a run a few-step student (`RunConfig.distill`; None for an
-ordinary diffusion run). Written by `noisecraft distill`, read by `build.build_denoiser` (the consistency
+ordinary diffusion run). A module of its own beside `runconfig` (which holds it) so that the run config does not
+import the `distill` package. Written by `noisecraft distill`, read by `build.build_denoiser` (the consistency
 boundary and the guidance-scale input) and by the generation path (the samplers a student is made for).
 
 Methods (`noisecraft.distill`): cd (consistency distillation, Song et al. 2023, Alg. 2), ct (consistency
