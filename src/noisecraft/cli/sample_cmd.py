@@ -127,8 +127,13 @@ def check_control(run, args) -> None:
 def write_generation(run, request, out, *, callback=None) -> Path:
     """Generate `request` on `run` and write it (`save_generation`)."""
     from noisecraft.pipelines import generate
+    from noisecraft.pipelines.outputs import writer_for
 
-    return save_generation(generate(run, request, callback=callback), out, points=len(run.data_shape) == 1)
+    writer = writer_for(run, out)  # a modality's own writer (video, audio, ...), checked before generating
+    result = generate(run, request, callback=callback)
+    if writer is not None:
+        return writer(result, Path(out), run)
+    return save_generation(result, out, points=len(run.data_shape) == 1)
 
 
 def save_generation(result, out, *, points: bool = False) -> Path:

@@ -1,0 +1,49 @@
+"""Where a generation goes on disk: one writer per (modality, file extension).
+
+A run's modality is that of its dataset (`DATASET_MODALITY`, "image" when a dataset is not listed, "points" for
+1-D samples such as the 2-D toys). `sample --out PATH`, img2img and inpaint call `writer_for(run, PATH)`; a
+modality package registers its writers here by dotted path, so this module imports nothing heavy:
+
+    OUTPUT_WRITERS["audio"] = {".wav": "noisecraft.audio.io:write_generation", ".png": ...}
+
+A writer is `write(result: Generation, out: Path, run: Run) -> Path` and returns what it wrote. The "image"
+modality's writers stay in `noisecraft.cli.sample_cmd.save_generation` (a .png grid, or a directory of PNGs).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from noisecraft.errors import NoisecraftError
+
+# dataset name -> modality; datasets not listed are "image" (or "points" for 1-D samples).
+DATASET_MODALITY: dict[str, str] = {}
+# modality -> {file extension (lower case, with the dot) or "" for a directory: "module:function"}
+OUTPUT_WRITERS: dict[str, dict[str, str]] = {}
+
+
+def modality(run) -> str:
+    """The modality of a loaded run: its dataset's entry in DATASET_MODALITY, else "points" for 1-D samples,
+    else "image"."""
+    dataset = getattr(getattr(getattr(run, "config", None), "data", None), "dataset", None)
+    if dataset in DATASET_MODALITY:
+        return DATASET_MODALITY[dataset]
+    return "points" if len(run.data_shape) == 1 else "image"
+
+
+def writer_for(run, out):
+    """The registered writer for `out` on this run's modality, or None when the modality has none registered
+    (the image and 2-D point writers of save_generation apply). An extension the modality does not write is
+    an error naming the ones it does."""
+    kind = modality(run)
+    writers = OUTPUT_WRITERS.get(kind)
+    if not writers:
+        return None
+    out = Path(out)
+    key = out.suffix.lower()
+    if key not in writers:
+        allowed = ", ".join(sorted(k or "a directory" for k in writers))
+        raise NoisecraftError(f"--out {str(out)!r}: a {kind} model writes {allowed}; got {key or 'no extension'!r}")
+    module, _, name = writers[key].partition(":")
+    return getattr(importlib.import_module(module), name)
