@@ -18,6 +18,11 @@ class DataError(NoisecraftError):
     """A dataset that cannot be loaded: no images, NaN values, a wrong shape."""
 
 
+class NoisecraftWarning(UserWarning):
+    """Something a user should know but that does not stop the command (e.g. a run folder's config.json that
+    is not the checkpoint's own config). The CLI prints each as one line: `noisecraft: warning: ...`."""
+
+
 class TrainingDiverged(RuntimeError):
     """Training produced non-finite losses repeatedly; the last good checkpoint is intact."""
 

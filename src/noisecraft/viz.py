@@ -52,8 +52,14 @@ def save_png(arr: np.ndarray, path, *, parameters: str | None = None, info: dict
     _pil(arr, scale).save(path, format="PNG", pnginfo=meta)
 
 
-def save_grid(images: torch.Tensor, path, *, nrow: int | None = None, scale: int = 2, **meta) -> None:
-    save_png(grid_image(images, nrow), path, scale=scale, **meta)
+def save_grid(images: torch.Tensor, path, *, nrow: int | None = None, scale: int = 2, parameters: str | None = None,
+              info: dict | None = None) -> None:
+    """A grid PNG of (N, C, H, W) images in [-1, 1], enlarged `scale` times; `info` (the `noisecraft` JSON chunk)
+    gains grid = true, num and nrow, so readers (noisecraft.eval.image_io) split it into its tiles."""
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    if info is not None:
+        info = {**info, "grid": True, "num": len(images), "nrow": nrow}
+    save_png(grid_image(images, nrow), path, scale=scale, parameters=parameters, info=info)
 
 
 def save_points(points: torch.Tensor, path, *, title: str = "") -> None:

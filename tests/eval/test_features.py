@@ -79,7 +79,7 @@ def test_input_conventions():
 
 
 def test_bad_images_are_clear_errors():
-    with pytest.raises(EvalError, match=r"in \[-1, 1\].*2 \* x - 1"):
+    with pytest.raises(EvalError, match=r"given as floating point in \[-1, 1\].*allowed value ranges: .*byte = 0..255"):
         prepare_images(torch.rand(2, 1, 8, 8) * 255)
     with pytest.raises(EvalError, match="C = 1 or 3"):
         prepare_images(torch.zeros(2, 4, 8, 8))

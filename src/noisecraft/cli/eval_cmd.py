@@ -26,6 +26,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="run directory or checkpoint.safetensors to sample from")
     src.add_argument("--images", help="a directory of images, a .npy array (N, C, H, W), or a noisecraft grid PNG")
+    p.add_argument("--value-range", choices=("auto", "signed", "unit", "byte"), default="auto",
+                   help="the value range of a floating-point --images .npy: signed = [-1, 1], unit = [0, 1], byte = "
+                        "0..255 (default auto: detected when the values make it unambiguous, else an error asking "
+                        "for this flag); uint8 arrays and pictures are 0..255")
+    p.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto",
+                   help="axis order of an --images .npy (default auto: an error when the shape fits both)")
     p.add_argument("--reference", help="reference dataset (default with --checkpoint: the run's own data)")
     p.add_argument("--reference-root", help="image directory, for --reference folder")
     p.add_argument("--split", help="reference split: train (default), test or all")
@@ -131,7 +137,7 @@ def _run(args) -> int:
     if args.checkpoint:
         images, data = _samples(args)
     else:
-        images, data = load_images(args.images), None
+        images, data = load_images(args.images, value_range=args.value_range, layout=args.layout), None
     result = evaluate(images, **_reference_options(args, data), features=args.features, metrics=metrics,
                       device=args.device, batch_size=args.batch_size, inception_weights=args.inception_weights,
                       memorization_png=args.memorization_png, use_cache=not args.no_cache)

@@ -32,15 +32,15 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from noisecraft.cli.sample_cmd import save_generation
-    from noisecraft.data.images import load_image
     from noisecraft.editing import img2img as edit
+    from noisecraft.eval.image_io import read_single_image
     from noisecraft.pipelines import Request, load
 
     if not args.invert:
         edit.check_strength(args.strength)
     loaded = load(args.checkpoint, device=args.device)
     want = edit.image_shape(loaded)
-    image = load_image(args.image)
+    image = read_single_image(args.image, "--image")
     edit.check_image(loaded, image, 1)
     target = Request(prompts=None if args.prompt is None else (args.prompt,),
                      class_ids=None if args.class_ids is None else tuple(args.class_ids), guidance=args.guidance,

@@ -3,8 +3,6 @@ training-free on any run) -> PNG files."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from noisecraft.cli.argtypes import KeyValues, key_value, positive_int
 
 
@@ -41,12 +39,9 @@ def add_parser(sub) -> None:
 
 
 def _read(path: str, what: str, channels=None):
-    from noisecraft.data import load_image
-    from noisecraft.errors import NoisecraftError
+    from noisecraft.eval.image_io import read_single_image
 
-    if not Path(path).is_file():
-        raise NoisecraftError(f"{what} {path!r} is not a file")
-    return load_image(path, channels=channels)
+    return read_single_image(path, what, channels=channels)
 
 
 def run(args) -> int:

@@ -7,8 +7,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from noisecraft.errors import NoisecraftError, TrainingDiverged
+from noisecraft.errors import NoisecraftError, NoisecraftWarning, TrainingDiverged
+
+_python_show_warning = warnings.showwarning
 
 # Every command: its name -> the module that defines add_parser(subparsers), which adds the command's
 # parser, and run(args) -> int. The modules import nothing heavy at module level.
@@ -49,12 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings as one line on stderr, others as Python prints them."""
+    if issubclass(category, NoisecraftWarning):
+        print(f"noisecraft: warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    previous, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return int(importlib.import_module(COMMANDS[args.command]).run(args) or 0)
     except NoisecraftError as e:
@@ -66,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("noisecraft: interrupted (a checkpoint was written; continue with --resume)", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

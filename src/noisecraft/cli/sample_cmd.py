@@ -105,9 +105,9 @@ def control_condition(args) -> dict | None:
             raise NoisecraftError("--control-scale given without --control MAP.png")
         return None
     from noisecraft.conditions.control import Control, check_scale
-    from noisecraft.data.images import load_image
+    from noisecraft.eval.image_io import read_single_image
 
-    m = (load_image(path, channels=1) + 1) / 2  # (1, H, W) in [0, 1]
+    m = (read_single_image(path, "--control", channels=1) + 1) / 2  # (1, H, W) in [0, 1]
     return {"control": Control(m, None if scale is None else check_scale(scale))}
 
 
@@ -150,7 +150,7 @@ def save_generation(result, out, *, points: bool = False) -> Path:
     else:
         for i, img in enumerate(to_uint8(images)):
             save_png(img, out / f"{result.seeds[i]:06d}.png", parameters=result.infotext(i),
-                     info={**info, "seed": result.seeds[i], "num": 1})
+                     info={**info, "seed": result.seeds[i], "num": 1, "grid": False})
     return out
 
 

@@ -34,9 +34,9 @@ def run(args) -> int:
     from dataclasses import replace
 
     from noisecraft.cli.sample_cmd import save_generation
-    from noisecraft.data.images import load_image
     from noisecraft.editing import upscale as sr
     from noisecraft.errors import NoisecraftError
+    from noisecraft.eval.image_io import read_single_image
     from noisecraft.pipelines import Request, generate, load
 
     runs = [load(path, device=args.device) for path in args.checkpoint]
@@ -56,7 +56,7 @@ def run(args) -> int:
         base_request = request if base.conditions else plain
         images = generate(base, replace(base_request, sampler=None, steps=None)).images.clamp(-1, 1)
     else:
-        images = load_image(args.image)
+        images = read_single_image(args.image, "--image")
         sr.check_low_res(runs[0], images, args.num)
     result = None
     for r in runs:

@@ -67,9 +67,12 @@ def score(gen_features: np.ndarray, ref, metrics, *, gen_logits: np.ndarray | No
 def evaluate(images, *, reference: str = "mnist", split: str = "train", features: str | None = None,
              metrics=DEFAULT_METRICS, root=None, resolution=None, channels=None, limit=None,
              device: str = "cpu", batch_size: int = 64, inception_weights=None, memorization_png=None,
-             use_cache: bool = True, kid_subsets: int = 100, kid_subset_size: int | None = None) -> dict:
+             use_cache: bool = True, kid_subsets: int = 100, kid_subset_size: int | None = None,
+             value_range: str = "signed") -> dict:
     """Evaluate images (N, C, H, W) against a reference dataset (any noisecraft.data dataset name; root,
-    resolution, channels, limit as in load_dataset). Returns a flat dict of numbers plus the settings."""
+    resolution, channels, limit as in load_dataset). value_range: the float images' range, as
+    `noisecraft.eval.features.prepare_images` ("signed" [-1, 1] by default, "unit", "byte" or "auto").
+    Returns a flat dict of numbers plus the settings."""
     from noisecraft.eval.features import get_extractor, prepare_images
     from noisecraft.eval.reference import load_reference
 
@@ -77,7 +80,7 @@ def evaluate(images, *, reference: str = "mnist", split: str = "train", features
     features = features or default_features(reference)
     ext = get_extractor(features, weights=inception_weights if features == "inception" else None,
                         device=device, batch_size=batch_size)
-    images = prepare_images(images)
+    images = prepare_images(images, value_range)
     ref = load_reference(reference, ext, split=split, root=root, resolution=resolution, channels=channels,
                          limit=limit, use_cache=use_cache)
     gen_features, gen_logits = ext.features_and_logits(images)

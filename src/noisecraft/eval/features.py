@@ -18,8 +18,10 @@ inception  InceptionV3 as pytorch-fid (pool3),    2048   3x299   the user's pt_i
 Input images (`prepare_images`), whatever their size or channel count:
 
 1. (N, C, H, W) torch tensor or numpy array, C = 1 or 3. uint8 values u mean u / 127.5 - 1; floating
-   values must be in noisecraft's range [-1, 1]: values within 0.5 of it (sampler overshoot) are clipped
-   to [-1, 1], anything further out is an error (scale [0, 1] images with 2 x - 1 first).
+   values are in noisecraft's range [-1, 1] unless `value_range` says [0, 1] ("unit") or 0..255 ("byte");
+   "auto" detects the range when the values make it unambiguous and refuses otherwise (files read by
+   `noisecraft eval --images` use it). Values within a quarter of the range's width of it (sampler
+   overshoot) are clipped, anything further out is an error.
 2. Channels: gray is repeated to RGB for 3-channel networks; RGB goes to luma (ITU-R 601) for `mnist`.
 3. Size: resized to the network's square input, aspect ratio not kept (as pytorch-fid), with
    torch.nn.functional.interpolate(mode="bilinear", align_corners=False); `effnet` and `mnist` use
@@ -47,8 +49,38 @@ PREPROCESS_VERSION = "1"
 OVERSHOOT = 0.5  # float inputs may exceed [-1, 1] by this much (then clipped); more is an error
 
 
-def prepare_images(images):
-    """Any (N, C, H, W) image batch -> float32 torch tensor in [-1, 1] (rules 1 in the module docstring)."""
+VALUE_RANGES = {
+    "signed": "floating point in [-1, 1] (noisecraft's own range)",
+    "unit": "floating point in [0, 1]",
+    "byte": "0..255 (uint8, or floating point holding 0..255)",
+}
+
+
+def infer_value_range(x) -> str:
+    """The value range of an image array that is unambiguous from its values, else an EvalError naming the
+    choices: uint8 is "byte"; floats with a value below 0 are "signed"; floats above 1 + OVERSHOOT (and in
+    0..255) are "byte"; floats all in [0, 1] could be [0, 1] images or [-1, 1] images without a dark pixel, so
+    they are refused (pass value_range, `noisecraft eval --value-range`)."""
+    import torch
+
+    if x.dtype == torch.uint8:
+        return "byte"
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0:
+        return "signed"
+    if hi > 1 + OVERSHOOT:
+        return "byte"
+    raise EvalError(f"floating-point images with all values in [{lo:.3g}, {hi:.3g}] are ambiguous: [0, 1] images, "
+                    f"or [-1, 1] images with no value below 0; say which with --value-range unit (0..1) or "
+                    f"--value-range signed (-1..1)")
+
+
+def prepare_images(images, value_range: str = "signed"):
+    """Any (N, C, H, W) image batch -> float32 torch tensor in [-1, 1] (rule 1 in the module docstring).
+
+    value_range: "signed" ([-1, 1], the library's convention and the default), "unit" ([0, 1]), "byte"
+    (0..255), or "auto" (`infer_value_range`: detected when the values make it unambiguous, else refused).
+    uint8 arrays are always 0..255."""
     import torch
 
     if isinstance(images, np.ndarray):
@@ -57,18 +89,26 @@ def prepare_images(images):
         raise EvalError(f"images must be a torch tensor or numpy array (N, C, H, W), got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] < 1:
         raise EvalError(f"images must have shape (N, C, H, W) with N >= 1 and C = 1 or 3, got {tuple(images.shape)}")
+    if value_range not in (*VALUE_RANGES, "auto"):
+        raise EvalError(f"unknown value range {value_range!r}; allowed: auto, {', '.join(VALUE_RANGES)}")
     if images.dtype == torch.uint8:
+        if value_range == "unit":
+            raise EvalError("uint8 images are 0..255; value range 'unit' applies to floating-point images only")
         return images.float() / 127.5 - 1.0
     if not images.is_floating_point():
-        raise EvalError(f"images must be uint8 (0..255) or floating point in [-1, 1], got {images.dtype}")
+        raise EvalError(f"images must be uint8 (0..255) or floating point, got {images.dtype}")
     x = images.detach().float().cpu()
     if not torch.isfinite(x).all():
         raise EvalError(f"images have {int((~torch.isfinite(x)).sum())} non-finite value(s) (NaN or inf)")
+    if value_range == "auto":
+        value_range = infer_value_range(x)
     lo, hi = float(x.min()), float(x.max())
-    if lo < -1 - OVERSHOOT or hi > 1 + OVERSHOOT:
-        raise EvalError(f"floating-point images must be in [-1, 1] (noisecraft's range), got values in "
-                        f"[{lo:.3g}, {hi:.3g}]; for [0, 1] images pass 2 * x - 1, for 0..255 pass uint8")
-    return x.clamp(-1.0, 1.0)
+    low, high, scale = {"signed": (-1, 1, 1.0), "unit": (0, 1, 2.0), "byte": (0, 255, 2 / 255)}[value_range]
+    tol = OVERSHOOT * (high - low) / 2
+    if lo < low - tol or hi > high + tol:
+        raise EvalError(f"images given as {VALUE_RANGES[value_range]} have values in [{lo:.3g}, {hi:.3g}]; "
+                        f"allowed value ranges: {', '.join(f'{k} = {v}' for k, v in VALUE_RANGES.items())}")
+    return ((x - low) * scale - 1.0).clamp(-1.0, 1.0)
 
 
 def to_network_input(x, *, size: int, channels: int, antialias: bool):

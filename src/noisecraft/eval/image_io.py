@@ -3,10 +3,15 @@
 - Directory: every image file below it (sorted, hidden files skipped; extensions as noisecraft.data).
   Gray files among RGB ones are repeated to RGB; different heights/widths are an error (resize them
   yourself, or evaluate each size separately: the metrics compare like with like).
-- .npy: (N, C, H, W) or (N, H, W, C) with C = 1 or 3, or (N, H, W) gray; uint8 0..255 or floating point
-  in [-1, 1] (see noisecraft.eval.features.prepare_images). Read with allow_pickle=False.
+- .npy: (N, C, H, W) or (N, H, W, C) with C = 1 or 3, or (N, H, W) gray. Read with allow_pickle=False.
+  A shape that fits both layouts (both axis 1 and axis 3 of size 1 or 3) is refused unless `layout`
+  ("nchw" or "nhwc") says which. Values: uint8 0..255; floats in [-1, 1], [0, 1] or 0..255, detected when
+  the values make it unambiguous and refused when not (all values in [0, 1]) unless `value_range` says
+  which (noisecraft.eval.features.prepare_images).
 - PNG written by noisecraft (`noisecraft sample`, training previews): its text chunk `noisecraft` holds
-  JSON with `num`, the number of images. The grid (noisecraft.viz.grid_image) has ceil(sqrt(num))
+  JSON with `num`, the number of images, and `grid` (true for a grid, false for one image per file; files
+  written before `grid` existed are one image when their size is the `Size` of their `parameters`
+  chunk). The grid (noisecraft.viz.grid_image) has ceil(sqrt(num))
   columns (or `nrow` from the JSON), a 2-pixel black border around and between tiles, and was enlarged by
   an integer factor (nearest neighbour). The tile size comes from the `parameters` chunk ("Size: WxH")
   when present, otherwise from the largest enlargement factor that fits the geometry, reproduces the
@@ -95,9 +100,43 @@ def _read_picture(path: Path) -> np.ndarray:
 
     arr = read_image_uint8(path)  # (H, W, C)
     info, parameters = _png_info(path) if path.suffix.lower() == ".png" else (None, None)
-    if info is None:
+    size_hw = _tile_size_from_parameters(parameters)
+    if not is_grid(info, arr.shape[:2], size_hw):
         return arr[None]
-    return split_grid(arr, info["num"], info.get("nrow"), _tile_size_from_parameters(parameters))
+    return split_grid(arr, info["num"], info.get("nrow"), size_hw)
+
+
+def is_grid(info: dict | None, picture_hw, size_hw) -> bool:
+    """Whether a picture with this `noisecraft` chunk is a grid of tiles rather than one image (module
+    docstring): the chunk's `grid` flag, else (older files) a one-image file is one whose picture has its
+    `Size`."""
+    if info is None:
+        return False
+    if isinstance(info.get("grid"), bool):
+        return info["grid"]
+    return not (info["num"] == 1 and size_hw is not None and tuple(picture_hw) == tuple(size_hw))
+
+
+def read_single_image(path, what: str = "--image", channels: int | None = None):
+    """One image from a picture file as float32 (C, H, W) in [-1, 1]: the picture itself, or the one tile of a
+    noisecraft grid PNG holding a single image (`sample --num 1 --out x.png`). A grid of several images is an
+    error that says how to get one image per file. channels: 1, 3 or None (as noisecraft.data.load_image:
+    gray files stay one channel, others RGB)."""
+    import torch
+
+    from noisecraft.data import convert_channels
+    from noisecraft.data.images import check_image_options
+
+    check_image_options(None, channels)
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"{what} {str(path)!r} is not a file")
+    tiles = _read_picture(path)  # (n, h, w, C) uint8
+    if len(tiles) != 1:
+        raise EvalError(f"{what} {str(path)!r} is a noisecraft grid of {len(tiles)} images; give one image (a "
+                        f"file of `noisecraft sample --out DIR`, one PNG per image, or --num 1)")
+    x = torch.from_numpy(np.array(tiles[:1])).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (1, C, H, W)
+    return (x if channels is None else convert_channels(x, channels))[0]
 
 
 def _stack(pictures: list[tuple[Path, np.ndarray]]) -> np.ndarray:
@@ -114,14 +153,23 @@ def _stack(pictures: list[tuple[Path, np.ndarray]]) -> np.ndarray:
     return np.concatenate([a for _, a in pictures])
 
 
-def _from_npy(path: Path) -> np.ndarray:
+LAYOUTS = ("nchw", "nhwc")
+
+
+def _from_npy(path: Path, layout: str = "auto") -> np.ndarray:
+    if layout not in ("auto", *LAYOUTS):
+        raise EvalError(f"unknown array layout {layout!r}; allowed: auto, {', '.join(LAYOUTS)}")
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:
         raise EvalError(f"cannot read {path} as a numpy array: {type(e).__name__}: {e}") from None
     if arr.ndim == 3:
         arr = arr[:, None]
-    if arr.ndim == 4 and arr.shape[1] not in (1, 3) and arr.shape[3] in (1, 3):
+    if arr.ndim == 4 and layout == "auto" and arr.shape[1] in (1, 3) and arr.shape[3] in (1, 3):
+        raise EvalError(f"{path}: shape {arr.shape} fits both (N, C, H, W) and (N, H, W, C); say which with "
+                        f"--layout nchw or --layout nhwc")
+    if arr.ndim == 4 and (layout == "nhwc" or layout == "auto" and arr.shape[1] not in (1, 3)
+                          and arr.shape[3] in (1, 3)):
         arr = arr.transpose(0, 3, 1, 2)  # channels-last -> (N, C, H, W)
     if arr.ndim != 4 or arr.shape[1] not in (1, 3):
         raise EvalError(f"{path}: expected (N, C, H, W), (N, H, W, C) with C = 1 or 3, or (N, H, W); "
@@ -129,8 +177,9 @@ def _from_npy(path: Path) -> np.ndarray:
     return arr
 
 
-def load_images(path):
-    """Images to evaluate from a directory, .npy file or (grid) picture -> float32 (N, C, H, W) in [-1, 1]."""
+def load_images(path, *, value_range: str = "auto", layout: str = "auto"):
+    """Images to evaluate from a directory, .npy file or (grid) picture -> float32 (N, C, H, W) in [-1, 1].
+    value_range and layout apply to .npy arrays (module docstring); pictures are 0..255."""
     import torch
 
     from noisecraft.data import IMAGE_EXTENSIONS
@@ -147,10 +196,10 @@ def load_images(path):
             raise EvalError(f"no images under {path}; allowed extensions: {', '.join(IMAGE_EXTENSIONS)}")
         arr = torch.from_numpy(_stack([(f, _read_picture(f)) for f in files])).permute(0, 3, 1, 2)
     elif path.suffix.lower() == ".npy":
-        arr = _from_npy(path)
+        arr = _from_npy(path, layout)
     elif path.suffix.lower() in IMAGE_EXTENSIONS:
         arr = torch.from_numpy(_read_picture(path)).permute(0, 3, 1, 2)
     else:
         raise EvalError(f"{path}: expected a directory of images, a .npy array, or a picture "
                         f"({', '.join(IMAGE_EXTENSIONS)})")
-    return prepare_images(arr)
+    return prepare_images(arr, value_range if path.suffix.lower() == ".npy" else "auto")  # pictures are uint8

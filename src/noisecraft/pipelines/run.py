@@ -13,7 +13,7 @@ import torch
 
 from noisecraft.conditions import ConditionSet, conditions_for
 from noisecraft.core.denoiser import Denoiser
-from noisecraft.errors import CheckpointError, ConfigError
+from noisecraft.errors import CheckpointError, ConfigError, NoisecraftError
 
 
 @dataclass
@@ -49,6 +49,7 @@ def load_checkpoint_run(path, *, use_ema: bool = True, device: str = "cpu") -> R
 
     ckpt = load_checkpoint(path)
     config = run_config(ckpt)
+    check_config_copy(ckpt)
     denoiser = build_denoiser(config)
     weights = ckpt.ema if use_ema and ckpt.ema else ckpt.model
     try:
@@ -60,6 +61,55 @@ def load_checkpoint_run(path, *, use_ema: bool = True, device: str = "cpu") -> R
     conditions = conditions_for(config)
     conditions.load(ckpt.path.parent, denoiser.net, device, shape, image_shape(shape, autoencoder))
     return Run(denoiser, config, shape, conditions, int(ckpt.state.get("step", 0)), ckpt.path, autoencoder, use_ema)
+
+
+def check_config_copy(ckpt) -> None:
+    """Warn (NoisecraftWarning) when the run folder's config.json is not the checkpoint's own config: corrupt,
+    not an object, or edited. The checkpoint's copy is the one used; config.json is written for people and
+    tools, and editing it changes nothing (settings change with command options or `train ... --resume
+    section.field=value`)."""
+    import json
+    import warnings
+
+    from noisecraft.errors import NoisecraftWarning
+
+    copy = ckpt.path.parent / "config.json"
+    if not copy.is_file():
+        return
+    used = f"using the config stored in {ckpt.path.name}"
+    try:
+        data = json.loads(copy.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        warnings.warn(f"{copy} is not valid JSON ({type(e).__name__}: {e}); {used}", NoisecraftWarning,
+                      stacklevel=3)
+        return
+    if not isinstance(data, dict):
+        warnings.warn(f"{copy} is not a JSON object; {used}", NoisecraftWarning, stacklevel=3)
+        return
+    from noisecraft.compat import migrate_config
+
+    try:
+        data = migrate_config(data, str(copy))  # an earlier release's copy, in today's fields as the checkpoint's
+    except NoisecraftError:
+        pass
+    differs = sorted(_differing_fields(data, ckpt.config))
+    if differs:
+        shown = ", ".join(differs[:5]) + (f" and {len(differs) - 5} more" if len(differs) > 5 else "")
+        warnings.warn(f"{copy} differs from the checkpoint's config in {shown}; {used} (config.json is only a "
+                      f"copy for reading: editing it changes nothing)", NoisecraftWarning, stacklevel=3)
+
+
+def _differing_fields(a, b, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two JSON objects differ (a key on one side only counts)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [prefix.rstrip(".") or "the whole config"]
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        if k not in a or k not in b:
+            out.append(f"{prefix}{k}")
+        else:
+            out += _differing_fields(a[k], b[k], f"{prefix}{k}.")
+    return out
 
 
 def run_config(ckpt):

@@ -40,7 +40,7 @@ def result(config, served, job, generation) -> dict:
     rgb = io.to_rgb(generation.images, served.scale)
     generation.images = generation.images.new_zeros(len(rgb), 3, *rgb.shape[1:3])  # Size: the served size
     texts = [f"{generation.infotext(i)}, Model hash: {served.hash}" for i in range(len(rgb))]
-    infos = [{**generation.parameters, "seed": generation.seeds[i], "num": 1,
+    infos = [{**generation.parameters, "seed": generation.seeds[i], "num": 1, "grid": False,
               "provenance": io.provenance(served.name, served.hash, config.watermark)} for i in range(len(rgb))]
     withheld = check_images(config.image_checker, list(rgb), infos)
     pngs, kept = [], []
