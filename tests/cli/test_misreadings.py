@@ -169,3 +169,15 @@ def test_sample_out_into_folders_that_do_not_exist(run_dir, tmp_path):
         assert main(["sample", "--checkpoint", str(run_dir), "--steps", "2", "--num", "2", "--out", str(out)]) == 0
     assert (tmp_path / "a" / "b" / "grid.png").is_file()
     assert len(list((tmp_path / "c" / "d" / "dir").glob("*.png"))) == 2
+
+
+def test_a_dataset_folder_refuses_sample_sheets(tmp_path):
+    from noisecraft.data import load_dataset
+    from noisecraft.errors import DataError
+
+    x = torch.from_numpy(_u8(4, 1, 8, 8)).float() / 127.5 - 1
+    save_png(to_uint8(x[:1])[0], tmp_path / "a.png", info={"num": 1, "grid": False})  # one image: fine
+    assert load_dataset("folder", root=tmp_path, resolution=8, channels=1).images.shape == (1, 1, 8, 8)
+    save_grid(x, tmp_path / "sheet.png", info={"num": 4})
+    with pytest.raises(DataError, match=r"sheet.png is a noisecraft grid of 4 images, not one image"):
+        load_dataset("folder", root=tmp_path, resolution=8, channels=1)

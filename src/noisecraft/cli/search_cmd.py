@@ -18,12 +18,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from noisecraft.data import load_dataset, load_image
+    from noisecraft.data import load_dataset
+    from noisecraft.eval.image_io import read_single_image
     from noisecraft.search import load_index, search
 
     index = load_index(args.index)
     shape = index.meta["image_shape"]
-    query = load_image(args.image, channels=shape[0])[None]  # (1, C, H, W)
+    query = read_single_image(args.image, "--image", channels=shape[0])[None]  # (1, C, H, W)
     scores, ids = search(index, query, args.k, device=args.device)
     labels = dict(zip(index.meta["ids"], index.meta["labels"] or []))
     for rank, (i, s) in enumerate(zip(ids[0], scores[0]), 1):

@@ -44,7 +44,13 @@ from noisecraft.data.base import (
 )
 from noisecraft.data.emoji import load_emoji
 from noisecraft.data.glyphs import load_glyphs
-from noisecraft.data.images import IMAGE_EXTENSIONS, check_image_options, find_image_files, read_image_uint8
+from noisecraft.data.images import (
+    IMAGE_EXTENSIONS,
+    check_image_options,
+    find_image_files,
+    grid_count,
+    read_image_uint8,
+)
 from noisecraft.data.scenes import load_scenes
 from noisecraft.data.toy import TOY_DATASETS
 from noisecraft.errors import DataError, unknown_name
@@ -116,11 +122,21 @@ def load_folder(*, root=None, resolution=None, channels=None, split="all", limit
     idx = split_indices(None if labels is None else np.asarray(labels), len(files), split)[:limit]
     r = DEFAULT_FOLDER_RESOLUTION if resolution is None else resolution
     c = 3 if channels is None else channels
+    check_no_grids([files[i] for i in idx])
     pixels = [read_image_uint8(files[i], r, c) for i in idx]  # each (R, R, C) uint8
     arr = np.stack(pixels) if pixels else np.zeros((0, r, r, c), dtype=np.uint8)
     images = uint8_to_float(arr).permute(0, 3, 1, 2).contiguous()  # (n, C, R, R)
     labels_t = None if labels is None else torch.as_tensor(np.asarray(labels)[idx], dtype=torch.int64)
     return ImageDataset("folder", images, labels_t, class_names)
+
+
+def check_no_grids(files) -> None:
+    """A dataset folder holds one image per file: a noisecraft grid PNG (a sample sheet) is refused, naming it."""
+    for f in files:
+        n = grid_count(f)
+        if n is not None:
+            raise DataError(f"{f} is a noisecraft grid of {n} images, not one image; a dataset folder takes one "
+                            f"image per file (`noisecraft sample --out DIR` writes them so)")
 
 
 DATASETS = {

@@ -89,6 +89,28 @@ def read_image_uint8(path, resolution: int | None = None, channels: int | None =
     return arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C)
 
 
+def grid_count(path) -> int | None:
+    """The number of images of a noisecraft grid PNG (its `noisecraft` text chunk says grid = true, or, in
+    files written before that flag, num > 1), else None: a one-image PNG, a foreign picture or not a PNG."""
+    import json
+
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        return None
+    try:
+        with Image.open(path) as img:
+            raw = dict(getattr(img, "text", None) or img.info).get("noisecraft")
+        info = json.loads(raw) if raw else None
+    except Exception:  # unreadable or foreign metadata: not one of our grids
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("num"), int):
+        return None
+    grid = info.get("grid")
+    return info["num"] if grid is True or grid is None and info["num"] > 1 else None
+
+
 def load_image(path, resolution: int | None = None, channels: int | None = None) -> torch.Tensor:
     """A single picture as a float32 tensor (C, H, W) in [-1, 1].
 

@@ -19,6 +19,7 @@ from noisecraft.errors import DataError
 def concept_images(folder, image_shape: tuple[int, ...]) -> tuple[torch.Tensor, str | None]:
     """(images (N, C, H, W) in [-1, 1] at the base's image size, a note when they were resized or None)."""
     from noisecraft.data.base import uint8_to_float
+    from noisecraft.data.datasets import check_no_grids
     from noisecraft.data.images import IMAGE_EXTENSIONS, find_image_files, read_image_uint8
 
     root = Path(folder)
@@ -32,6 +33,7 @@ def concept_images(folder, image_shape: tuple[int, ...]) -> tuple[torch.Tensor, 
         raise DataError(f"--images {str(root)!r} has no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
                         f"{shown}")
     channels, height, width = int(image_shape[0]), int(image_shape[-2]), int(image_shape[-1])
+    check_no_grids(files)
     arrays = [read_image_uint8(f, None, channels) for f in files]  # (H, W, C) each
     sizes = Counter((a.shape[1], a.shape[0]) for a in arrays)
     if len(sizes) > 1:
