@@ -4,39 +4,9 @@ its parameters, and read a PNG's parameters back through the page."""
 
 import base64
 import io
-import os
-import shutil
-import subprocess
 import time
 
-import pytest
 from PIL import Image
-
-
-def ensure_chromium() -> tuple[str, str]:
-    """(chromium, chromedriver) paths, installing Debian's packages with apt-get when they are missing."""
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        if not shutil.which("apt-get") or os.geteuid() != 0:
-            pytest.skip("chromium and chromium-driver are missing and apt-get cannot install them (not root)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
-            subprocess.run(install, env=env, capture_output=True, check=True)
-    return shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="session")
-def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium, driver = ensure_chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    b = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
-    yield b
-    b.quit()
 
 
 def test_page_generates_with_progress_and_metadata(browser, server, tmp_path):
