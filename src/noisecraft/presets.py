@@ -212,6 +212,12 @@ PRESETS.update({
 # ---- end of super-resolution ---------------------------------------------------------------------------------
 
 
+# ---- Video (noisecraft.video.presets): moving digits / scenes, text- and image-to-video, inflation, latent video ----
+from noisecraft.video.presets import VIDEO_PRESETS  # noqa: E402
+
+PRESETS.update(VIDEO_PRESETS)
+
+
 def latent_preset_for(dataset: str) -> str:
     """The first latent-diffusion preset (one with data.autoencoder set) that trains on `dataset`, else ldm-64:
     what the autoencoder trainer suggests next (train-autoencoder --preset ae-scenes -> ldm-scenes-text)."""

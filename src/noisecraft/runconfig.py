@@ -67,6 +67,7 @@ class DataConfig:
     split: str = "train"            # all, train or test
     limit: int | None = None        # use only the first `limit` items
     count: int | None = None        # generated datasets (scenes): how many items to draw (None: its default)
+    frames: int | None = None       # video datasets (noisecraft.data.video): frames per clip (None: its default)
     hflip: bool = False             # random horizontal flips (not for digits/glyphs)
     autoencoder: str | None = None  # latent diffusion: an autoencoder checkpoint dir or diffusers AutoencoderKL folder
 

@@ -34,6 +34,10 @@ def load_autoencoder(path, *, device: str = "cpu"):
         ae = load_diffusers_autoencoder(path)
     else:
         ckpt = load_ae_checkpoint(path)
+        if "causal_vae" in ckpt.config:  # the causal video autoencoder (noisecraft.video.autoencoder)
+            from noisecraft.video.autoencoder import load_causal_vae
+
+            return load_causal_vae(ckpt).to(device).eval().requires_grad_(False)
         try:
             config = from_dict(AutoencoderConfig, ckpt.config["autoencoder"], "autoencoder")
         except (ConfigError, KeyError) as e:

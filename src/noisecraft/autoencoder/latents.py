@@ -82,10 +82,13 @@ def encode_dataset(ds, ae_path, *, hflip: bool = False, progress: bool = True, k
     super-resolution model's low-resolution image)."""
     from noisecraft.autoencoder import load_autoencoder
 
-    if ds.is_points or ds.images.ndim != 4:
-        raise DataError(f"data.autoencoder needs 2-D images (N, C, H, W); dataset {ds.name!r} has shape "
+    if ds.is_points or ds.images.ndim not in (4, 5):  # 5: video clips (N, C, T, H, W), a causal video autoencoder
+        raise DataError(f"data.autoencoder needs 2-D images (N, C, H, W) or clips; dataset {ds.name!r} has shape "
                         f"{tuple(ds.images.shape)}")
     ae = load_autoencoder(ae_path)
+    if (ds.images.ndim == 5) != hasattr(ae, "time_factor"):
+        raise DataError(f"dataset {ds.name!r} has shape {tuple(ds.images.shape)}; the autoencoder {ae_path} codes "
+                        f"{'clips (N, C, T, H, W)' if hasattr(ae, 'time_factor') else 'images (N, C, H, W)'}")
     if ds.images.shape[1] != ae.config.in_channels:
         raise DataError(f"dataset {ds.name!r} has {ds.images.shape[1]} channels, the autoencoder {ae_path} takes "
                         f"{ae.config.in_channels}; set data.channels={ae.config.in_channels}")

@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
                     "latent scaling factor), DIR/diffusers/ (a diffusers AutoencoderKL folder), loss.png, "
                     "metrics.png (PSNR, SSIM, FD of reconstructions) and reconstructions.png. Overrides like "
                     "loss.kl_weight=1e-5 or autoencoder.latent_channels=4 follow as positional arguments.")
-    add_training_arguments(p, preset="an autoencoder preset: ae-64, ae-64-f8, ae-glyphs-64, ae-tiny",
+    add_training_arguments(p, preset="an autoencoder preset: ae-64, ae-64-f8, ae-glyphs-64, ae-tiny, "
+                                  "ae-video (causal 3-D, clips)",
                            config="a .json, .toml or .yaml file of an AERunConfig",
                            out="run directory (also what load_autoencoder and data.autoencoder take)")
 
@@ -27,6 +28,8 @@ def _config(args):
 
 
 def run(args) -> int:
+    if args.preset in ("ae-video", "ae-video-tiny"):  # the causal video autoencoder (noisecraft.video.autoencoder)
+        return run_video(args)
     from noisecraft.presets import latent_preset_for
     from noisecraft.training.autoencoder_trainer import AutoencoderTrainer
 
@@ -38,4 +41,18 @@ def run(args) -> int:
     print(f"trained the autoencoder to step {r['step']} in {r['seconds']:.0f} s ({metrics}; scaling factor "
           f"{r['scaling_factor']:.4g}) -> {args.out}\n  latent diffusion: noisecraft train --preset {latent_preset} "
           f"data.autoencoder={args.out} --out RUN")
+    return 0
+
+
+def run_video(args) -> int:
+    """train-autoencoder --preset ae-video: the causal 3-D KL autoencoder of latent video diffusion."""
+    from noisecraft.config import apply_overrides, from_dict, to_dict
+    from noisecraft.video.autoencoder import VideoAERunConfig, get_video_ae_preset, train_video_autoencoder
+
+    data = apply_overrides(to_dict(get_video_ae_preset(args.preset)), args.overrides)
+    config = with_stopping(from_dict(VideoAERunConfig, data, "config"), args)
+    r = train_video_autoencoder(config, args.out, device=args.device)
+    print(f"trained the video autoencoder to step {r['step']} in {r['seconds']:.0f} s (psnr {r['psnr']:.4g}; scaling "
+          f"factor {r['scaling_factor']:.4g}) -> {args.out}\n  latent video diffusion: noisecraft train --preset "
+          f"ldm-moving-mnist data.autoencoder={args.out} --out RUN")
     return 0

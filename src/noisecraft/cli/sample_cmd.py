@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--trajectory", help="also write the reverse process of image 0, each step labelled with its "
                                         "sigma (.png strip or .gif)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--frames", type=positive_int, help="video models: frames per clip (default: the trained count)")
+    p.add_argument("--first-frame", metavar="IMAGE",
+                   help="image-to-video models: the first frame (an image, or a video file's first frame)")
     add_conditioning_arguments(p)
     c = p.add_argument_group("structure control (ControlNet runs)")
     c.add_argument("--control", metavar="MAP.png",
@@ -88,6 +91,8 @@ def request_from_args(args):
         return None if v is None else tuple(v)
 
     conditions = control_condition(args)
+    if getattr(args, "first_frame", None) is not None:  # image-to-video (noisecraft.conditions.first_frame)
+        conditions = {**(conditions or {}), "first-frame": args.first_frame}
     return Request(prompts=None if args.prompt is None else (args.prompt,), negative_prompt=args.negative_prompt,
                    class_ids=tup(args.class_ids), guidance=args.guidance, guidance_interval=tup(args.guidance_interval),
                    guidance_rescale=args.guidance_rescale, sampler=args.sampler, options=dict(args.options or {}),
@@ -171,6 +176,10 @@ def run(args) -> int:
 
         attach_controlnet(loaded, args.controlnet)
     check_control(loaded, args)
+    if getattr(args, "frames", None) is not None:  # video models (noisecraft.video.frames)
+        from noisecraft.video.frames import with_frames
+
+        loaded = with_frames(loaded, args.frames)
     frames = []
 
     def record(info):

@@ -12,6 +12,8 @@ from noisecraft.conditions.base import CONDITIONS, Condition, ConditionSet, merg
 from noisecraft.conditions.classes import ClassCondition, per_image
 from noisecraft.conditions.config import ConditioningConfig
 from noisecraft.conditions.control import Control, ControlCondition
+from noisecraft.conditions.first_frame import FirstFrameCondition  # image-to-video (registers 'first-frame')
+from noisecraft.conditions.inflate import InflateCondition  # video U-Net from an image run (registers 'inflate')
 from noisecraft.conditions.inpaint import InpaintCondition
 from noisecraft.conditions.low_res import LowResCondition
 from noisecraft.conditions.text import TEXT_IDS, PromptCondition, TextCondition, TextEncoderNet
@@ -37,7 +39,7 @@ def conditions_for(config) -> ConditionSet:
 
 
 __all__ = ["CONDITIONS", "ClassCondition", "Condition", "ConditionSet", "ConditioningConfig",
-           "Control", "ControlCondition", "InpaintCondition",
+           "Control", "ControlCondition", "FirstFrameCondition", "InflateCondition", "InpaintCondition",
            "LowResCondition",
            "PromptCondition",
            "TEXT_IDS", "TextCondition", "TextEncoderNet", "conditions_for", "merge", "per_image", "register",

@@ -14,6 +14,9 @@ scenes         procedural one- or two-shape scenes: 8000 images (3, 32, 32) with
                `count` generates more (the test split stays the same 800 images).
 emoji          Twemoji from npm emoji-datasource-twitter (fetched with `npm pack` on first use, CC-BY 4.0):
                3786 images (3, 64, 64) on white, labels = category, captions = names (`noisecraft.data.emoji`).
+moving-mnist,  video clips (N, C, T, H, W) with exact motion ground truth: moving, bouncing MNIST digits,
+moving-scenes, moving scenes shapes with captions ("a red circle moves left"), and the video files under
+video-folder   `root` (PyAV); `frames` sets the clip length (`noisecraft.data.video`).
 8gaussians,    2-D point distributions (N, 2), `limit` points (default 10000), drawn from
 moons,         numpy.random.default_rng(seed); see `noisecraft.data.toy` for their formulas
 swissroll,     and scales.
@@ -53,6 +56,7 @@ from noisecraft.data.images import (
 )
 from noisecraft.data.scenes import load_scenes
 from noisecraft.data.toy import TOY_DATASETS
+from noisecraft.data.video import VIDEO_DATASETS
 from noisecraft.errors import DataError, unknown_name
 
 DEFAULT_FOLDER_RESOLUTION = 64
@@ -147,6 +151,7 @@ DATASETS = {
     "glyphs": load_glyphs,
     "scenes": load_scenes,
     **TOY_DATASETS,
+    **VIDEO_DATASETS,  # moving-mnist, moving-scenes, video-folder: clips (N, C, T, H, W); noisecraft.data.video
 }
 
 
@@ -169,7 +174,7 @@ def _check_int(option: str, value, minimum: int, allow_none: bool) -> None:
 
 def load_dataset(name: str, *, root: str | None = None, resolution: int | None = None,
                  channels: int | None = None, split: str = "all", limit: int | None = None,
-                 seed: int = 0, count: int | None = None) -> ImageDataset:
+                 seed: int = 0, count: int | None = None, frames: int | None = None) -> ImageDataset:
     """Load a registered dataset by name (see the table in this module's docstring).
 
     root:       the directory, for "folder" only
@@ -181,6 +186,7 @@ def load_dataset(name: str, *, root: str | None = None, resolution: int | None =
                 toy distributions, the number of points (default 10000)
     seed:       seeds the toy distributions; bundled and folder data are not shuffled
     count:      generated datasets (GENERATED) only: how many items to draw (None: the dataset's default)
+    frames:     video datasets only: frames per clip (None: the dataset's default)
     """
     loader = DATASETS.get(name)
     if loader is None:
@@ -197,6 +203,11 @@ def load_dataset(name: str, *, root: str | None = None, resolution: int | None =
             raise DataError(f"data.count applies to the generated datasets ({', '.join(GENERATED)}); dataset "
                             f"{name!r} has a fixed size (use limit to take fewer items)")
         extra["count"] = count
+    if frames is not None:  # video datasets only (noisecraft.data.video)
+        if name not in VIDEO_DATASETS:
+            raise DataError(f"data.frames applies to the video datasets ({', '.join(VIDEO_DATASETS)}); dataset "
+                            f"{name!r} has no frames")
+        extra["frames"] = frames
     ds = loader(root=root, resolution=resolution, channels=channels, split=split, limit=limit, seed=seed, **extra)
     if limit is not None and len(ds) > limit:
         ds = ds.subset(slice(0, limit))

@@ -18,11 +18,15 @@ from noisecraft.models.conditioning import TokenRefinerConfig
 from noisecraft.models.dit import DIT_PRESETS, DiT, DiTConfig
 from noisecraft.models.mlp import MLP_PRESETS, MLPConfig, MLPDenoiserNet
 from noisecraft.models.unet import UNET_PRESETS, UNet, UNetConfig
+from noisecraft.models.video_dit import VideoDiT, VideoDiTConfig
+from noisecraft.models.video_unet import VideoUNet, VideoUNetConfig
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "unet": (UNetConfig, UNet),
     "mlp": (MLPConfig, MLPDenoiserNet),
     "dit": (DiTConfig, DiT),
+    "video-unet": (VideoUNetConfig, VideoUNet),  # clips (C, T, H, W): factorised space-time U-Net
+    "video-dit": (VideoDiTConfig, VideoDiT),  # clips (C, T, S, S): DiT over spatio-temporal patches
 }
 DEFAULT_MODEL = "unet"
 

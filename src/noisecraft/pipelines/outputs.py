@@ -22,6 +22,13 @@ DATASET_MODALITY: dict[str, str] = {}
 # modality -> {file extension (lower case, with the dot) or "" for a directory: "module:function"}
 OUTPUT_WRITERS: dict[str, dict[str, str]] = {}
 
+# video (noisecraft.data.video, noisecraft.video.io): clips (N, C, T, H, W) as a GIF / MP4 / WebM grid, a PNG frame
+# strip (train's samples.png preview), or a directory of one GIF per clip
+DATASET_MODALITY.update({name: "video" for name in ("moving-mnist", "moving-scenes", "video-folder")})
+OUTPUT_WRITERS["video"] = {".gif": "noisecraft.video.io:write_gif", ".mp4": "noisecraft.video.io:write_video",
+                           ".webm": "noisecraft.video.io:write_video", ".png": "noisecraft.video.io:write_strip",
+                           "": "noisecraft.video.io:write_directory"}
+
 
 def modality(run) -> str:
     """The modality of a loaded run: its dataset's entry in DATASET_MODALITY, else "points" for 1-D samples,

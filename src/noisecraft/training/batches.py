@@ -23,7 +23,8 @@ def load_data(config):
 
     c = config.data
     ds = load_dataset(c.dataset, root=c.root, resolution=c.resolution, channels=c.channels, split=c.split,
-                      limit=c.limit, seed=config.train.seed, count=c.count)
+                      limit=c.limit, seed=config.train.seed, count=c.count,
+                      frames=getattr(c, "frames", None))
     if c.autoencoder:  # latent diffusion (noisecraft.autoencoder.latents)
         from noisecraft.autoencoder.latents import encode_dataset, resolve_autoencoder_path
         from noisecraft.conditions import conditions_for
