@@ -31,7 +31,11 @@ def test_network_section_is_built_as_the_tagged_model_config():
     assert RunConfig(model="mlp").network == MLPConfig() and RunConfig().network == UNetConfig()
     scenes = from_dict(RunConfig, {"network": {"refiner": {"kernel": 5, "pool": True}}}, "config")
     assert scenes.network.refiner == TokenRefinerConfig(kernel=5, pool=True)
-    assert network_configs() == {"unet": UNetConfig, "mlp": MLPConfig, "dit": DiTConfig}
+    from noisecraft.models.video_dit import VideoDiTConfig
+    from noisecraft.models.video_unet import VideoUNetConfig
+
+    assert network_configs() == {"unet": UNetConfig, "mlp": MLPConfig, "dit": DiTConfig,
+                                 "video-unet": VideoUNetConfig, "video-dit": VideoDiTConfig}
 
 
 def test_wrong_tag_foreign_field_and_mismatched_class_name_the_allowed_values():

@@ -301,7 +301,7 @@ def test_mlp_errors():
 
 
 def test_build_model_registry():
-    assert set(MODELS) == {"unet", "mlp", "dit"}
+    assert set(MODELS) == {"unet", "mlp", "dit", "video-unet", "video-dit"}
     model = build_model("unet", {"channel_mult": [1, 2], "attention_levels": [1], "base_channels": 8,
                                  "head_channels": 8})
     assert isinstance(model, UNet) and model.config.channel_mult == (1, 2)
