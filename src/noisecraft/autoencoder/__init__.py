@@ -34,10 +34,8 @@ def load_autoencoder(path, *, device: str = "cpu"):
         ae = load_diffusers_autoencoder(path)
     else:
         ckpt = load_ae_checkpoint(path)
-        if "causal_vae" in ckpt.config:  # the causal video autoencoder (noisecraft.video.autoencoder)
-            from noisecraft.video.autoencoder import load_causal_vae
-
-            return load_causal_vae(ckpt).to(device).eval().requires_grad_(False)
+        if "causal_vae" in ckpt.config:  # the causal video autoencoder (trained by noisecraft.video.autoencoder)
+            return _load_causal_vae(ckpt).to(device).eval().requires_grad_(False)
         try:
             config = from_dict(AutoencoderConfig, ckpt.config["autoencoder"], "autoencoder")
         except (ConfigError, KeyError) as e:
@@ -46,6 +44,23 @@ def load_autoencoder(path, *, device: str = "cpu"):
                          shift_factor=float(ckpt.state.get("shift_factor", 0.0)))
         load_state_strict(ae, ckpt.tensors["model"], ckpt.path)
     return ae.to(device).eval().requires_grad_(False)
+
+
+def _load_causal_vae(ckpt):
+    """The CausalVideoVAE of an autoencoder checkpoint written by `noisecraft.video.autoencoder`
+    (config key "causal_vae")."""
+    from noisecraft.autoencoder.interop import load_state_strict
+    from noisecraft.config import from_dict
+    from noisecraft.errors import ConfigError
+    from noisecraft.models.causal_vae import CausalVAEConfig, CausalVideoVAE
+
+    try:
+        cfg = from_dict(CausalVAEConfig, ckpt.config["causal_vae"], "causal_vae")
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{ckpt.path}: its causal video autoencoder config is invalid: {e}") from None
+    vae = CausalVideoVAE(cfg, scaling_factor=float(ckpt.state.get("scaling_factor", 1.0)),
+                         shift_factor=float(ckpt.state.get("shift_factor", 0.0)))
+    return load_state_strict(vae, ckpt.tensors["model"], ckpt.path)
 
 
 __all__ = ["load_autoencoder"]

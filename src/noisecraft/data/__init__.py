@@ -7,15 +7,15 @@
 Importing this package is light: Pillow, mlxtend and scikit-learn load only when needed.
 """
 
-from noisecraft.data.base import SPLITS, ImageDataset, split_indices, validate_batch_images
-from noisecraft.data.datasets import (
-    DATASETS,
-    DEFAULT_FOLDER_RESOLUTION,
-    available_datasets,
+from noisecraft.data.base import (
+    SPLITS,
+    ImageDataset,
     convert_channels,
-    load_dataset,
     resize_images,
+    split_indices,
+    validate_batch_images,
 )
+from noisecraft.data.datasets import DATASETS, DEFAULT_FOLDER_RESOLUTION, available_datasets, load_dataset
 from noisecraft.data.images import IMAGE_EXTENSIONS, find_image_files, load_image, to_uint8_image
 
 __all__ = [

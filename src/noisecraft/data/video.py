@@ -105,7 +105,7 @@ def render_digit_clip(digit: np.ndarray, positions: np.ndarray, side: int) -> np
 def load_moving_mnist(*, root=None, resolution=None, channels=None, split="all", limit=None, seed=0,
                       count=None, frames=None) -> ImageDataset:
     """Moving digits (module table); each clip's digit is drawn uniformly from mnist's matching split."""
-    from noisecraft.data.datasets import load_mnist
+    from noisecraft.data.digits import load_mnist
 
     if root is not None:
         raise DataError(f"dataset 'moving-mnist' is generated; root does not apply, got root={root!r}")

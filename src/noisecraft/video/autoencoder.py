@@ -188,18 +188,3 @@ def _write_reconstructions(vae, x, path: Path) -> None:
     both = torch.stack([x, rec], 1).reshape(-1, *x.shape[1:])  # original, reconstruction, ...
     save_png(strip_image(both.cpu()), path, scale=2)
 
-
-def load_causal_vae(ckpt) -> CausalVideoVAE:
-    """The CausalVideoVAE of an autoencoder checkpoint written by `train_video_autoencoder` (config "causal_vae")."""
-    from noisecraft.autoencoder.interop import load_state_strict
-    from noisecraft.config import from_dict
-    from noisecraft.errors import CheckpointError
-
-    try:
-        cfg = from_dict(CausalVAEConfig, ckpt.config["causal_vae"], "causal_vae")
-    except (ConfigError, KeyError) as e:
-        raise CheckpointError(f"{ckpt.path}: its causal video autoencoder config is invalid: {e}") from None
-    vae = CausalVideoVAE(cfg, scaling_factor=float(ckpt.state.get("scaling_factor", 1.0)),
-                         shift_factor=float(ckpt.state.get("shift_factor", 0.0)))
-    return load_state_strict(vae, ckpt.tensors["model"], ckpt.path)
-
