@@ -237,7 +237,16 @@ class DiT(nn.Module):
         # cond["concat"]: W_c of the patch embedding of [x, c] (bias-free: the bias is x_embedder's)
         self.concat_in = (nn.Conv2d(cfg.concat_channels, h, cfg.patch_size, stride=cfg.patch_size, bias=False)
                           if cfg.concat_channels else None)
-        pos = sincos_pos_embed_2d(h, cfg.grid_size).float()[None]  # (1, N, h)
+        self._build_trunk(cfg, sincos_pos_embed_2d(h, cfg.grid_size).float()[None])  # pos: (1, N, h)
+        c_out = cfg.output_channels
+        self.out_conv = nn.Conv2d(c_out, c_out, 3, padding=1) if cfg.out_conv else None
+        self._init_weights()
+
+    def _build_trunk(self, cfg, pos: Tensor) -> None:
+        """The layers after the patch embedding, in registration order (which fixes the initialisation and the
+        optimizer's parameter order; VideoDiT shares it): the position table `pos` (learned or fixed), time,
+        class and condition embeddings, the text refiner, the blocks and the final layer."""
+        h = cfg.hidden_size
         if cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(pos)
         else:
@@ -248,9 +257,6 @@ class DiT(nn.Module):
         self.refiner = build_refiner(cfg, h)  # trainable n-gram/transformer layers over the text tokens, or None
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg)
-        c_out = cfg.output_channels
-        self.out_conv = nn.Conv2d(c_out, c_out, 3, padding=1) if cfg.out_conv else None
-        self._init_weights()
 
     def _init_weights(self) -> None:
         """As the DiT reference code: Xavier-uniform Linear layers with zero bias, the patch embedding as a

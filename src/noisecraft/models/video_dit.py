@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from noisecraft.errors import ConfigError, NoisecraftError, require
-from noisecraft.models.conditioning import CondEmbedding, build_refiner, check_cond, refined_context
-from noisecraft.models.dit import DiT, DiTBlock, DiTConfig, FinalLayer, sincos_pos_embed_2d
+from noisecraft.models.conditioning import check_cond, refined_context
+from noisecraft.models.dit import DiT, DiTConfig, sincos_pos_embed_2d
 
 
 @dataclass(frozen=True)
@@ -84,17 +84,7 @@ class VideoDiT(DiT):
         self.x_embedder = nn.Conv3d(cfg.in_channels, h, kernel, stride=kernel)
         self.concat_in = (nn.Conv3d(cfg.concat_channels, h, kernel, stride=kernel, bias=False)
                           if cfg.concat_channels else None)
-        pos = spacetime_pos_embed(h, cfg.frames // cfg.temporal_patch, cfg.grid_size).float()[None]  # (1, N, h)
-        if cfg.pos_embed == "learned":
-            self.pos_embed = nn.Parameter(pos)
-        else:
-            self.register_buffer("pos_embed", pos, persistent=False)
-        self.t_embedder = nn.Sequential(nn.Linear(cfg.freq_dim, h), nn.SiLU(), nn.Linear(h, h))
-        self.y_embedder = nn.Embedding(cfg.num_classes + 1, h) if cfg.num_classes > 0 else None
-        self.cond_emb = CondEmbedding(cfg.cond_spec, h)
-        self.refiner = build_refiner(cfg, h)
-        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
-        self.final_layer = FinalLayer(cfg)
+        self._build_trunk(cfg, spacetime_pos_embed(h, cfg.frames // cfg.temporal_patch, cfg.grid_size).float()[None])
         self.final_layer.linear = nn.Linear(h, cfg.temporal_patch * cfg.patch_size ** 2 * cfg.output_channels)
         self.out_conv = None
         self._init_weights()
