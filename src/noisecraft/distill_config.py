@@ -6,7 +6,8 @@ boundary and the guidance-scale input) and by the generation path (the samplers 
 Methods (`noisecraft.distill`): cd (consistency distillation, Song et al. 2023, Alg. 2), ct (consistency
 training with the iCT schedule, Song & Dhariwal 2024), ect (easy consistency tuning, Geng et al. 2024), lcm
 (guided consistency distillation with the guidance scale as an input, Luo et al. 2023), reflow (rectified flow
-on teacher ODE pairs, then distillation to one step, Liu et al. 2023).
+on teacher ODE pairs, then distillation to one step, Liu et al. 2023), scm (continuous-time consistency
+distillation, sCD, in TrigFlow form, Lu & Song 2024: `noisecraft.distill.trigflow`).
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ from dataclasses import dataclass
 
 from noisecraft.errors import require
 
-METHODS = ("cd", "ct", "ect", "lcm", "reflow")
+METHODS = ("cd", "ct", "ect", "lcm", "reflow", "scm")
 DISTANCES = ("l2", "pseudo_huber", "feature")
 WEIGHTINGS = ("uniform", "ict")
+TANGENTS = ("auto", "jvp", "fd")  # scm: dF/dt by forward-mode autodiff, central difference, or JVP falling back to FD
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "lcm")
 # The samplers a student samples with: a consistency function with CM Alg. 1; a reflowed flow with Euler too.
 MADE_FOR = {"cd": ("consistency",), "ct": ("consistency",), "ect": ("consistency",), "lcm": ("consistency",),
-            "reflow": ("consistency", "euler")}
+            "reflow": ("consistency", "euler"), "scm": ("consistency",)}
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    method: str = "cd"              # cd, ct, ect, lcm or reflow (module docstring)
+    method: str = "cd"              # cd, ct, ect, lcm, reflow or scm (module docstring)
     teacher: str = ""               # the teacher run directory (a template only for ct)
     solver: str = "heun"            # the teacher's ODE step (cd, lcm) / pair sampler (reflow): a deterministic sampler
     solver_steps: int = 18          # reflow: steps of the teacher's sampler per ODE pair
@@ -57,6 +59,17 @@ class DistillConfig:
     # reflow: teacher ODE pairs (noise, sample), then reflow steps, then one-step distillation
     reflow_pairs: int = 2048
     reflow_steps: int = 1500        # steps of the reflow stage; later steps distil the one-step map
+    # scm (Lu & Song 2024): t = arctan(e^tau / sigma_d), tau ~ N(scm_p_mean, scm_p_std^2) (Sec. 4.3); the tangent
+    # dF^-/dt by scm_tangent (auto: JVP, else the central difference with step scm_fd_h in t); the warm-up
+    # r = min(1, step / scm_warmup_steps) (Sec. 4.2; 0: r = 1); tangent normalisation g / (||g|| + scm_norm_c);
+    # scm_adaptive: learn the weight w_phi(t) with the student (Sec. 4.3, Eq. 9; trigflow.AdaptiveWeight)
+    scm_p_mean: float = -1.0
+    scm_p_std: float = 1.4
+    scm_tangent: str = "auto"
+    scm_fd_h: float = 1e-3
+    scm_warmup_steps: int = 500
+    scm_norm_c: float = 0.1
+    scm_adaptive: bool = False
 
     def __post_init__(self):
         require(self.method in METHODS, "distill.method", f"unknown method {self.method!r}; allowed: "
@@ -76,6 +89,12 @@ class DistillConfig:
         require(0 <= self.target_decay < 1, "distill.target_decay", f"must be in [0, 1), got {self.target_decay}")
         require(self.p_std > 0 and self.rho > 0 and self.ect_q > 1, "distill.p_std/rho/ect_q",
                 "need p_std > 0, rho > 0, ect_q > 1")
+        require(self.scm_tangent in TANGENTS, "distill.scm_tangent",
+                f"unknown tangent {self.scm_tangent!r}; allowed: {', '.join(TANGENTS)}")
+        require(self.scm_p_std > 0, "distill.scm_p_std", f"must be > 0, got {self.scm_p_std}")
+        require(0 < self.scm_fd_h <= 0.01, "distill.scm_fd_h", f"must be in (0, 0.01], got {self.scm_fd_h}")
+        require(self.scm_warmup_steps >= 0, "distill.scm_warmup_steps", f"must be >= 0, got {self.scm_warmup_steps}")
+        require(self.scm_norm_c >= 0, "distill.scm_norm_c", f"must be >= 0, got {self.scm_norm_c}")
         lo, hi = self.guidance_range
         require(0 <= lo <= hi, "distill.guidance_range", f"need 0 <= lo <= hi, got {self.guidance_range}")
 
@@ -89,7 +108,8 @@ class DistillConfig:
         return MADE_FOR[self.method]
 
     def prediction_options(self) -> dict:
-        """The `core.prediction.Prediction` arguments of the student's parameterisation."""
+        """The `core.prediction.Prediction` arguments of the student's parameterisation (scm: none: the EDM
+        scalings are TrigFlow's consistency parameterisation, whose boundary f(x, 0) = x is at sigma = 0)."""
         if not self.consistency:
             return {}
         return {"boundary_sigma": self.boundary_sigma, "boundary_scale": self.boundary_scale}

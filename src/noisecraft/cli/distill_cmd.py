@@ -1,5 +1,5 @@
 """`noisecraft distill`: make a few-step student from a trained run (consistency distillation, consistency
-training, easy consistency tuning, guided LCM-style distillation, rectified-flow reflow), then write loss.png and
+training, easy consistency tuning, guided LCM-style distillation, rectified-flow reflow, sCM), then write loss.png and
 a preview grid sampled with the student's own sampler."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("distill", help="make a 1-4 step student of a trained run",
                        description="Distil --teacher RUN into a few-step student in --out: cd (consistency "
                                    "distillation), ct (consistency training, iCT), ect (easy consistency tuning), "
-                                   "lcm (guided distillation, the guidance scale as an input) or reflow (rectified "
-                                   "flow, then one step). Sample it with --sampler consistency --steps 1|2|4. Field "
+                                   "lcm (guided distillation, the guidance scale as an input), reflow (rectified "
+                                   "flow, then one step) or scm (continuous-time consistency distillation, sCD, "
+                                   "TrigFlow; EDM teachers). Sample it with --sampler consistency --steps 1|2|4. Field "
                                    "overrides such as distill.num_scales=40 or train.lr=1e-4 follow as positional "
                                    "arguments.")
     p.add_argument("--teacher", required=True, help="the trained run directory to distil")

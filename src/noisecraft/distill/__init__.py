@@ -1,8 +1,10 @@
 """Few-step generation: consistency distillation and training, easy consistency tuning, guided (LCM-style)
-consistency distillation and rectified-flow reflow, from any trained run (`noisecraft distill`).
+consistency distillation, rectified-flow reflow and continuous-time consistency distillation (sCM), from any
+trained run (`noisecraft distill`).
 
 - `objectives`: the losses as pure functions (discretisations, teacher ODE step, distances, each method's loss);
 - `guided`: the guidance-scale input of an LCM student and the guided teacher;
+- `trigflow`: continuous-time consistency distillation, sCD (Lu & Song 2024), in TrigFlow form (method scm);
 - reflow's teacher ODE pairs are drawn and cached by `trainer` (`reflow_pairs`);
 - `trainer`: `Distiller`, the training loop's pieces around those losses (checkpoints, exact resume,
   progress, evaluation, multi-process);

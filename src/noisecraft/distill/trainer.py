@@ -14,7 +14,11 @@ so that the student starts as the teacher.
 
 Per step s, all random draws come from the generator seeded (seed, s): the batch (as the trainer draws it),
 then z ~ N(0, I) and the method's levels (cd / lcm: n ~ U{0..N-1-k}; ct: n from the iCT lognormal; ect: t
-lognormal; reflow: the pair batch and sigma), then w ~ U[w_lo, w_hi] (lcm).
+lognormal; reflow: the pair batch and sigma; scm: t = arctan(e^tau / sigma_d)), then w ~ U[w_lo, w_hi] (lcm).
+
+scm (sCD, Lu & Song 2024) has no target network: F^- is the student itself under stop-gradient; its time tangent
+is a JVP where the network has forward-mode rules (distill.scm_tangent=auto falls back to the central difference
+once, for good, where it has not, e.g. the channels-last U-Net's group norm on the CPU).
 """
 
 from __future__ import annotations
@@ -77,6 +81,13 @@ class Distiller(Trainer):
                                              self.device)
         self.levels = O.karras_levels(d.boundary_sigma, self.denoiser.schedule.sigma_max, d.num_scales, d.rho)
         self.pairs = reflow_pairs(self) if d.method == "reflow" else None
+        self.tangent = d.scm_tangent  # scm: "auto" becomes "jvp" or "fd" at the first step
+        self.weight = None  # scm's adaptive weight w_phi(t): optimised with the student, kept in slot "0"
+        if d.method == "scm" and d.scm_adaptive:
+            from noisecraft.distill.trigflow import AdaptiveWeight
+
+            self.weight = AdaptiveWeight().to(self.device)
+            self.optimizer.add_param_group({"params": list(self.weight.parameters()), "weight_decay": 0.0})
 
     def target_denoiser(self) -> Denoiser:
         """f_theta^-: the target network (cd, lcm with target_decay > 0) or the online student (used without
@@ -89,12 +100,17 @@ class Distiller(Trainer):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "distill": {"method": self.method, "teacher": self.config.distill.teacher}}
 
+    def _slot(self):
+        """The module kept in the checkpoint's post-hoc slot "0": cd / lcm's target network theta^-, scm's
+        adaptive weight w_phi, or None."""
+        return self.target if self.target is not None else self.weight
+
     def save(self) -> Path:
-        """The trainer's checkpoint plus the target network (the post-hoc slot "0")."""
+        """The trainer's checkpoint plus the target network or the adaptive weight (the post-hoc slot "0")."""
         model, ema, optim, _ = full_state(self.net, self.ema, self.optimizer, None, fsdp=False)
         try:
             if self.dist.is_main:
-                target = [self.target.state_dict()] if self.target is not None else None
+                target = [self._slot().state_dict()] if self._slot() is not None else None
                 save_checkpoint(self.out_dir, config=to_dict(self.config), state=self.state_dict(), model=model,
                                 ema=ema, optimizer=optim, phema=target)
                 write_log(self.out_dir, self.log)
@@ -104,10 +120,11 @@ class Distiller(Trainer):
 
     def _restore(self, ckpt) -> None:
         super()._restore(ckpt)
-        if self.target is not None:
+        if self._slot() is not None:
             if not ckpt.phema or "0" not in ckpt.phema:
-                raise NoisecraftError(f"cannot resume: {ckpt.path} has no target network")
-            self.target.load_state_dict(ckpt.phema["0"], strict=True)
+                what = "target network" if self.target is not None else "adaptive weight"
+                raise NoisecraftError(f"cannot resume: {ckpt.path} has no {what}")
+            self._slot().load_state_dict(ckpt.phema["0"], strict=True)
 
     # ------------------------------------------------------------------------------------ one step
     def draw(self, step: int):
@@ -146,6 +163,12 @@ class Distiller(Trainer):
             t = t.clamp(min=eps * 1.001, max=sigma_max)
             r = O.ect_r(t, O.ect_stage(step, d.total_steps, d.ect_stages), q=d.ect_q, k=d.ect_k, b=d.ect_b)
             out = {"sigma_lo": torch.maximum(r, torch.full_like(r, eps)), "sigma_hi": t}
+        elif self.method == "scm":
+            from noisecraft.distill.trigflow import sample_t
+
+            schedule = self.denoiser.schedule
+            out = {"t": sample_t(B, gen, self.denoiser.prediction.sigma_data, p_mean=d.scm_p_mean, p_std=d.scm_p_std,
+                                 sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max)}
         else:  # reflow
             out = {"sigma": self.denoiser.schedule.sample_sigma(B, gen).to(torch.float64)}
         if "sigma_hi" in out:
@@ -174,6 +197,8 @@ class Distiller(Trainer):
                 return O.reflow_loss(self.train_denoiser, x0, z, b["sigma"], cond, weighting=diffusion.weighting,
                                      gamma=diffusion.min_snr_gamma)
             return O.one_step_loss(self.train_denoiser, x0, z, self.denoiser.schedule.sigma_max, cond)
+        if self.method == "scm":
+            return self._scm_objective(step, b, cond)
         sigma_hi, sigma_lo = b["sigma_hi"], b["sigma_lo"]
         x_hi = x0 + O.bcast(sigma_hi, x0) * z
         if self.method in ("ct", "ect"):  # the unbiased estimator x0 + sigma_lo z (Song et al. 2023, Eq. 10)
@@ -192,10 +217,37 @@ class Distiller(Trainer):
                                        cond, weight=b["weight"], kind=d.distance, c=d.huber_c,
                                        features=self.features)
 
+    def _scm_objective(self, step: int, b: dict, cond) -> torch.Tensor:
+        """sCD's per-sample loss (trigflow.scd_loss) with the tangent warm-up r = min(1, step / H)."""
+        from noisecraft.distill.trigflow import NoForwardMode, scd_loss
+
+        d = self.config.distill
+        r = min(1.0, step / d.scm_warmup_steps) if d.scm_warmup_steps else 1.0
+        seed = int(torch.randint(2**62, ()))  # from the micro-batch's dropout seed (loss()): one mask per call
+
+        def loss(tangent: str) -> torch.Tensor:
+            return scd_loss(self.train_denoiser, self.teacher, b["x0"], b["z"], b["t"], cond, frozen=self.denoiser,
+                            r=r, c=d.scm_norm_c, tangent=tangent, h=d.scm_fd_h, seed=seed, weight=self.weight)
+
+        if self.tangent != "auto":
+            return loss(self.tangent)
+        try:
+            out = loss("jvp")
+        except NoForwardMode:  # raised before any gradient was recorded
+            self.tangent = "fd"
+            return loss("fd")
+        self.tangent = "jvp"
+        return out
+
     def _update(self, loss: torch.Tensor) -> None:
-        """The trainer's update, then, when the optimiser stepped, theta^- <- mu theta^- + (1 - mu) theta
-        (Song et al. 2023, Alg. 2)."""
+        """The trainer's update (scm's adaptive weight in the same optimiser step, its gradient averaged over
+        processes first), then, when the optimiser stepped, theta^- <- mu theta^- + (1 - mu) theta (Song et al.
+        2023, Alg. 2)."""
         before = self._optimizer_steps()
+        if self.weight is not None and self.dist.world > 1:  # w_phi is outside the DDP module: average by hand
+            for p in self.weight.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(self.dist.mean(p.grad))
         super()._update(loss)
         if self.target is not None and self._optimizer_steps() > before:
             update_ema(self.target, self.net, self.config.distill.target_decay)
@@ -287,8 +339,9 @@ METHOD_DEFAULTS = {  # what each method's paper uses, where it differs from Dist
     "ect": {"distance": "pseudo_huber", "weighting": "ict", "target_decay": 0.0},
     "lcm": {"distance": "pseudo_huber", "weighting": "uniform", "target_decay": 0.95, "guidance_input": True},
     "reflow": {"target_decay": 0.0},
+    "scm": {"target_decay": 0.0},
 }
-TRAIN_DEFAULTS = {"cd": 2e-4, "ct": 1e-3, "ect": 2e-4, "lcm": 2e-4, "reflow": 2e-4}  # AdamW learning rates
+TRAIN_DEFAULTS = {"cd": 2e-4, "ct": 1e-3, "ect": 2e-4, "lcm": 2e-4, "reflow": 2e-4, "scm": 1e-4}  # AdamW rates
 
 
 def student_config(teacher, method: str, *, steps: int | None = None, minutes: float | None = None,
@@ -338,6 +391,11 @@ def check_teacher(tcfg, method: str, where: str, distill=None) -> None:
     if method == "lcm" and not hasattr(tcfg.network, "vector_dim"):
         raise NoisecraftError(f"method 'lcm' feeds the guidance scale through the network's vector input, which "
                               f"model {tcfg.model!r} does not have; models with one: unet, dit")
+    d = tcfg.diffusion
+    if method == "scm" and (d.prediction != "edm" or d.schedule != "edm"):
+        raise NoisecraftError(f"method 'scm' needs an EDM-parameterised teacher (diffusion.prediction edm on schedule "
+                              f"edm: its scalings are TrigFlow's, Lu & Song 2024, Sec. 3); {where} has prediction "
+                              f"{d.prediction!r} on schedule {d.schedule!r}; use cd, ect or reflow")
     if method == "reflow" and not set(names) <= {"class"}:
         raise NoisecraftError(f"method 'reflow' supports unconditional and class-conditional teachers; {where} has "
                               f"conditions {', '.join(names)}; use cd or lcm")

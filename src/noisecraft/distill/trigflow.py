@@ -26,6 +26,7 @@ sigma = 0 (t = 0), and it samples with `samplers` "consistency" (CM Alg. 1) like
 | `scm_target`          | g = -cos^2 t (sd F^- - dx_t/dt) - r cos t sin t (x_t + sd dF^-/dt) | Sec. 4.2, Alg. 1 |
 | `sample_t`            | tan(t) = e^tau / sigma_d, tau ~ N(P_mean, P_std^2)                    | Sec. 4.3         |
 | `scm_loss`            | e^w(t) / D ||F_theta - F^- - g||^2 - w(t)                             | Sec. 4.3, Eq. 9  |
+| `scd_loss`            | one sCD step's per-sample loss (the pieces above, teacher's velocity) | Alg. 1 (sCD)     |
 | `AdaptiveWeight`      | the learned w_phi(t)                                                  | Sec. 4.3         |
 """
 
@@ -39,6 +40,10 @@ from torch import Tensor, nn
 from noisecraft.errors import NoisecraftError
 
 TANGENTS = ("jvp", "fd")
+
+
+class NoForwardMode(NoisecraftError):
+    """The network has a layer without a forward-mode (JVP) rule: use the central-difference tangent."""
 
 
 def _b(v: Tensor, x: Tensor) -> Tensor:
@@ -63,10 +68,11 @@ def consistency_fn(F, x_t: Tensor, t: Tensor, sigma_d: float, cond=None) -> Tens
 
 def network_F(denoiser, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
     """F(x_t / sigma_d, t) of an EDM-preconditioned VE `denoiser`: -F_edm(c_in x, c_noise) at x = x_t / cos(t),
-    sigma = sigma_d tan(t) (module docstring), as a function of (x_t, t) so that a JVP reaches both; float32."""
+    sigma = sigma_d tan(t) (module docstring), as a function of (x_t, t) so that a JVP reaches both; in x_t's
+    dtype, at least float32."""
     sigma_d = denoiser.prediction.sigma_data
     x = x_t / _b(torch.cos(t), x_t)
-    return -denoiser.raw(x, sigma_of_t(t, sigma_d), cond).float()
+    return -denoiser.raw(x, sigma_of_t(t, sigma_d), cond).to(torch.promote_types(x_t.dtype, torch.float32))
 
 
 def teacher_velocity(teacher, x_t: Tensor, t: Tensor, sigma_d: float, cond=None) -> Tensor:
@@ -92,7 +98,7 @@ def time_tangent(F, x_t: Tensor, t: Tensor, dxdt: Tensor, kind: str = "jvp", h: 
             try:
                 return torch.func.jvp(F, (x_t, t), (dxdt, torch.ones_like(t)))
             except (RuntimeError, NotImplementedError) as e:
-                raise NoisecraftError(f"the network has no forward-mode (JVP) rule for one of its layers ({e}); "
+                raise NoForwardMode(f"the network has no forward-mode (JVP) rule for one of its layers ({e}); "
                                       f"use distill.scm_tangent=fd (allowed: {', '.join(TANGENTS)})") from None
         if kind == "fd":
             hi, lo = F(x_t + h * dxdt, t + h), F(x_t - h * dxdt, t - h)
@@ -142,3 +148,41 @@ class AdaptiveWeight(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         c = (torch.log(torch.tan(t)) / 4).float().reshape(-1, 1) * self.freqs[None] * 2 * math.pi
         return self.linear(torch.cat([torch.cos(c), torch.sin(c)], 1) * math.sqrt(2)).squeeze(1)  # (B,)
+
+
+def scd_loss(student, teacher, x0: Tensor, z: Tensor, t: Tensor, cond=None, *, frozen=None, r: float = 1.0,
+             c: float = 0.1, tangent: str = "jvp", h: float = 1e-3, seed: int | None = None,
+             weight: nn.Module | None = None) -> Tensor:
+    """Per-sample loss of continuous-time consistency distillation, sCD (Lu & Song 2024, Alg. 1 with a
+    teacher), (B,):
+
+        x_t = cos(t) x0 + sin(t) sigma_d z            (z ~ N(0, I), so sigma_d z ~ N(0, sigma_d^2 I))
+        dx_t/dt = the teacher's PF-ODE velocity       (`teacher_velocity`, its VE denoiser D)
+        F^-, dF^-/dt = `time_tangent` of F^- along (dx_t/dt, 1)   (F^- = the student's own network, no gradient)
+        g = `scm_target`(F^-, dF^-/dt, ...)           (tangent warm-up r, normalisation c)
+        loss = ||F_theta(x_t, t) - F^- - g||^2 / D    (`scm_loss`; with the adaptive `weight` w_phi:
+                                                       e^w(t) ||...||^2 / D - w(t), Eq. 9)
+
+    `student` is the EDM-preconditioned VE denoiser the gradient flows through (a data-parallel wrapper may be
+    its network); `frozen` the same parameters to evaluate F^- and its tangent with (default `student`).
+    t (B,) float64 in (0, pi/2). `seed` reseeds torch before every network evaluation, so that dropout draws one
+    mask for F^-, its tangent and F_theta (one network function)."""
+    frozen = student if frozen is None else frozen
+    sd = student.prediction.sigma_data
+    cos, sin = _b(torch.cos(t), x0).to(x0.dtype), _b(torch.sin(t), x0).to(x0.dtype)
+    x_t = cos * x0 + sin * sd * z
+    with torch.no_grad():
+        dxdt = teacher_velocity(teacher, x_t, t, sd, cond).float()
+
+    def reseed():
+        if seed is not None:
+            torch.manual_seed(seed)
+
+    def F_minus(x, tt):
+        reseed()
+        return network_F(frozen, x, tt, cond)
+
+    F_m, dF_dt = time_tangent(F_minus, x_t, t, dxdt, tangent, h)
+    g = scm_target(F_m, dF_dt, x_t, dxdt, t, sd, r=r, c=c)
+    reseed()
+    return scm_loss(network_F(student, x_t, t, cond), F_m, g, None if weight is None else weight(t))
