@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=positive_float, help="learning rate (default 1e-3 LoRA, 5e-3 textual inversion, "
                                                      "1e-4 full DreamBooth)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per step (default 4)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute activations in backward: the same result with less memory, slower")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between saves (default 50)")
     p.add_argument("--sample-every", type=positive_int, default=100, help="steps between sample grids (default 100)")
@@ -57,7 +59,8 @@ def config_from_args(args):
         lora=LoRAConfig(rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=tuple(args.targets)),
         token=args.token, init_word=args.init_word, vectors=args.vectors,
         steps=args.steps if args.steps is not None else 10**9, minutes=args.minutes, lr=args.lr,
-        batch_size=args.batch_size, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        batch_size=args.batch_size, grad_checkpointing=args.grad_checkpointing, seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every, sample_steps=args.sample_steps)
 
 

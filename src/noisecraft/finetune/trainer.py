@@ -42,8 +42,9 @@ METHODS = ("lora", "dreambooth", "textual-inversion")
 STATE_FILE, STATE_FORMAT, STATE_VERSION = "state.safetensors", "noisecraft.finetune", "1"
 CLASS_FILE, CLASS_FORMAT = "class_images.safetensors", "noisecraft.class-images"
 _STATE_KEYS = {"format", "version", "config", "state", "optim_groups", "sha256"}
-# fields a resumed run takes from the request: when to stop, save and draw grids (not what is computed)
-_STOPPING = ("steps", "minutes", "checkpoint_every", "sample_every", "sample_num")
+# fields a resumed run takes from the request: when to stop, save and draw grids, and whether activations are
+# recomputed (not what is computed)
+_STOPPING = ("steps", "minutes", "checkpoint_every", "sample_every", "sample_num", "grad_checkpointing")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class FinetuneConfig:
     lr:              AdamW learning rate; None = 1e-3 (LoRA), 5e-3 (textual inversion), 1e-4 (full DreamBooth)
     batch_size:      concept images per step (at most the number of images); as many prior images
     grad_clip:       clip the gradient's global norm (None = off)
+    grad_checkpointing: recompute each network block's activations in the backward pass instead of keeping them
+                     (Chen et al. 2016; `noisecraft.training.distributed.checkpoint_blocks`): the same loss and
+                     gradients, less memory, more compute
     seed:            every random draw of step s comes from (seed, s)
     checkpoint_every, sample_every, sample_num, sample_steps: state and adapter written every so many steps;
                      a grid of sample_num images (sample_steps sampler steps, None = the run's) every so many
@@ -89,6 +93,7 @@ class FinetuneConfig:
     lr: float | None = None
     batch_size: int = 4
     grad_clip: float | None = 1.0
+    grad_checkpointing: bool = False
     seed: int = 0
     checkpoint_every: int = 50
     sample_every: int = 100
@@ -234,6 +239,10 @@ class Finetuner:
                 torch.manual_seed(step_seed(c.seed, 0, 2))
                 self.layers = add_lora(self.net, c.lora)
             self.trainable = {n: p for n, p in self.net.named_parameters() if p.requires_grad}
+        if c.grad_checkpointing:
+            from noisecraft.training.distributed import checkpoint_blocks
+
+            checkpoint_blocks(self.net)
         self.cond = None if c.method == "textual-inversion" else self._cond(c.prompt)
         self.prior_cond = None if self.prior is None else self._cond(c.class_prompt)
 
