@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import replace
 
 import pytest
 import torch
@@ -20,8 +19,6 @@ from safetensors.torch import load_file, save_file
 
 from noisecraft.checkpoint import load_checkpoint
 from noisecraft.distill.trainer import Distiller, student_config
-from noisecraft.presets import get_preset
-from noisecraft.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
@@ -56,16 +53,6 @@ def _worker(rank: int, world: int, port: int, teacher: str, out: str) -> None:
                       os.path.join(out, method, f"rank{rank}.st"))
     finally:
         teardown()
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    config = get_preset("toy2d")
-    config = replace(config, network=replace(config.network, hidden=32, num_blocks=1),
-                     train=replace(config.train, steps=20, batch_size=64, threads=1, checkpoint_every=20))
-    Trainer(config, out, progress=False).run()
-    return out
 
 
 def test_two_ranks_equal_one_process_with_the_same_global_batch(teacher, tmp_path):

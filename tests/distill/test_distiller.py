@@ -23,16 +23,6 @@ SMALL = ("train.batch_size=32", "train.threads=1", "distill.reflow_pairs=64", "d
          "distill.reflow_steps=2", "distill.total_steps=8")
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    config = get_preset("toy2d")
-    config = replace(config, network=replace(config.network, hidden=32, num_blocks=1),
-                     train=replace(config.train, steps=20, batch_size=64, threads=1, checkpoint_every=20))
-    Trainer(config, out, progress=False).run()
-    return out
-
-
 def _distil(teacher, out, method, steps, *overrides, resume=False):
     config = student_config(teacher, method, steps=steps, overrides=SMALL + overrides)
     return Distiller(config, out, resume=resume, progress=False).run()

@@ -131,16 +131,6 @@ def test_scd_student_approaches_the_ode_map(one_thread):
 
 
 # ------------------------------------------------------------------------------------------ noisecraft distill
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    config = get_preset("toy2d")
-    config = replace(config, network=replace(config.network, hidden=32, num_blocks=1),
-                     train=replace(config.train, steps=20, batch_size=64, threads=1, checkpoint_every=20))
-    Trainer(config, out, progress=False).run()
-    return out
-
-
 def _distil(teacher, out, steps, *overrides, resume=False):
     config = student_config(teacher, "scm", steps=steps, overrides=SMALL + overrides)
     distiller = Distiller(config, out, resume=resume, progress=False)
