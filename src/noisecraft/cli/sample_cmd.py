@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--eta", dest="options", action=KeyValues, key="eta", metavar="ETA",
                    help="shorthand for --option eta=ETA (ddim, ancestral and SDE samplers)")
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's)")
+    p.add_argument("--solver", metavar="FILE.json",
+                   help="a fitted solver from `noisecraft schedule fit-solver` (sampler 'fitted'; steps = its NFE)")
     p.add_argument("--step-schedule", help="the sampling step schedule: trailing, leading, linspace, karras, "
                                            "exponential, uniform, ays, or a .json from `noisecraft schedule "
                                            "optimise` (default: the run's)")
@@ -91,12 +93,17 @@ def request_from_args(args):
         return None if v is None else tuple(v)
 
     conditions = control_condition(args)
+    sampler, options, steps = args.sampler, dict(args.options or {}), args.steps
+    if getattr(args, "solver", None):  # a fitted solver (noisecraft.samplers.fitted)
+        from noisecraft.samplers.fitted import solver_request
+
+        (sampler, steps), options["solver"] = solver_request(args.solver, sampler, steps), args.solver
     if getattr(args, "first_frame", None) is not None:  # image-to-video (noisecraft.conditions.first_frame)
         conditions = {**(conditions or {}), "first-frame": args.first_frame}
     return Request(prompts=None if args.prompt is None else (args.prompt,), negative_prompt=args.negative_prompt,
                    class_ids=tup(args.class_ids), guidance=args.guidance, guidance_interval=tup(args.guidance_interval),
-                   guidance_rescale=args.guidance_rescale, sampler=args.sampler, options=dict(args.options or {}),
-                   steps=args.steps, step_schedule=args.step_schedule, seed=args.seed, num=args.num,
+                   guidance_rescale=args.guidance_rescale, sampler=sampler, options=options,
+                   steps=steps, step_schedule=args.step_schedule, seed=args.seed, num=args.num,
                    batch_size=args.batch_size, conditions=conditions)
 
 

@@ -31,6 +31,7 @@ line) to the declared types, refusing unknown options and values out of range.
 | expint        | Gaussian-basis predictor-corrector exponential integrator | p + 1 | 1            |
 | ode           | adaptive RK45 on the probability-flow ODE (reference)    | 5(4)  | adaptive     |
 | consistency   | multistep consistency sampling (Song et al. 2023, Alg. 1) | CM   | 1            |
+| fitted        | a fitted non-stationary solver from JSON (BNS, Shaul et al. 2024) | fitted | 1      |
 
 `expint` is noisecraft's own: DPM-Solver++'s exact exponential integrator with the x0 estimate
 interpolated in v = 1 / sqrt(sigma^2 + sigma_data^2) (exact for Gaussian data) and UniPC's free corrector;
@@ -68,6 +69,7 @@ from noisecraft.samplers.dpm_solver import (
     step_dpmpp,
 )
 from noisecraft.samplers.expint import sample_expint, step_expint
+from noisecraft.samplers.fitted import sample_fitted
 from noisecraft.samplers.multistep import EPS_FINAL_STEPS, sample_deis, sample_lms, step_deis, step_lms
 from noisecraft.samplers.ode import euler_step, sample_euler, sample_heun, step_euler
 from noisecraft.samplers.sde import NORMS, PREDICTORS, sample_euler_maruyama, sample_pc, step_euler_maruyama
@@ -95,6 +97,7 @@ SAMPLERS = {
     "expint": sample_expint,
     "ode": sample_ode,
     "consistency": sample_consistency,
+    "fitted": sample_fitted,
 }
 
 # One line on each sampler (`noisecraft samplers`; the table above, in short).
@@ -120,6 +123,8 @@ DESCRIPTIONS = {
     "expint": "noisecraft's Gaussian-basis exponential integrator with a corrector (samplers.expint)",
     "ode": "adaptive RK45 on the probability-flow ODE (a reference; adaptive NFE)",
     "consistency": "multistep consistency sampling (Song et al. 2023, Alg. 1), for consistency students; stochastic",
+    "fitted": "a fitted non-stationary linear solver from solver=FILE.json (BNS, Shaul et al. 2024; "
+              "`noisecraft schedule fit-solver`)",
 }
 
 # The stateless step(x, sigma, sigma_next, denoised, state, **options) -> (x, state) of every sampler
@@ -243,6 +248,7 @@ OPTION_DOCS = {
                         bounds=(1e-300, math.inf)),
     "dtype": _doc("working torch.dtype of the solve"),
     "stats": _doc("a dict the sampler fills with nfe, steps and rejected"),
+    "solver": _doc("the JSON file of a fitted solver (`noisecraft schedule fit-solver`)"),
 }
 # Where one option name means different things in different samplers.
 _CM_SIGMA_MIN = _doc("the boundary eps of the consistency model (re-noise by sqrt(tau^2 - eps^2)); 0 = the "
