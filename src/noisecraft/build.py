@@ -37,8 +37,12 @@ def adapt_config(config, data_shape: tuple):
     names = {f.name for f in dataclasses.fields(net_cfg)}
     missing = sorted(k for k, v in fields.items() if v and k not in names)
     if missing:
+        from noisecraft.models import network_configs
+
+        having = [kind for kind, cls in network_configs().items()
+                  if set(missing) <= {f.name for f in dataclasses.fields(cls)}]
         raise ConfigError(f"the run's conditions need network input(s) {', '.join(missing)}, which model "
-                          f"{config.model!r} does not have; models with them: unet, dit")
+                          f"{config.model!r} does not have; models with them: {', '.join(having)}")
     return replace(config, network=replace(net_cfg, **{k: v for k, v in fields.items() if k in names}))
 
 

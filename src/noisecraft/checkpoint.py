@@ -3,8 +3,8 @@
 Layout of a run directory DIR (itself a valid `--checkpoint`):
 
     DIR/checkpoint.safetensors   tensors "model.*", "ema.*", "optim.<i>.<key>", "phema.<k>.*" (post-hoc EMA
-                                 profiles); metadata (all JSON strings): format, version, config (the
-                                 RunConfig), state (step, counters, data position, RNG scheme),
+                                 profiles), "repa.*" (a REPA projector); metadata (all JSON strings): format,
+                                 version, config (the RunConfig), state (step, counters, data position, RNG scheme),
                                  optim_groups (AdamW hyper-parameters), sha256 (digest of all the rest)
     DIR/config.json              the same RunConfig, for people and tools
 
@@ -46,6 +46,7 @@ class Checkpoint:
     optim_groups: list[dict]
     path: Path
     phema: dict[str, dict[str, torch.Tensor]] | None = None  # profile index -> state dict (post-hoc EMA)
+    repa: dict[str, torch.Tensor] | None = None  # the REPA projector of a run with train.repa (training/repa.py)
 
 
 def flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -66,9 +67,10 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) ->
 
 
 def save_checkpoint(run_dir: Path, *, config: dict, state: dict, model: dict, ema: dict, optimizer: dict,
-                    phema: list[dict] | None = None) -> Path:
+                    phema: list[dict] | None = None, repa: dict | None = None) -> Path:
     """Write DIR/checkpoint.safetensors atomically. `optimizer` is a torch optimizer state_dict; `phema`
-    the state dicts of the post-hoc EMA profiles. Non-finite weights are refused (CheckpointError)."""
+    the state dicts of the post-hoc EMA profiles; `repa` the REPA projector's (tensors "repa.*"). Non-finite
+    weights are refused (CheckpointError)."""
 
     optim_tensors, groups = flatten_optimizer(optimizer)
     tensors = {f"model.{k}": v for k, v in model.items()}
@@ -76,6 +78,7 @@ def save_checkpoint(run_dir: Path, *, config: dict, state: dict, model: dict, em
     tensors.update(optim_tensors)
     for k, sd in enumerate(phema or []):
         tensors.update({f"phema.{k}.{name}": v for name, v in sd.items()})
+    tensors.update({f"repa.{k}": v for k, v in (repa or {}).items()})
     metadata = {"format": FORMAT, "version": VERSION, "config": json.dumps(config), "state": json.dumps(state),
                 "optim_groups": json.dumps(groups)}
     return write_verified(Path(run_dir) / CHECKPOINT_FILE, tensors, metadata)
@@ -109,7 +112,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not (isinstance(config, dict) and isinstance(state, dict) and isinstance(groups, list)
             and all(isinstance(g, dict) for g in groups)):
         raise CheckpointError(f"{path} is corrupt: config/state/optim_groups metadata of the wrong type")
-    parts: dict[str, dict] = {"model": {}, "ema": {}, "optim": {}, "phema": {}}
+    parts: dict[str, dict] = {"model": {}, "ema": {}, "optim": {}, "phema": {}, "repa": {}}
     for name, t in tensors.items():
         prefix, _, rest = name.partition(".")
         if prefix not in parts:
@@ -121,7 +124,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             parts[prefix][rest if prefix != "optim" else name] = t
     return migrate_checkpoint(Checkpoint(config=config, state=state, model=parts["model"], ema=parts["ema"],
                                          optim=parts["optim"], optim_groups=groups, path=path,
-                                         phema=parts["phema"] or None))
+                                         phema=parts["phema"] or None, repa=parts["repa"] or None))
 
 
 def read_checkpoint_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

@@ -12,6 +12,7 @@ from noisecraft.models.mlp import MLP_PRESETS
 from noisecraft.models.unet import UNET_PRESETS, UNetConfig
 from noisecraft.runconfig import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig
 from noisecraft.text.config import TextConfig
+from noisecraft.training.repa import REPAConfig
 
 # The quickstart: a 1.2M-parameter U-Net (the "mnist" U-Net with one residual block per level) on the
 # embedded MNIST, EDM preconditioning and loss (Karras et al. 2022), Heun sampling on Karras steps.
@@ -131,6 +132,14 @@ PRESETS.update({
                                          num_heads=4, num_classes=10),
                          conditioning=ConditioningConfig(cond_dropout=0.1),
                          train=replace(_MNIST.train, minutes=20.0)),
+    # mnist-dit with QK-norm, a 3x3 output conv and representation alignment (REPA, Yu et al. 2025): block 2's
+    # tokens aligned with the 7x7x128 features of noisecraft's MNIST classifier (benchmarks/transformers.md "REPA").
+    "mnist-dit-repa": replace(_MNIST, name="mnist-dit-repa", model="dit",
+                              network=replace(DIT_PRESETS["mnist"], patch_size=4, hidden_size=128, depth=6,
+                                              num_heads=4, num_classes=10, out_conv=True, qk_norm=True),
+                              conditioning=ConditioningConfig(cond_dropout=0.1),
+                              train=replace(_MNIST.train, minutes=20.0,
+                                            repa=REPAConfig(encoder="mnist", depth=2, weight=0.5))),
     # Text-to-image on glyphs ("bold serif capital letter G"), 32x32 grey.
     "glyphs-text": replace(_MNIST, name="glyphs-text", network=_TEXT_UNET,
                            data=DataConfig(dataset="glyphs", split="train"),
@@ -162,6 +171,31 @@ PRESETS.update({
 # leaves at chance, is the planner's job (measured in benchmarks/guidance.md and benchmarks/scenes_text.md).
 PRESETS["ldm-scenes-layout"] = replace(PRESETS["ldm-scenes-text"], name="ldm-scenes-layout",
                                        conditioning=replace(_TEXT["conditioning"], layout=True))
+
+# ---- MMDiT text-to-image with rectified flow (Esser et al. 2024, SD3; noisecraft.models.mmdit) -------------------
+# Image and text tokens with their own weights and one joint attention, adaLN-Zero from the time and the pooled
+# MiniLM vector, QK RMSNorm; rectified flow with logit-normal t (SD3 Sec. 3.1; diffusion.flow_shift = SD3's shift,
+# 1 at these sizes), Euler on uniform t. The text path is the text presets' (MiniLM tokens + pooled, cond dropout
+# 0.1 for guidance); no token refiner: the text stream has its own attention and MLPs in every block.
+# Pixel scenes: 4x4 patches of 32x32 RGB (64 image tokens); latent scenes: 2x2 patches of the 8x8x4 `ae-scenes`
+# latents (16 tokens; train-autoencoder --preset ae-scenes --out runs/ae-scenes first); MNIST-class-as-text:
+# dataset mnist-text ("the digit seven"), 4x4 patches of 28x28 (49 tokens). Measured in benchmarks/transformers.md.
+from noisecraft.models.mmdit import MMDIT_PRESETS  # noqa: E402
+
+_FLOW = DiffusionConfig(schedule="flow", prediction="flow")
+_MMDIT_TEXT = dict(_TEXT, sample=SampleConfig(sampler="euler", steps=30, step_schedule="uniform", num=64))
+_MMDIT_TRAIN = replace(_MNIST.train, lr=5e-4, warmup_steps=100, minutes=30.0)
+PRESETS.update({
+    "scenes-text-mmdit": replace(_MNIST, name="scenes-text-mmdit", model="mmdit", network=MMDIT_PRESETS["scenes"],
+                                 diffusion=_FLOW, data=DataConfig(dataset="scenes", split="train"),
+                                 train=_MMDIT_TRAIN, **_MMDIT_TEXT),
+    "ldm-scenes-text-mmdit": replace(_MNIST, name="ldm-scenes-text-mmdit", model="mmdit",
+                                     network=MMDIT_PRESETS["latent"], diffusion=_FLOW,
+                                     data=PRESETS["ldm-scenes-text"].data, train=_MMDIT_TRAIN, **_MMDIT_TEXT),
+    "mnist-text-mmdit": replace(_MNIST, name="mnist-text-mmdit", model="mmdit", network=MMDIT_PRESETS["mnist"],
+                                diffusion=_FLOW, data=DataConfig(dataset="mnist-text", split="train"),
+                                train=replace(_MMDIT_TRAIN, minutes=20.0), **_MMDIT_TEXT),
+})
 
 # ---- Structure control (ControlNet, Zhang et al. 2023; noisecraft.conditions.control) --------------------------
 # A ControlNet trained on a frozen base run (conditioning.control_base: `mnist` -> runs/m, `mnist-class` ->
@@ -216,6 +250,21 @@ PRESETS.update({
 from noisecraft.video.presets import VIDEO_PRESETS  # noqa: E402
 
 PRESETS.update(VIDEO_PRESETS)
+
+# ---- Molecules (noisecraft.molecules.presets): E(3)-equivariant diffusion of small molecules (EDM, EGNN) ----
+from noisecraft.molecules.presets import MOLECULE_PRESETS  # noqa: E402
+
+PRESETS.update(MOLECULE_PRESETS)
+
+# ---- 3-D point clouds (noisecraft.points.presets): Point-E style shapes, class- and text-to-point-cloud ----
+from noisecraft.points.presets import POINT_PRESETS  # noqa: E402
+
+PRESETS.update(POINT_PRESETS)
+
+# ---- Audio (noisecraft.audio.presets): mel-spectrogram diffusion of Bach chorale clips, class- or text-conditional ----
+from noisecraft.audio.presets import AUDIO_PRESETS  # noqa: E402
+
+PRESETS.update(AUDIO_PRESETS)
 
 
 def latent_preset_for(dataset: str) -> str:

@@ -17,10 +17,12 @@ from noisecraft.errors import ConfigError, require, unknown_name
 from noisecraft.models import DEFAULT_MODEL, MODELS, network_configs
 from noisecraft.models.dit import DiTConfig
 from noisecraft.models.mlp import MLPConfig
+from noisecraft.models.mmdit import MMDiTConfig
 from noisecraft.models.unet import UNetConfig
 from noisecraft.schedules.steps import STEP_SCHEDULES
 from noisecraft.schedules.training import SCHEDULES
 from noisecraft.text.config import TextConfig
+from noisecraft.training.repa import REPAConfig
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class DiffusionConfig:
     min_snr_gamma: float = 5.0      # gamma of min-SNR weighting (Hang et al. 2023)
     p_mean: float = -1.2            # edm schedule: training ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022)
     p_std: float = 1.2
+    flow_logit_mean: float = 0.0    # flow schedule: training t ~ logit-normal(mean, std) (Esser et al. 2024, Sec. 3.1)
+    flow_logit_std: float = 1.0
+    flow_shift: float = 1.0         # flow schedule: SD3's timestep shift s (Eq. 23), training and "uniform" steps
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -49,11 +54,15 @@ class DiffusionConfig:
         require(self.sigma_data > 0, "diffusion.sigma_data", f"must be > 0, got {self.sigma_data}")
         require(self.min_snr_gamma > 0, "diffusion.min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
         require(self.p_std > 0, "diffusion.p_std", f"must be > 0, got {self.p_std}")
+        require(self.flow_logit_std > 0, "diffusion.flow_logit_std", f"must be > 0, got {self.flow_logit_std}")
+        require(self.flow_shift > 0, "diffusion.flow_shift", f"must be > 0 (1 = no shift), got {self.flow_shift}")
 
     def schedule_options(self) -> dict:
         if self.schedule == "edm":
             return {"sigma_data": self.sigma_data, "p_mean": self.p_mean, "p_std": self.p_std}
-        if self.schedule in ("vp", "ve", "flow"):
+        if self.schedule == "flow":
+            return {"logit_mean": self.flow_logit_mean, "logit_std": self.flow_logit_std, "shift": self.flow_shift}
+        if self.schedule in ("vp", "ve"):
             return {}
         return {"num_timesteps": self.num_timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end}
 
@@ -99,6 +108,7 @@ class TrainConfig:
     oom_retry: bool = True          # on out-of-memory halve the micro-batch (doubling grad_accum) and retry
     phema_sigma_rels: tuple[float, ...] = ()  # post-hoc EMA (Karras et al. 2024): track these sigma_rel
     phema_every: int = 0            # post-hoc EMA snapshot interval in steps (0: checkpoint_every)
+    repa: REPAConfig = field(default_factory=REPAConfig)  # representation alignment (training/repa.py)
 
     def __post_init__(self):
         for name in ("batch_size", "steps", "checkpoint_every", "log_every", "max_bad_steps", "grad_accum"):
@@ -153,7 +163,7 @@ class RunConfig:
 
     name: str = "run"                                          # preset or run name
     model: str = DEFAULT_MODEL                                 # which network: unet, mlp or dit (models.MODELS)
-    network: UNetConfig | MLPConfig | DiTConfig | None = field(  # the hyper-parameters of that network
+    network: UNetConfig | MLPConfig | DiTConfig | MMDiTConfig | None = field(  # the hyper-parameters of that network
         default=None, metadata={"tagged_by": "model", "classes": network_configs})
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)

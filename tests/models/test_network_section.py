@@ -31,15 +31,20 @@ def test_network_section_is_built_as_the_tagged_model_config():
     assert RunConfig(model="mlp").network == MLPConfig() and RunConfig().network == UNetConfig()
     scenes = from_dict(RunConfig, {"network": {"refiner": {"kernel": 5, "pool": True}}}, "config")
     assert scenes.network.refiner == TokenRefinerConfig(kernel=5, pool=True)
+    from noisecraft.models.mmdit import MMDiTConfig
     from noisecraft.models.video_dit import VideoDiTConfig
     from noisecraft.models.video_unet import VideoUNetConfig
+    from noisecraft.molecules.egnn import EGNNConfig
+    from noisecraft.points.transformer import PointTransformerConfig
 
-    assert network_configs() == {"unet": UNetConfig, "mlp": MLPConfig, "dit": DiTConfig,
-                                 "video-unet": VideoUNetConfig, "video-dit": VideoDiTConfig}
+    assert network_configs() == {"unet": UNetConfig, "mlp": MLPConfig, "dit": DiTConfig, "mmdit": MMDiTConfig,
+                                 "video-unet": VideoUNetConfig, "video-dit": VideoDiTConfig,
+                                 "point-transformer": PointTransformerConfig, "egnn": EGNNConfig}
 
 
 def test_wrong_tag_foreign_field_and_mismatched_class_name_the_allowed_values():
-    with pytest.raises(ConfigError, match=r"config.model: unknown model 'vit'; allowed: dit, mlp, unet"):
+    with pytest.raises(ConfigError, match=r"config.model: unknown model 'vit'; allowed: dit, egnn, mlp, mmdit, "
+                       r"point-transformer, unet, video-dit, video-unet"):
         from_dict(RunConfig, {"model": "vit", "network": {}}, "config")
     with pytest.raises(ConfigError, match=r"config.network: unknown field\(s\) base_channels for model 'dit' "
                                           r"\(DiTConfig\); allowed: .*hidden_size"):
@@ -50,7 +55,8 @@ def test_wrong_tag_foreign_field_and_mismatched_class_name_the_allowed_values():
         from_dict(RunConfig, {"network": {"refiner": {"kernel": "5"}}}, "config")
     with pytest.raises(ConfigError, match="model 'dit' needs a DiTConfig, got UNetConfig"):
         replace(get_preset("mnist"), model="dit")
-    with pytest.raises(ConfigError, match="unknown model 'vit'; allowed: dit, mlp, unet"):
+    with pytest.raises(ConfigError, match="unknown model 'vit'; allowed: dit, egnn, mlp, mmdit, "
+                       r"point-transformer, unet, video-dit, video-unet"):
         RunConfig(model="vit")
 
 

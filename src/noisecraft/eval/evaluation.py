@@ -39,7 +39,7 @@ def parse_metrics(spec) -> tuple[str, ...]:
 
 def default_features(dataset: str) -> str:
     """The feature network used when none is named: the dataset's own classifier if there is one."""
-    return "mnist" if dataset == "mnist" else "effnet"
+    return "mnist" if dataset in ("mnist", "mnist-text") else "effnet"
 
 
 def score(gen_features: np.ndarray, ref, metrics, *, gen_logits: np.ndarray | None = None,

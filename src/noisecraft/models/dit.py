@@ -4,17 +4,29 @@
     c = t_emb + y_emb (+ Linear(text_pooled) + Linear(vector))            conditioning vector (B, h)
     N blocks (adaLN-Zero, sec. 3.2 and Fig. 3):
         (shift1, scale1, gate1, shift2, scale2, gate2) = Linear(SiLU(c)), Linear zero-initialised
-        x = x + gate1 * SelfAttn(LN(x) (1 + scale1) + shift1)
+        x = x + gate1 * SelfAttn(LN(x) (1 + scale1) + shift1)    qk_norm: RMSNorm on q and k per head (as SD3,
+                                                             Esser et al. 2024, sec. 5.3.2; ViT-22B)
         x = x + CrossAttn(LN(x), text_tokens, text_mask)     only with context_dim > 0 (as PixArt-alpha,
                                                              Chen et al. 2023, sec. 2.3; proj zero-init);
                                                              refiner.kernel > 0 refines the tokens first
                                                              (`conditioning.TokenRefiner`)
         x = x + gate2 * MLP(LN(x) (1 + scale2) + shift2)
     final layer: LN(x) (1 + scale) + shift, Linear(h, p p C_out) (both zero-initialised), unpatchify
+    long_skip: U-ViT's long skip connections (Bao et al. 2023, "All are Worth Words", sec. 3.1, Fig. 1): the
+        outputs of the first n = (depth - 1) // 2 blocks are kept, and each of the last n blocks reads
+        Linear(concat[x, skip]) (Linear(2h, h), Xavier like the other Linear layers) instead of x, pairing
+        blocks from the middle outwards as a U-Net's levels; the one or two middle blocks have no skip.
 
 Notation (shapes): B batch, C channels, H = W = input_size, p patch size, N = (H / p)^2 tokens,
 h = hidden_size, D_ctx context width. With the zero initialisation of the paper (adaLN modulation and
 the final linear layer start at 0), every block is the identity and the output is exactly 0 at init.
+
+Class embedding scale (`class_embed_std`): the reference code draws the class table from N(0, 0.02^2), the
+time MLP likewise. With the adaLN modulation at zero, the gradient reaching the table is W_mod^T g and the
+table's effect on the output is W_mod y: a product of two near-zero factors, which leaves the model almost
+unconditional for the first hundreds of steps (the saddle of small / zero initialisation; Saxe et al. 2014 on deep
+linear nets). N(0, 1), nn.Embedding's default and the U-Net's, makes c carry the class at unit scale from step
+0, so W_mod learns it at once (benchmarks/transformers.md, "DiT vs U-Net", measures both).
 
 Position embedding: "sincos" is the fixed 2-D sine-cosine embedding of MAE / DiT (a buffer, not saved in
 checkpoints); "learned" is a parameter initialised to the same values. Output: the fixed unpatchify
@@ -68,8 +80,11 @@ class DiTConfig:
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * hidden_size
     pos_embed: str = "sincos"  # "sincos" (fixed 2-D sin-cos, as DiT) or "learned" (initialised to sin-cos)
     out_conv: bool = False  # True: a learned 3x3 conv after the unpatchify (U-ViT); False: as DiT
+    qk_norm: bool = False  # True: RMSNorm (learned scale) on queries and keys per head (SD3); False: as DiT
+    long_skip: bool = False  # True: U-ViT long skips from the first (depth-1)//2 blocks to the last; False: as DiT
     freq_dim: int = 256  # width of the sinusoidal noise-level embedding fed to the time MLP
     num_classes: int = 0  # >0: class embedding; label num_classes = null label (classifier-free guidance)
+    class_embed_std: float = 0.02  # std of the class table's N(0, std^2) init: 0.02 as DiT; 1.0 as nn.Embedding
     context_dim: int = 0  # >0: width D_ctx of cond["text_tokens"]; cross-attention in every block
     pooled_dim: int = 0  # >0: width of cond["text_pooled"], added to c through a Linear
     vector_dim: int = 0  # >0: width of cond["vector"], added to c through a Linear
@@ -90,6 +105,12 @@ class DiTConfig:
         require(isinstance(self.mlp_ratio, int | float) and not isinstance(self.mlp_ratio, bool)
                 and self.mlp_ratio > 0, "DiTConfig.mlp_ratio", f"must be a number > 0, got {self.mlp_ratio!r}")
         require(isinstance(self.out_conv, bool), "DiTConfig.out_conv", f"expected true or false, got {self.out_conv!r}")
+        require(isinstance(self.qk_norm, bool), "DiTConfig.qk_norm", f"expected true or false, got {self.qk_norm!r}")
+        require(isinstance(self.class_embed_std, int | float) and not isinstance(self.class_embed_std, bool)
+                and self.class_embed_std > 0, "DiTConfig.class_embed_std",
+                f"must be a number > 0, got {self.class_embed_std!r}")
+        require(isinstance(self.long_skip, bool), "DiTConfig.long_skip",
+                f"expected true or false, got {self.long_skip!r}")
         if self.pos_embed not in POS_EMBEDS:
             raise ConfigError(f"DiTConfig.pos_embed: unknown position embedding {self.pos_embed!r}; "
                               f"allowed: {', '.join(POS_EMBEDS)}")
@@ -106,6 +127,11 @@ class DiTConfig:
     @property
     def output_channels(self) -> int:
         return self.in_channels if self.out_channels is None else self.out_channels
+
+    @property
+    def num_long_skips(self) -> int:
+        """Long skip connections of the U-ViT layout: (depth - 1) // 2 with long_skip, else 0."""
+        return (self.depth - 1) // 2 if self.long_skip else 0
 
     @property
     def grid_size(self) -> int:
@@ -164,17 +190,23 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over tokens: W_o softmax(Q K^T / sqrt(d)) V, [Q, K, V] = W_qkv x."""
+    """Multi-head self-attention over tokens: W_o softmax(Q K^T / sqrt(d)) V, [Q, K, V] = W_qkv x; with qk_norm,
+    Q and K are RMS-normalised per head (learned scale) first (Esser et al. 2024, sec. 5.3.2)."""
 
-    def __init__(self, hidden: int, heads: int) -> None:
+    def __init__(self, hidden: int, heads: int, qk_norm: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
+        d = hidden // heads
+        self.norm_q = nn.RMSNorm(d, eps=_LN_EPS) if qk_norm else None
+        self.norm_k = nn.RMSNorm(d, eps=_LN_EPS) if qk_norm else None
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, h = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)  # (B, heads, N, d)
+        if self.norm_q is not None:
+            q, k = self.norm_q(q), self.norm_k(k)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
         return self.proj(out.transpose(1, 2).reshape(B, N, h))  # (B, N, h)
 
@@ -187,7 +219,7 @@ class DiTBlock(nn.Module):
         super().__init__()
         h = cfg.hidden_size
         self.norm1 = nn.LayerNorm(h, elementwise_affine=False, eps=_LN_EPS)
-        self.attn = SelfAttention(h, cfg.num_heads)
+        self.attn = SelfAttention(h, cfg.num_heads, cfg.qk_norm)
         if cfg.context_dim:
             self.norm_cross = nn.LayerNorm(h, eps=_LN_EPS)
             self.cross = CrossAttention(h, context_width(cfg), cfg.num_heads)
@@ -257,6 +289,9 @@ class DiT(nn.Module):
         self.refiner = build_refiner(cfg, h)  # trainable n-gram/transformer layers over the text tokens, or None
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg)
+        # long_skip (U-ViT): Linear(2h, h) over [tokens, skip] before each of the last (depth - 1) // 2 blocks
+        self.skip_linears = (nn.ModuleList(nn.Linear(2 * h, h) for _ in range(cfg.num_long_skips))
+                             if cfg.num_long_skips else None)
 
     def _init_weights(self) -> None:
         """As the DiT reference code: Xavier-uniform Linear layers with zero bias, the patch embedding as a
@@ -278,7 +313,7 @@ class DiT(nn.Module):
         for layer in (self.t_embedder[0], self.t_embedder[2]):
             nn.init.normal_(layer.weight, std=0.02)
         if self.y_embedder is not None:
-            nn.init.normal_(self.y_embedder.weight, std=0.02)
+            nn.init.normal_(self.y_embedder.weight, std=self.config.class_embed_std)
         zeroed = [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1]]
         zeroed += [b.cross.proj for b in self.blocks if b.cross is not None]
         zeroed.append(self.out_conv if self.out_conv is not None else self.final_layer.linear)
@@ -297,10 +332,26 @@ class DiT(nn.Module):
         tokens = patches.flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, h)
         context, pooled = refined_context(self.refiner, cond)  # (tokens (B, T, D), mask) or None; (B, h) or 0
         c = self._embed(c_noise, cond, B) + pooled  # (B, h)
-        for block in self.blocks:
-            tokens = block(tokens, c, context)
+        tokens = self._run_blocks(tokens, c, context)
         out = self.unpatchify(self.final_layer(tokens, c))  # (B, C_out, H, W)
         return out if self.out_conv is None else self.out_conv(out)
+
+    def _run_blocks(self, tokens: Tensor, c: Tensor, context) -> Tensor:
+        """The blocks over tokens (B, N, h). With long skips (U-ViT, Bao et al. 2023, sec. 3.1 and Fig. 1), the
+        outputs of the first n = (depth - 1) // 2 blocks are kept and block depth - n + j (j < n) reads
+        Linear([tokens, output of block n - 1 - j]) instead of tokens (innermost pairs first, as a U-Net)."""
+        if self.skip_linears is None:
+            for block in self.blocks:
+                tokens = block(tokens, c, context)
+            return tokens
+        n, depth, skips = len(self.skip_linears), len(self.blocks), []
+        for i, block in enumerate(self.blocks):
+            if i >= depth - n:
+                tokens = self.skip_linears[i - (depth - n)](torch.cat([tokens, skips.pop()], dim=-1))
+            tokens = block(tokens, c, context)
+            if i < n:
+                skips.append(tokens)
+        return tokens
 
     def _embed(self, c_noise: Tensor, cond: dict, batch: int) -> Tensor:
         """c = MLP(sinusoid(c_noise)) + class embedding (null label when absent) + pooled/vector projections."""

@@ -124,9 +124,10 @@ def generate(run, request: Request, *, callback=None, draw: bool = True) -> Gene
     info["denoised"], info["sigma"]; samples, not decoded images, for a latent run). draw: see `conditioned`."""
     denoiser, cond = conditioned(run, request, draw=draw)
     p = plan(run, request)
+    project = run.conditions.project if run.conditions.projects else None  # e.g. zero centre of mass (molecules)
     samples = sample_batches(denoiser, p.sigmas, run.data_shape, num=request.num, seed=request.seed,
                              sampler=p.sampler, batch_size=request.batch_size, cond=cond, callback=callback,
-                             device=run.device, **p.options)
+                             device=run.device, project=project, **p.options)
     parameters = {"sampler": p.sampler, "steps": len(p.sigmas) - 1, "step_schedule": p.step_schedule,
                   "options": p.options, "conditioning": request.describe(), "model": run.config.name,
                   "model_step": run.step, "ema": run.ema, "seed": request.seed, "num": request.num}
@@ -147,10 +148,25 @@ def batch_cond(cond: dict | None, start: int, n: int, num: int) -> dict | None:
     return out
 
 
+def projected(denoiser, project):
+    """The denoiser confined to a subspace with the orthogonal projection P = project(x, cond):
+    D'(x, sigma, cond) = P(D(P(x), sigma, cond)). Every sampler updates x by linear combinations of x, estimates
+    and fresh noise, so P(x) follows exactly the sampler's path in the subspace with projected noise (for the
+    zero-CoM subspace, the sampling of Hoogeboom et al. 2022, Algorithm 2); `sample_batches` projects the initial
+    draw and the result too."""
+
+    def denoise(x, sigma, cond=None):
+        return project(denoiser(project(x, cond), sigma, cond), cond)
+
+    return denoise
+
+
 def sample_batches(denoiser, sigmas: torch.Tensor, data_shape, *, num: int, seed: int, sampler: str = "heun",
-                   batch_size: int = 64, cond=None, callback=None, device="cpu", **sampler_options) -> torch.Tensor:
+                   batch_size: int = 64, cond=None, callback=None, device="cpu", project=None,
+                   **sampler_options) -> torch.Tensor:
     """`num` samples of any denoiser, drawn in batches; sample i uses its own generator seeded seed + i, so it is
-    the same whatever the batch size. Returns float32 (num, *data_shape) on the CPU."""
+    the same whatever the batch size. project(x, cond): the subspace samples live in (`projected`; None: none).
+    Returns float32 (num, *data_shape) on the CPU."""
     from noisecraft import samplers
 
     if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_NUM:
@@ -161,9 +177,15 @@ def sample_batches(denoiser, sigmas: torch.Tensor, data_shape, *, num: int, seed
         n = min(batch_size, num - start)
         gens = make_generators(seed + start, n)
         x = randn_like(torch.empty(n, *data_shape, device=device), gens) * float(sigmas[0])
+        cb = batch_cond(cond, start, n, num)
         try:
-            out.append(fn(denoiser, x, sigmas, cond=batch_cond(cond, start, n, num), generator=gens, callback=callback,
-                          **sampler_options).cpu())
+            if project is None:
+                out.append(fn(denoiser, x, sigmas, cond=cb, generator=gens, callback=callback,
+                              **sampler_options).cpu())
+            else:
+                x = fn(projected(denoiser, project), project(x, cb), sigmas, cond=cb, generator=gens,
+                       callback=callback, **sampler_options)
+                out.append(project(x, cb).cpu())
         except torch.OutOfMemoryError:
             x = out = None  # let go of the batch, then report outside the except block (its frames hold tensors)
             break

@@ -4,7 +4,7 @@ A run's modality is that of its dataset (`DATASET_MODALITY`, "image" when a data
 1-D samples such as the 2-D toys). `sample --out PATH`, img2img and inpaint call `writer_for(run, PATH)`; a
 modality package registers its writers here by dotted path, so this module imports nothing heavy:
 
-    OUTPUT_WRITERS["audio"] = {".wav": "noisecraft.audio.io:write_generation", ".png": ...}
+    OUTPUT_WRITERS["audio"] = {".wav": "noisecraft.audio.io:write_wav", ".png": ...}
 
 A writer is `write(result: Generation, out: Path, run: Run) -> Path` and returns what it wrote. The "image"
 modality's writers stay in `noisecraft.cli.sample_cmd.save_generation` (a .png grid, or a directory of PNGs).
@@ -28,6 +28,21 @@ DATASET_MODALITY.update({name: "video" for name in ("moving-mnist", "moving-scen
 OUTPUT_WRITERS["video"] = {".gif": "noisecraft.video.io:write_gif", ".mp4": "noisecraft.video.io:write_video",
                            ".webm": "noisecraft.video.io:write_video", ".png": "noisecraft.video.io:write_strip",
                            "": "noisecraft.video.io:write_directory"}
+
+# molecules (noisecraft.molecules): SDF (bonds inferred) and XYZ files of all molecules, a PNG picture (the preview)
+DATASET_MODALITY["molecules"] = "molecules"
+OUTPUT_WRITERS["molecules"] = {".sdf": "noisecraft.molecules.io:write_sdf", ".xyz": "noisecraft.molecules.io:write_xyz",
+                               ".png": "noisecraft.molecules.io:write_png"}
+
+# 3-D point clouds (noisecraft.points.io): one PLY of all clouds, a PNG of them rendered in 3-D (the preview)
+DATASET_MODALITY["shapes-points"] = "point-clouds"
+OUTPUT_WRITERS["point-clouds"] = {".ply": "noisecraft.points.io:write_ply", ".png": "noisecraft.points.io:write_png"}
+
+# audio (noisecraft.audio.io): mel images back to sound by Griffin-Lim, one WAV of all clips or a directory of one
+# WAV per clip, and a PNG of the spectrograms (the preview)
+DATASET_MODALITY["bach-audio"] = "audio"
+OUTPUT_WRITERS["audio"] = {".wav": "noisecraft.audio.io:write_wav", "": "noisecraft.audio.io:write_wav_directory",
+                           ".png": "noisecraft.audio.io:write_png"}
 
 
 def modality(run) -> str:

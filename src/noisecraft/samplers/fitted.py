@@ -48,7 +48,7 @@ __all__ = ["FORMAT", "FitResult", "FittedSolver", "extract", "fit", "load_solver
 
 @dataclass(frozen=True)
 class FittedSolver:
-    """x_{k+1} = a[k] x_0 + sum_{j <= k} b[k][j] D(x_j, sigmas[j]); x_nfe is the output (module docstring)."""
+    """x_(k+1) = a_k x_0 + sum over j <= k of b_kj D(x_j, sigmas_j); x_nfe is the output (module docstring)."""
 
     sigmas: tuple[float, ...]             # the n evaluation levels; sigmas[0] = sigma_max, the start level
     a: tuple[float, ...]                  # n coefficients of x_0

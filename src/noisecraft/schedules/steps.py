@@ -173,8 +173,10 @@ def _uniform_t_sigmas(schedule: Schedule, steps: int) -> torch.Tensor:
     if schedule.name == "vp":
         t = torch.linspace(1, schedule.eps_t, steps, dtype=torch.float64)
         return schedule.sigma(t)
-    if schedule.name == "flow":
-        t = torch.linspace(schedule.t_max, schedule.t_min, steps, dtype=torch.float64)
+    if schedule.name == "flow":  # uniform in the unshifted time, then SD3's shift (Eq. 23); same end points
+        lo, hi = (schedule.unshift_t(torch.tensor(v, dtype=torch.float64)) for v in (schedule.t_min, schedule.t_max))
+        t = schedule.shift_t(torch.linspace(float(hi), float(lo), steps, dtype=torch.float64))
+        t[0], t[-1] = schedule.t_max, schedule.t_min
         return t / (1 - t)
     # ve / edm: the VE SDE's time is log-uniform in sigma
     return exponential_sigmas(schedule.sigma_min, schedule.sigma_max, steps)[:-1]

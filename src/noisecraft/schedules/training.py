@@ -228,6 +228,11 @@ class FlowSchedule(Schedule):
 
     Training t ~ logit-normal(m, s) (Esser et al. 2024, Sec. 3.1); c_noise = 1000 t as in SD3.
     Sampling starts at t_max < 1 (sigma_max = t_max / (1 - t_max)) because sigma is infinite at t = 1.
+
+    shift s: SD3's resolution-dependent timestep shift (Esser et al. 2024, Sec. 5.3.2, Eq. 23),
+    t' = s t / (1 + (s - 1) t), applied to the training draw (then clamped to [t_min, t_max]) and to the
+    "uniform" step schedule (uniform in the unshifted time between the same ends); s = sqrt(m / n) moves a
+    schedule made for n pixels to m pixels (`resolution_shift`); s = 1 is the identity.
     """
 
     logit_mean: float = 0.0
@@ -235,6 +240,15 @@ class FlowSchedule(Schedule):
     t_min: float = 1e-3
     t_max: float = 0.999
     name: str = "flow"
+    shift: float = 1.0
+
+    def shift_t(self, t: torch.Tensor) -> torch.Tensor:
+        """SD3 Eq. 23: t' = s t / (1 + (s - 1) t)."""
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def unshift_t(self, t: torch.Tensor) -> torch.Tensor:
+        """The inverse of `shift_t`: t = t' / (s - (s - 1) t')."""
+        return t / (self.shift - (self.shift - 1) * t)
 
     @property
     def sigma_min(self):
@@ -245,7 +259,7 @@ class FlowSchedule(Schedule):
         return self.t_max / (1 - self.t_max)
 
     def sample_sigma(self, n, generator=None):
-        t = torch.sigmoid(self.logit_mean + self.logit_std * self._normal(n, generator))
+        t = self.shift_t(torch.sigmoid(self.logit_mean + self.logit_std * self._normal(n, generator)))
         t = t.clamp(self.t_min, self.t_max)
         return t / (1 - t)
 
@@ -254,6 +268,14 @@ class FlowSchedule(Schedule):
 
     def c_noise(self, sigma):
         return 1000 * sigma / (1 + sigma)
+
+
+def resolution_shift(pixels: int, base_pixels: int) -> float:
+    """SD3's shift for m = `pixels` from a schedule made for n = `base_pixels` (Esser et al. 2024, Eq. 23):
+    s = sqrt(m / n), e.g. 1024^2 vs 256^2 -> 4; the timestep t_n at n pixels becomes s t_n / (1 + (s - 1) t_n)."""
+    if pixels <= 0 or base_pixels <= 0:
+        raise ConfigError(f"resolution_shift: pixel counts must be > 0, got {pixels}, {base_pixels}")
+    return math.sqrt(pixels / base_pixels)
 
 
 def build_schedule(name: str, **options) -> Schedule:

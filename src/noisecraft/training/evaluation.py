@@ -73,7 +73,7 @@ class TrainingEvaluator:
                  steps: int | None = None, step_schedule: str | None = None, batch_size: int = 64,
                  device: str = "cpu", inception_weights=None):
         self.config = _as_config(config)
-        if self.config.model not in ("unet", "dit"):
+        if self.config.model not in ("unet", "dit", "mmdit"):
             raise EvalError(f"evaluation during training needs image data; run {self.config.name!r} trains a "
                             f"{self.config.model!r} on {self.config.data.dataset!r}")
         self.metrics = parse_metrics(metrics)

@@ -51,6 +51,7 @@ from noisecraft.training.precision import (
     raise_if_diverged,
 )
 from noisecraft.training.progress import advance, deferred_interrupt, out_of_time, progress_bar, smoothed
+from noisecraft.training.repa import null_tap, repa_for
 from noisecraft.training.state import full_state, open_resume, read_log, restore_weights, resumed_config, write_log
 
 DIVERGED_HINT = "try a lower train.lr, train.bf16=false, or check the data for NaN"
@@ -99,11 +100,16 @@ class Trainer:
         # gradients are optimised
         self.conditions = conditions_for(self.config)
         self.conditions.setup(self.data, self.net, self.device, self.progress)
+        # representation alignment (train.repa, training/repa.py): a frozen encoder and a projector trained with
+        # the network (its parameters after the network's in the optimiser); None when off
+        self.repa = repa_for(t.repa, self.net, self.data.data_shape, self.device,
+                             latent=bool(self.config.data.autoencoder), fsdp=t.fsdp)
+        self.trained = self.net if self.repa is None else torch.nn.ModuleList([self.net, self.repa.projector])
         self.ema = ema_copy(self.net)
         self.phema = power_ema(self.net, t)
         averages = [self.ema, *(self.phema.models if self.phema else [])]
         self.model, self.train_denoiser = distributed.parallelize(self.denoiser, averages, t, self.dist, self.device)
-        self.optimizer = adamw([p for p in self.net.parameters() if p.requires_grad], t, self.device)
+        self.optimizer = adamw([p for p in self.trained.parameters() if p.requires_grad], t, self.device)
         self.scaler = grad_scaler(self.device, t)
         self.images = self.data.images.to(self.device)
         flipped = (self.data.attributes or {}).get("latents_hflip")  # latent runs: E(flip(x)), not flip(E(x))
@@ -145,6 +151,10 @@ class Trainer:
 
     def _restore(self, ckpt) -> None:
         try:
+            if self.repa is not None:  # before the optimiser state, which covers the projector too
+                if ckpt.repa is None:
+                    raise KeyError("the REPA projector (train.repa) is missing from the checkpoint")
+                self.repa.projector.load_state_dict(ckpt.repa, strict=True)
             restore_weights(ckpt, self.net, self.ema, self.phema, self.optimizer, fsdp=self.config.train.fsdp)
             self.load_state_dict(ckpt.state)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
@@ -158,7 +168,8 @@ class Trainer:
         try:
             if self.dist.is_main:
                 save_checkpoint(self.out_dir, config=to_dict(self.config), state=self.state_dict(), model=model,
-                                ema=ema, optimizer=optim, phema=phema)
+                                ema=ema, optimizer=optim, phema=phema,
+                                repa=None if self.repa is None else self.repa.projector.state_dict())
                 write_log(self.out_dir, self.log)
         finally:
             self.dist.barrier()
@@ -216,6 +227,8 @@ class Trainer:
         x0, cond = self.batch(step, gen)
         sigma = self.denoiser.schedule.sample_sigma(x0.shape[0], gen)
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        if self.conditions.projects:  # e.g. a molecule run's zero centre-of-mass noise (Condition.project)
+            noise = self.conditions.project(noise, cond)
         self._drawn = (step, (x0, cond, sigma, noise))
         return self._drawn[1]
 
@@ -226,10 +239,12 @@ class Trainer:
         rows = micro_slice(x0.shape[0], chunk, chunks)
         torch.manual_seed(step_seed(self.config.train.seed, step, 1 + chunk))  # dropout
         d = self.config.diffusion
-        with autocast(self.device, self.config.train):
+        with autocast(self.device, self.config.train), (null_tap() if self.repa is None else self.repa.tap()) as tap:
             per_sample = denoising_loss(self.train_denoiser, x0[rows], sigma[rows], noise[rows],
                                         micro_rows(cond, rows, x0.shape[0]), weighting=d.weighting,
                                         gamma=d.min_snr_gamma)
+            if tap is not None:  # + lambda L_REPA (Yu et al. 2025, Eq. 9)
+                per_sample = per_sample + self.repa.loss(tap, x0[rows])
         return per_sample.float().mean()
 
     def train_step(self) -> float:
@@ -266,11 +281,15 @@ class Trainer:
                 loss = self.loss(self.step, self.dist.rank * A + m, world * A)
                 self.scaler.scale(loss / A).backward()
             total += loss.detach() / A
+        if self.repa is not None and world > 1:  # the projector is outside DDP: average its gradients here
+            for p in self.repa.projector.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(self.dist.mean(p.grad))
         return self.dist.mean(total)
 
     def _update(self, loss: torch.Tensor) -> None:
         """Clip, check and step (precision.guarded_update), then the moving averages; count skipped steps."""
-        outcome = guarded_update(self.optimizer, self.scaler, self.net, loss, self.config.train.grad_clip)
+        outcome = guarded_update(self.optimizer, self.scaler, self.trained, loss, self.config.train.grad_clip)
         if outcome == STEPPED:
             update_ema(self.ema, self.net, self.ema_decay_at(self.step))
             if self.phema is not None:

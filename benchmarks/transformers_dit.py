@@ -1,0 +1,226 @@
+"""DiT vs U-Net and REPA on class-conditional MNIST at equal CPU time (benchmarks/transformers.md, issue 26).
+
+    python benchmarks/transformers_dit.py speed                                  # CPU-s per step of candidates
+    python benchmarks/transformers_dit.py train --preset mnist-class --cpu-minutes 10 --out runs/ditq-unet
+    python benchmarks/transformers_dit.py train --preset mnist-dit-repa --cpu-minutes 10 --out runs/ditq-repa \\
+        --snapshot-every 250
+    python benchmarks/transformers_dit.py eval runs/ditq-unet --num 1000 --grid benchmarks/transformers_unet.png
+    python benchmarks/transformers_dit.py curve runs/ditq-repa --num 300                 # FD of each snapshot
+
+Equal *CPU* time rather than wall time: the 2-core machine is shared with other jobs, so every run uses one torch
+thread and stops after a budget of process CPU seconds (`time.process_time`, data loading excluded); the wall time
+is recorded too. `train` snapshots the checkpoint every N steps into RUN/snapshots/ (for steps to a given FD).
+
+`eval`: image i asks for digit i mod 10 at classifier-free guidance w (default 2), sampler dpmpp_2m with 20 Karras
+steps (as benchmarks/guidance.py), seeds 0..num-1; the score is the fraction that noisecraft's separate MNIST
+classifier (`noisecraft.eval.mnist_net`, trained on real digits only) assigns to the requested digit, and the
+Frechet distance in that classifier's 128-d features against the MNIST train split. `curve`: the same FD for each
+snapshot of a run. Results are appended to benchmarks/results/transformers_dit.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "transformers_dit.json"
+
+# DiT candidates of the ablation (network fields over the mnist-dit preset of 2026-12-07: p4, h128, d6, 4 heads)
+CANDIDATES = {
+    "old mnist-dit (p4 h128 d6)": {},
+    "p4 h128 d6 + out_conv + qk_norm": dict(out_conv=True, qk_norm=True),
+    "p4 h192 d6, 6 heads": dict(hidden_size=192, num_heads=6),
+    "p4 h256 d6": dict(hidden_size=256),
+    "p4 h128 d10": dict(depth=10),
+    "p2 h128 d6 (196 tokens)": dict(patch_size=2),
+    "p7 h192 d6, 6 heads (16 tokens)": dict(patch_size=7, hidden_size=192, num_heads=6),
+}
+
+
+def _meta(argv) -> dict:
+    return {"command": "python benchmarks/transformers_dit.py " + " ".join(argv), "date": str(date.today()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), torch "
+                       f"{torch.__version__}, 1 thread"}
+
+
+def _record(key: str, value: dict) -> None:
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results[key] = value
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+
+
+def _config(preset: str, overrides: list[str]):
+    from noisecraft.config import from_dict, to_dict
+    from noisecraft.presets import get_preset
+    from noisecraft.runconfig import RunConfig, apply_run_overrides
+
+    data = apply_run_overrides(to_dict(get_preset(preset)), ["train.threads=1", *overrides])
+    return from_dict(RunConfig, data, "config")
+
+
+def _cpu_per_step(config, steps: int = 4) -> float:
+    from noisecraft.training.trainer import Trainer
+
+    trainer = Trainer(config, "/tmp/noisecraft-ditq-speed", progress=False)
+    trainer.train_step()  # warm-up
+    t0 = time.process_time()
+    for _ in range(steps):
+        trainer.train_step()
+    return (time.process_time() - t0) / steps
+
+
+def cmd_speed(args, argv) -> None:
+    from noisecraft.models.dit import count_parameters
+    from noisecraft.training.repa import REPAConfig
+
+    torch.set_num_threads(1)
+    base = _config("mnist-dit", ["data.limit=512"])
+    rows = {}
+    for name, fields in CANDIDATES.items():
+        cfg = replace(base, network=replace(get_old_dit(base), **fields))
+        rows[name] = {"cpu_s_per_step": _cpu_per_step(cfg), "params": count_parameters(_net(cfg))}
+        if name.startswith("p4 h128 d6 +"):
+            repa = replace(cfg, train=replace(cfg.train, repa=REPAConfig(encoder="mnist")))
+            rows[name + " + REPA"] = {"cpu_s_per_step": _cpu_per_step(repa), "params": rows[name]["params"]}
+    unet = _config("mnist-class", ["data.limit=512"])
+    rows["U-Net mnist-class"] = {"cpu_s_per_step": _cpu_per_step(unet), "params": count_parameters(_net(unet))}
+    for name, row in rows.items():
+        print(f"{name}: {row['params']} parameters, {row['cpu_s_per_step']:.3f} CPU-s/step", flush=True)
+    _record("speed", {"rows": rows, "meta": _meta(argv)})
+
+
+def get_old_dit(cfg):
+    """The DiT fields of the mnist-dit preset before issue 26 (p4, h128, d6, 4 heads, as DIT_PRESETS['mnist'])."""
+    from noisecraft.models.dit import DIT_PRESETS
+
+    return replace(DIT_PRESETS["mnist"], patch_size=4, hidden_size=128, depth=6, num_heads=4, num_classes=10)
+
+
+def _net(cfg):
+    from noisecraft.build import adapt_config, build_denoiser
+
+    return build_denoiser(adapt_config(cfg, (1, 28, 28))).net
+
+
+def cmd_train(args, argv) -> None:
+    from noisecraft.config import to_dict
+    from noisecraft.files import atomic_write_json
+    from noisecraft.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    cfg = _config(args.preset, args.overrides)
+    cfg = replace(cfg, train=replace(cfg.train, minutes=None, steps=10**9))
+    out = Path(args.out)
+    trainer = Trainer(cfg, out, progress=False)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", to_dict(trainer.config))
+    budget, log = args.cpu_minutes * 60, []
+    c0, w0, smooth = time.process_time(), time.monotonic(), None
+    while time.process_time() - c0 < budget:
+        loss = trainer.train_step()
+        smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
+        if trainer.step % 50 == 0:
+            log.append({"step": trainer.step, "loss_smooth": smooth, "cpu_s": time.process_time() - c0,
+                        "wall_s": time.monotonic() - w0})
+            print(json.dumps(log[-1]), flush=True)
+        if args.snapshot_every and trainer.step % args.snapshot_every == 0:
+            path = trainer.save()
+            (out / "snapshots").mkdir(exist_ok=True)
+            shutil.copyfile(path, out / "snapshots" / f"step-{trainer.step:06d}.safetensors")
+    trainer.save()
+    summary = {"preset": args.preset, "overrides": args.overrides, "steps": trainer.step,
+               "cpu_s": time.process_time() - c0, "wall_s": time.monotonic() - w0, "loss_smooth": smooth,
+               "log": log, "meta": _meta(argv)}
+    (out / "cpu_budget.json").write_text(json.dumps(summary, indent=1))
+    _record(f"train {out}", summary)
+    print(f"{args.preset}: {trainer.step} steps in {summary['cpu_s']:.0f} CPU-s ({summary['wall_s']:.0f} s wall)")
+
+
+def _score(run, num: int, guidance: float, batch: int):
+    """(images, requested-class rate, FD in MNIST features) of `num` class-guided samples of `run`."""
+    from noisecraft.eval import fd, get_extractor, load_reference
+    from noisecraft.eval.mnist_net import load_mnist_classifier
+    from noisecraft.pipelines import Request, generate, load
+
+    loaded = load(run)
+    wanted = torch.arange(num) % 10
+    request = Request(class_ids=tuple(wanted.tolist()), guidance=guidance, sampler="dpmpp_2m", steps=20,
+                      step_schedule="karras", seed=0, num=num, batch_size=batch)
+    t0 = time.monotonic()
+    with torch.no_grad():
+        images = generate(loaded, request).images.clamp(-1, 1)
+        predicted = load_mnist_classifier().eval()(images)[1].argmax(1)
+    seconds = time.monotonic() - t0
+    extractor = get_extractor("mnist")
+    ref = load_reference("mnist", extractor, split="train")
+    rate = float((predicted == wanted).float().mean())
+    return images, rate, fd(extractor(images), ref.features), loaded.step, seconds
+
+
+def cmd_eval(args, argv) -> None:
+    from noisecraft.viz import grid_image, save_png
+
+    torch.set_num_threads(1)
+    for run in args.runs:
+        images, rate, dist, step, seconds = _score(run, args.num, args.guidance, args.batch_size)
+        print(f"{run} (step {step}): class rate {rate:.4f}, FD {dist:.3f}, {seconds:.0f} s", flush=True)
+        _record(f"eval {run} w={args.guidance:g} n={args.num}",
+                {"run": run, "step": step, "class_rate": rate, "fd": dist, "num": args.num,
+                 "guidance": args.guidance, "seconds": seconds, "meta": _meta(argv)})
+        if args.grid:
+            save_png(grid_image(images[:40], nrow=10), Path(args.grid), scale=2,
+                     info={"run": run, "step": step, "guidance": args.guidance, "rows": "digits 0-9, 4 seeds"})
+
+
+def cmd_curve(args, argv) -> None:
+    torch.set_num_threads(1)
+    snapshots = sorted((Path(args.run) / "snapshots").glob("step-*.safetensors"))
+    rows = []
+    for snap in snapshots:
+        _, rate, dist, step, _ = _score(str(snap), args.num, args.guidance, args.batch_size)
+        rows.append({"step": step, "class_rate": rate, "fd": dist})
+        print(json.dumps(rows[-1]), flush=True)
+    _record(f"curve {args.run} w={args.guidance:g} n={args.num}", {"rows": rows, "meta": _meta(argv)})
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("speed", help="CPU seconds per training step of the candidate configs (1 thread)")
+    t = sub.add_parser("train", help="train a preset for a budget of CPU minutes (1 thread)")
+    t.add_argument("--preset", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--cpu-minutes", type=float, default=10.0)
+    t.add_argument("--snapshot-every", type=int, default=0, help="copy the checkpoint every N steps (0: never)")
+    t.add_argument("overrides", nargs="*", help="section.field=value config overrides")
+    for name in ("eval", "curve"):
+        e = sub.add_parser(name)
+        if name == "eval":
+            e.add_argument("runs", nargs="+")
+            e.add_argument("--grid", help="PNG of the first 40 samples")
+        else:
+            e.add_argument("run")
+        e.add_argument("--num", type=int, default=1000)
+        e.add_argument("--guidance", type=float, default=2.0)
+        e.add_argument("--batch-size", type=int, default=100)
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    {"speed": cmd_speed, "train": cmd_train, "eval": cmd_eval, "curve": cmd_curve}[args.cmd](args, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
