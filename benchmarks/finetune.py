@@ -140,13 +140,15 @@ def scores(run, clf, real_features, id_prompt) -> dict:
 
 # ------------------------------------------------------------------------------------------ memory / speed
 def measure(mode: str, base: str, images: str, steps: int, out: str) -> dict:
-    """In this process: `steps` steps of LoRA or full fine-tuning; RSS delta and steps/s."""
+    """In this process: `steps` steps of LoRA or full fine-tuning (mode lora, full, lora-ckpt or full-ckpt: -ckpt
+    with gradient checkpointing); RSS delta and steps/s."""
     from noisecraft.finetune.lora import LoRAConfig
     from noisecraft.finetune.trainer import FinetuneConfig, Finetuner
 
     torch.set_num_threads(1)
-    full = mode == "full"
+    full, ckpt = mode.startswith("full"), mode.endswith("-ckpt")
     config = FinetuneConfig(method="dreambooth", base=base, images=images, prompt=ID_PROMPT, full=full,
+                            grad_checkpointing=ckpt,
                             lora=LoRAConfig(rank=4, targets=("attention",)), steps=steps, batch_size=4,
                             sample_every=10**6, checkpoint_every=10**6)
     tuner = Finetuner(config, out, progress=False)
@@ -158,13 +160,15 @@ def measure(mode: str, base: str, images: str, steps: int, out: str) -> dict:
         times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     trainable = sum(p.numel() for p in tuner.trainable.values())
-    return {"mode": mode, "trainable_parameters": trainable, "rss_delta_mib": (peak - before) / 1024,
-            "peak_rss_mib": peak / 1024, "steps_per_s": (steps - 5) / sum(times[5:])}
+    params = sum(p.numel() for p in tuner.net.parameters())
+    return {"mode": mode, "parameters": params, "trainable_parameters": trainable,
+            "rss_delta_mib": (peak - before) / 1024, "peak_rss_mib": peak / 1024,
+            "steps_per_s": (steps - 5) / sum(times[5:])}
 
 
 def speed_memory(args, concept: Path) -> list[dict]:
     rows = []
-    for mode in ("lora", "full"):
+    for mode in ("lora", "full", "lora-ckpt", "full-ckpt") if args.checkpointing else ("lora", "full"):
         cmd = [sys.executable, __file__, "--measure", mode, "--base", args.base, "--out", args.out,
                "--steps", str(args.steps)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -226,6 +230,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="steps per mode of the memory / speed measurement")
     p.add_argument("--what", nargs="+", default=["speed", "concept"], choices=["speed", "concept"])
     p.add_argument("--only", nargs="*", help="concept methods to run (default all)")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="speed: also measure both modes with gradient checkpointing")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args()
     concept = write_concept(Path(args.out) / "concept")
