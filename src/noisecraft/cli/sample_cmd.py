@@ -52,6 +52,12 @@ def add_parser(sub) -> None:
     p.add_argument("--frames", type=positive_int, help="video models: frames per clip (default: the trained count)")
     p.add_argument("--first-frame", metavar="IMAGE",
                    help="image-to-video models: the first frame (an image, or a video file's first frame)")
+    p.add_argument("--atoms", type=positive_int, nargs="+", metavar="N",
+                   help="molecule models: atom count(s), one for all molecules or one per molecule (default: drawn "
+                        "from the training molecules)")
+    p.add_argument("--motif", metavar="FILE.xyz",
+                   help="molecule models: scaffold a motif (.xyz or .sdf of one molecule): its atoms keep their "
+                        "elements and positions, the rest is generated around them (noisecraft.molecules.motif)")
     add_conditioning_arguments(p)
     c = p.add_argument_group("structure control (ControlNet runs)")
     c.add_argument("--control", metavar="MAP.png",
@@ -100,6 +106,8 @@ def request_from_args(args):
         (sampler, steps), options["solver"] = solver_request(args.solver, sampler, steps), args.solver
     if getattr(args, "first_frame", None) is not None:  # image-to-video (noisecraft.conditions.first_frame)
         conditions = {**(conditions or {}), "first-frame": args.first_frame}
+    if getattr(args, "atoms", None) is not None:  # molecule models (noisecraft.molecules.condition)
+        conditions = {**(conditions or {}), "atoms": args.atoms[0] if len(args.atoms) == 1 else list(args.atoms)}
     return Request(prompts=None if args.prompt is None else (args.prompt,), negative_prompt=args.negative_prompt,
                    class_ids=tup(args.class_ids), guidance=args.guidance, guidance_interval=tup(args.guidance_interval),
                    guidance_rescale=args.guidance_rescale, sampler=sampler, options=options,
@@ -195,7 +203,12 @@ def run(args) -> int:
     callback = None
     if args.trajectory:
         callback = record if loaded.autoencoder is None else decoding_callback(loaded, record)
-    out = write_generation(loaded, request_from_args(args), args.out, callback=callback)
+    if getattr(args, "motif", None) is not None:  # molecule models: motif scaffolding
+        from noisecraft.molecules.motif import write_scaffolds
+
+        out = write_scaffolds(loaded, request_from_args(args), args.motif, args.out, callback=callback)
+    else:
+        out = write_generation(loaded, request_from_args(args), args.out, callback=callback)
     print(f"wrote {out}")
     if args.trajectory:
         from noisecraft.viz import save_trajectory

@@ -8,6 +8,8 @@ text when `text.encoder` is set, layout grounding with `conditioning.layout`, th
 
 from __future__ import annotations
 
+# molecules (registers 'atoms'); a module import, as noisecraft.molecules.condition imports this package
+import noisecraft.molecules.condition  # noqa: F401
 from noisecraft.conditions.base import CONDITIONS, Condition, ConditionSet, merge, register, where_dropped
 from noisecraft.conditions.classes import ClassCondition, per_image
 from noisecraft.conditions.config import ConditioningConfig
@@ -18,8 +20,6 @@ from noisecraft.conditions.inpaint import InpaintCondition
 from noisecraft.conditions.low_res import LowResCondition
 from noisecraft.conditions.text import TEXT_IDS, PromptCondition, TextCondition, TextEncoderNet
 from noisecraft.errors import unknown_name
-import noisecraft.molecules.condition  # noqa: F401, E402  molecules (registers 'atoms'; a module import, as
-# noisecraft.molecules.condition imports this package)
 
 
 def conditions_for(config) -> ConditionSet:

@@ -139,7 +139,7 @@ class EGNN(nn.Module):
 
 
 EGNN_PRESETS: dict[str, EGNNConfig] = {
-    "molecules": EGNNConfig(hidden=96, layers=5),
+    "molecules": EGNNConfig(hidden=64, layers=4),  # sized for CPU training (benchmarks/modalities.md)
 }
 
 

@@ -8,6 +8,8 @@
   (`noisecraft.molecules.io.to_rdkit`), passes RDKit's sanitisation; as EDM's `BasicMolecularMetrics`, the
   SMILES of a valid molecule is that of its largest fragment (a molecule falling apart into pieces still counts
   as valid, with its largest piece).
+- Connected: the fraction of molecules that are valid and of one piece (not in EDM's table; its validity's
+  largest-fragment rule counts a cloud of unbonded atoms as valid, which this figure does not).
 - Uniqueness: distinct canonical SMILES among the valid molecules, over the number of valid molecules.
 - Novelty: the fraction of the distinct valid SMILES that are not training SMILES. The training reference is the
   training molecules' bundled SMILES together with the SMILES the same bond inference reads from their conformers
@@ -38,6 +40,7 @@ class MoleculeMetrics:
     uniqueness: float           # distinct valid SMILES / valid molecules
     novelty: float | None       # distinct valid SMILES not in the training set / distinct valid SMILES
     valid_unique: float         # validity x uniqueness (EDM's "V x U" column)
+    connected: float            # valid and one fragment
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +62,11 @@ def canonical_smiles(mol) -> str:
 def valid_smiles(molecule: Molecule) -> str | None:
     """The canonical SMILES (hydrogens removed) of the largest fragment of the molecule built from the inferred
     bonds, or None when RDKit's sanitisation rejects it (EDM's validity; module docstring)."""
+    return _validity(molecule)[0]
+
+
+def _validity(molecule: Molecule) -> tuple[str | None, int]:
+    """(valid_smiles, number of fragments; 0 when invalid)."""
     from rdkit import Chem, RDLogger
 
     from noisecraft.molecules.io import to_rdkit
@@ -67,9 +75,9 @@ def valid_smiles(molecule: Molecule) -> str | None:
     try:
         mol = to_rdkit(molecule, sanitize=True)
     except (ValueError, RuntimeError):  # RDKit's sanitisation errors derive from ValueError
-        return None
+        return None, 0
     frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-    return canonical_smiles(max(frags, key=lambda m: m.GetNumAtoms()))
+    return canonical_smiles(max(frags, key=lambda m: m.GetNumAtoms())), len(frags)
 
 
 def canonical(smiles: str) -> str | None:
@@ -86,7 +94,8 @@ def molecule_metrics(molecules: list[Molecule], training_smiles=None) -> Molecul
     training_smiles: the reference for novelty (any SMILES; canonicalised here), None: no novelty."""
     stable = [stable_atoms(m) for m in molecules]
     atoms = sum(len(s) for s in stable)
-    valid = [s for s in (valid_smiles(m) for m in molecules) if s is not None]
+    checked = [_validity(m) for m in molecules]
+    valid = [s for s, _ in checked if s is not None]
     unique = set(valid)
     n = len(molecules)
     novelty = None
@@ -101,6 +110,7 @@ def molecule_metrics(molecules: list[Molecule], training_smiles=None) -> Molecul
         uniqueness=len(unique) / max(len(valid), 1),
         novelty=novelty,
         valid_unique=len(unique) / max(n, 1),
+        connected=sum(k == 1 for _, k in checked) / max(n, 1),
     )
 
 

@@ -18,7 +18,7 @@ MOLECULES = RunConfig(
     diffusion=DiffusionConfig(schedule="edm", prediction="edm", weighting="simple", sigma_data=0.5),
     data=DataConfig(dataset="molecules", split="train"),
     conditioning=ConditioningConfig(cond_dropout=0.0, conditions=("atoms",)),
-    train=TrainConfig(batch_size=64, lr=5e-4, warmup_steps=100, ema_decay=0.999, steps=1_000_000, minutes=12.0,
+    train=TrainConfig(batch_size=64, lr=1e-3, warmup_steps=200, ema_decay=0.999, steps=3400, minutes=60.0,
                       checkpoint_every=500),
     sample=SampleConfig(sampler="heun", steps=40, step_schedule="karras", num=16),
 )
