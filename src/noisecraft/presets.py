@@ -261,7 +261,7 @@ from noisecraft.points.presets import POINT_PRESETS  # noqa: E402
 
 PRESETS.update(POINT_PRESETS)
 
-# ---- Audio (noisecraft.audio.presets): mel-spectrogram diffusion of Bach chorale clips, class- or text-conditional ----
+# ---- Audio (noisecraft.audio.presets): mel-spectrogram diffusion of Bach chorale clips, class- or text ----
 from noisecraft.audio.presets import AUDIO_PRESETS  # noqa: E402
 
 PRESETS.update(AUDIO_PRESETS)

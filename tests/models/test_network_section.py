@@ -31,11 +31,11 @@ def test_network_section_is_built_as_the_tagged_model_config():
     assert RunConfig(model="mlp").network == MLPConfig() and RunConfig().network == UNetConfig()
     scenes = from_dict(RunConfig, {"network": {"refiner": {"kernel": 5, "pool": True}}}, "config")
     assert scenes.network.refiner == TokenRefinerConfig(kernel=5, pool=True)
+    from noisecraft.models.egnn import EGNNConfig
     from noisecraft.models.mmdit import MMDiTConfig
+    from noisecraft.models.point_transformer import PointTransformerConfig
     from noisecraft.models.video_dit import VideoDiTConfig
     from noisecraft.models.video_unet import VideoUNetConfig
-    from noisecraft.molecules.egnn import EGNNConfig
-    from noisecraft.points.transformer import PointTransformerConfig
 
     assert network_configs() == {"unet": UNetConfig, "mlp": MLPConfig, "dit": DiTConfig, "mmdit": MMDiTConfig,
                                  "video-unet": VideoUNetConfig, "video-dit": VideoDiTConfig,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from noisecraft.errors import ConfigError, NoisecraftError
-from noisecraft.molecules.egnn import EGNN, EGNNConfig
+from noisecraft.models.egnn import EGNN, EGNNConfig
 
 N, K, B = 9, 5, 3
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from noisecraft.cli.main import main
-from noisecraft.molecules.condition import mask_of_counts, zero_com
+from noisecraft.conditions.atoms import mask_of_counts, zero_com
 from noisecraft.molecules.data import Molecule
 from noisecraft.molecules.elements import MoleculeError
 from noisecraft.molecules.io import read_sdf, read_xyz, save_molecules

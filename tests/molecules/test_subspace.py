@@ -4,10 +4,10 @@ the training noise lies in it, sampling stays in it; the loss counts real atoms 
 import pytest
 import torch
 
+from noisecraft.conditions.atoms import mask_of_counts, zero_com
 from noisecraft.core.losses import _mean_per_sample
 from noisecraft.errors import NoisecraftError
-from noisecraft.molecules.condition import mask_of_counts, zero_com
-from noisecraft.molecules.egnn import EGNN, EGNNConfig
+from noisecraft.models.egnn import EGNN, EGNNConfig
 
 N, C = 7, 8
 
@@ -100,7 +100,7 @@ def test_sampling_keeps_every_state_in_the_subspace():
 
 
 def test_atom_count_requests_are_checked():
-    from noisecraft.molecules.condition import AtomCondition
+    from noisecraft.conditions.atoms import AtomCondition
     from noisecraft.pipelines import Request
 
     c = AtomCondition.__new__(AtomCondition)

@@ -6,7 +6,7 @@ import torch
 
 from noisecraft.errors import ConfigError, NoisecraftError
 from noisecraft.models import build_model
-from noisecraft.points.transformer import PointTransformer, PointTransformerConfig
+from noisecraft.models.point_transformer import PointTransformer, PointTransformerConfig
 
 
 def _trained_like(net: torch.nn.Module, seed: int) -> torch.nn.Module:

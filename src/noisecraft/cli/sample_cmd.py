@@ -106,7 +106,7 @@ def request_from_args(args):
         (sampler, steps), options["solver"] = solver_request(args.solver, sampler, steps), args.solver
     if getattr(args, "first_frame", None) is not None:  # image-to-video (noisecraft.conditions.first_frame)
         conditions = {**(conditions or {}), "first-frame": args.first_frame}
-    if getattr(args, "atoms", None) is not None:  # molecule models (noisecraft.molecules.condition)
+    if getattr(args, "atoms", None) is not None:  # molecule models (noisecraft.conditions.atoms)
         conditions = {**(conditions or {}), "atoms": args.atoms[0] if len(args.atoms) == 1 else list(args.atoms)}
     return Request(prompts=None if args.prompt is None else (args.prompt,), negative_prompt=args.negative_prompt,
                    class_ids=tup(args.class_ids), guidance=args.guidance, guidance_interval=tup(args.guidance_interval),

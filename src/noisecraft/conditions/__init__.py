@@ -8,8 +8,7 @@ text when `text.encoder` is set, layout grounding with `conditioning.layout`, th
 
 from __future__ import annotations
 
-# molecules (registers 'atoms'); a module import, as noisecraft.molecules.condition imports this package
-import noisecraft.molecules.condition  # noqa: F401
+from noisecraft.conditions.atoms import AtomCondition  # molecules (registers 'atoms')
 from noisecraft.conditions.base import CONDITIONS, Condition, ConditionSet, merge, register, where_dropped
 from noisecraft.conditions.classes import ClassCondition, per_image
 from noisecraft.conditions.config import ConditioningConfig
@@ -40,7 +39,7 @@ def conditions_for(config) -> ConditionSet:
     return ConditionSet(out, config.conditioning.cond_dropout)
 
 
-__all__ = ["CONDITIONS", "ClassCondition", "Condition", "ConditionSet", "ConditioningConfig",
+__all__ = ["AtomCondition", "CONDITIONS", "ClassCondition", "Condition", "ConditionSet", "ConditioningConfig",
            "Control", "ControlCondition", "FirstFrameCondition", "InflateCondition", "InpaintCondition",
            "LowResCondition",
            "PromptCondition",

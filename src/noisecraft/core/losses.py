@@ -64,7 +64,7 @@ def denoising_loss(
 
 def _mean_per_sample(sq: torch.Tensor, cond) -> torch.Tensor:
     """The mean of sq (B, ...) per sample; with cond["loss_mask"] (broadcastable to sq, 1 = counted) the mean over
-    the counted elements only (a molecule run's real atoms, `noisecraft.molecules.condition`)."""
+    the counted elements only (a molecule run's real atoms, `noisecraft.conditions.atoms`)."""
     mask = cond.get("loss_mask") if isinstance(cond, dict) else None
     if mask is None:
         return sq.flatten(1).mean(1)

@@ -16,13 +16,13 @@ from noisecraft.config import from_dict
 from noisecraft.errors import ConfigError, unknown_name
 from noisecraft.models.conditioning import TokenRefinerConfig
 from noisecraft.models.dit import DIT_PRESETS, DiT, DiTConfig
+from noisecraft.models.egnn import EGNN, EGNNConfig
 from noisecraft.models.mlp import MLP_PRESETS, MLPConfig, MLPDenoiserNet
 from noisecraft.models.mmdit import MMDIT_PRESETS, MMDiT, MMDiTConfig
+from noisecraft.models.point_transformer import PointTransformer, PointTransformerConfig
 from noisecraft.models.unet import UNET_PRESETS, UNet, UNetConfig
 from noisecraft.models.video_dit import VideoDiT, VideoDiTConfig
 from noisecraft.models.video_unet import VideoUNet, VideoUNetConfig
-from noisecraft.molecules.egnn import EGNN, EGNNConfig
-from noisecraft.points.transformer import PointTransformer, PointTransformerConfig
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "unet": (UNetConfig, UNet),
@@ -31,9 +31,9 @@ MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "mmdit": (MMDiTConfig, MMDiT),  # joint text-image transformer (SD3 / FLUX-style MMDiT)
     "video-unet": (VideoUNetConfig, VideoUNet),  # clips (C, T, H, W): factorised space-time U-Net
     "video-dit": (VideoDiTConfig, VideoDiT),  # clips (C, T, S, S): DiT over spatio-temporal patches
-    # point clouds (3, N): permutation-equivariant transformer over the points (noisecraft.points.transformer)
+    # point clouds (3, N): permutation-equivariant transformer over the points (noisecraft.models.point_transformer)
     "point-transformer": (PointTransformerConfig, PointTransformer),
-    "egnn": (EGNNConfig, EGNN),  # molecules (3 + K, N): E(n)-equivariant graph network (noisecraft.molecules.egnn)
+    "egnn": (EGNNConfig, EGNN),  # molecules (3 + K, N): E(n)-equivariant graph network (noisecraft.models.egnn)
 }
 DEFAULT_MODEL = "unet"
 

@@ -27,6 +27,7 @@ from importlib import resources
 import numpy as np
 import torch
 
+from noisecraft.conditions.atoms import atom_mask  # noqa: F401  (the layout's mask; re-exported here)
 from noisecraft.data.base import SPLITS, ImageDataset
 from noisecraft.errors import DataError
 from noisecraft.files import atomic_write_bytes
@@ -123,11 +124,6 @@ def encode(molecules: list[Molecule], n_max: int) -> torch.Tensor:
         out[b, :3, :n] = ((pos - pos.mean(0)) * COORD_SCALE).T.float()
         out[b, 3 + torch.tensor([element_index(s) for s in m.symbols]), torch.arange(n)] = TYPE_SCALE
     return out
-
-
-def atom_mask(x: torch.Tensor) -> torch.Tensor:
-    """(B, N) float mask of the real atoms of clean tensors x (B, 3 + K, N): type rows not all zero."""
-    return (x[:, 3:].abs().sum(1) > 0).to(x.dtype)
 
 
 def decode(x: torch.Tensor, mask: torch.Tensor) -> list[Molecule]:

@@ -7,7 +7,7 @@ element or a non-finite coordinate raises MoleculeError before anything is writt
 
 The writers registered for the "molecules" modality (`noisecraft.pipelines.outputs`) take a `Generation` whose
 images are molecule tensors (B, 3 + K, N): the real atoms are the columns whose type rows are not all zero (the
-sampler's projection makes padding exactly zero, `noisecraft.molecules.condition`).
+sampler's projection makes padding exactly zero, `noisecraft.conditions.atoms`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ instead fine-tunes a network conditioned on the motif; replacement needs no trai
 run and any sampler.
 
 Notation: x (3 + K, N) a molecule tensor (`noisecraft.molecules.data`), the motif in columns 0..M-1; V the
-zero-CoM subspace the sampler's state lives in (`noisecraft.molecules.condition.zero_com`, P its projection). The
+zero-CoM subspace the sampler's state lives in (`noisecraft.conditions.atoms.zero_com`, P its projection). The
 motif fixes its atom types and its positions up to a common translation (the model is translation invariant, and
 its state has no absolute frame). So the known part of x is
 

@@ -1,6 +1,6 @@
 """The `molecules` preset: E(3)-equivariant diffusion of small organic molecules (Hoogeboom et al. 2022).
 
-The EGNN denoiser (`noisecraft.molecules.egnn`) with EDM preconditioning and loss (Karras et al. 2022) on the
+The EGNN denoiser (`noisecraft.models.egnn`) with EDM preconditioning and loss (Karras et al. 2022) on the
 bundled molecules (`noisecraft.molecules.data`), the atoms condition for the atom mask and the zero centre-of-mass
 noise, Heun sampling on Karras steps. Sized for a CPU (benchmarks/modalities.md, "Molecules").
 """
@@ -8,7 +8,7 @@ noise, Heun sampling on Karras steps. Sized for a CPU (benchmarks/modalities.md,
 from __future__ import annotations
 
 from noisecraft.conditions.config import ConditioningConfig
-from noisecraft.molecules.egnn import EGNN_PRESETS
+from noisecraft.models.egnn import EGNN_PRESETS
 from noisecraft.runconfig import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig
 
 MOLECULES = RunConfig(

@@ -1,6 +1,6 @@
 """The `points-shapes` preset: class-conditional point-cloud diffusion on the primitive shapes (Point-E style).
 
-The point transformer (`noisecraft.points.transformer`, 4 blocks of width 128) on the 128-point clouds of
+The point transformer (`noisecraft.models.point_transformer`, 4 blocks of width 128) on the 128-point clouds of
 `shapes-points` (`noisecraft.points.shapes`), conditioned on the shape kind (6 classes, null label 6, condition
 dropout 0.1 for classifier-free guidance, Ho & Salimans 2022), EDM preconditioning and loss (Karras et al. 2022;
 the clouds have a per-coordinate std of about 0.42, hence sigma_data = 0.5), Heun sampling on Karras steps. Sized for
@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from noisecraft.conditions.config import ConditioningConfig
+from noisecraft.models.point_transformer import POINT_TRANSFORMER_PRESETS
 from noisecraft.points.shapes import KINDS
-from noisecraft.points.transformer import POINT_TRANSFORMER_PRESETS
 from noisecraft.runconfig import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig
 from noisecraft.text.config import TextConfig
 

@@ -22,9 +22,13 @@ from torch import Tensor
 from noisecraft.conditions.base import Condition, register
 from noisecraft.errors import NoisecraftError
 from noisecraft.files import atomic_write_json
-from noisecraft.molecules.data import atom_mask
 
 COUNTS_FILE = "atom_counts.json"
+
+
+def atom_mask(x: Tensor) -> Tensor:
+    """(B, N) float mask of the real atoms of clean tensors x (B, 3 + K, N): type rows not all zero."""
+    return (x[:, 3:].abs().sum(1) > 0).to(x.dtype)
 
 
 def zero_com(x: Tensor, mask: Tensor) -> Tensor:
