@@ -43,6 +43,11 @@ def adapt_config(config, data_shape: tuple):
                   if set(missing) <= {f.name for f in dataclasses.fields(cls)}]
         raise ConfigError(f"the run's conditions need network input(s) {', '.join(missing)}, which model "
                           f"{config.model!r} does not have; models with them: {', '.join(having)}")
+    limit = getattr(net_cfg, "max_text_tokens", None)  # a network with a token limit (MMDiT) vs the prompts' limit
+    if limit is not None and fields.get("context_dim") and config.text.max_tokens > limit:
+        raise ConfigError(f"text.max_tokens is {config.text.max_tokens}, but model {config.model!r} takes at most "
+                          f"{limit} text tokens (network.max_text_tokens); allowed: text.max_tokens <= {limit}, or "
+                          f"raise network.max_text_tokens")
     return replace(config, network=replace(net_cfg, **{k: v for k, v in fields.items() if k in names}))
 
 

@@ -201,8 +201,9 @@ def test_layout_config_errors(t5_dir, tmp_path):
     layout = ConditioningConfig(layout=True)
     with pytest.raises(ConfigError, match="needs a frozen text encoder"):
         conditions_for(tiny(text=TextConfig(encoder="trainable"), conditioning=layout))
-    with pytest.raises(ConfigError, match="needs the 2-D U-Net"):
-        conditions_for(replace(get_preset("mnist-dit"), text=hf, conditioning=layout))
+    with pytest.raises(ConfigError, match=r"needs a 2-D image network \(model unet with dims 2, dit or mmdit\); "
+                                          r"got model 'mlp'"):
+        conditions_for(replace(get_preset("toy2d"), text=hf, conditioning=layout))
     with pytest.raises(DataError, match="has none; datasets with boxes: scenes"):
         Trainer(tiny(dataset="glyphs", text=hf, conditioning=layout), tmp_path / "g", progress=False)
     with pytest.raises(ConfigError, match="cannot be used with data.hflip"):

@@ -202,3 +202,34 @@ def test_a_condition_the_model_was_not_trained_with():
 def test_config_validation_names_the_field(field, value, message):
     with pytest.raises(ConfigError, match=message):
         replace(TINY, **{field: value})
+
+
+def test_concat_equals_the_patch_embedding_of_x_and_c_concatenated():
+    """cond["concat"] (inpaint, low-res, layout maps): x_embedder(x) + concat_in(c) is the patch embedding of
+    [x, c] with weight [W_x, W_c], so the whole model equals one whose input is widened by the map's channels."""
+    cfg = replace(TINY, concat_channels=3)
+    net = _randomize(MMDiT(cfg))
+    wide = MMDiT(replace(TINY, in_channels=4, out_channels=1)).double().eval()
+    state = dict(net.state_dict())
+    state["x_embedder.weight"] = torch.cat([state["x_embedder.weight"], state.pop("concat_in.weight")], dim=1)
+    wide.load_state_dict(state)
+    x, t, cond = _inputs(cfg)
+    c = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(net(x, t, {**cond, "concat": c}), wide(torch.cat([x, c], 1), t, cond),
+                               rtol=0, atol=1e-12)
+
+
+def test_run_configs_a_model_cannot_take():
+    """Found when the trainer adapts the config to the data, before any step: an image side the patch does not
+    divide, a non-square image, prompts longer than the network's text-token limit."""
+    cfg = PRESETS["scenes-text-mmdit"]
+    with pytest.raises(ConfigError, match=r"the data's image size 30 is not divisible by the MMDiT patch size 4 "
+                                          r"\(network.patch_size\); allowed: patch sizes that divide 30"):
+        adapt_config(cfg, (3, 30, 30))
+    with pytest.raises(ConfigError, match=r"needs square images \(C, S, S\); the data has shape \(3, 32, 16\)"):
+        adapt_config(cfg, (3, 32, 16))
+    long = replace(cfg, text=replace(cfg.text, max_tokens=100))
+    with pytest.raises(ConfigError, match=r"text.max_tokens is 100, but model 'mmdit' takes at most 77 text tokens "
+                                          r"\(network.max_text_tokens\); allowed: text.max_tokens <= 77"):
+        adapt_config(long, (3, 32, 32))
+    assert adapt_config(replace(long, network=replace(cfg.network, max_text_tokens=100)), (3, 32, 32))

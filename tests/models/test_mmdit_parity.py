@@ -44,18 +44,19 @@ def test_joint_block_equals_sd3_joint_transformer_block(pre_only):
         torch.testing.assert_close(ctx_out, ctx_ref, **TOL)
 
 
-def _tiny_sd3(max_size: int):
+def _tiny_sd3(max_size: int, qk_norm: str | None = "rms_norm"):
     return diffusers.SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=12, caption_projection_dim=16, pooled_projection_dim=10, out_channels=4,
-        pos_embed_max_size=max_size, qk_norm="rms_norm")
+        pos_embed_max_size=max_size, qk_norm=qk_norm)
 
 
-@pytest.mark.parametrize("max_size", [6, None])
-def test_whole_model_equals_sd3_transformer(max_size):
-    peer = _randomize(_tiny_sd3(max_size))
+@pytest.mark.parametrize("max_size, qk_norm", [(6, "rms_norm"), (None, "rms_norm"), (6, None)])
+def test_whole_model_equals_sd3_transformer(max_size, qk_norm):
+    """SD3.5-style (QK RMSNorm) with and without a cropped position table, and SD3.0 (no QK-norm)."""
+    peer = _randomize(_tiny_sd3(max_size, qk_norm))
     cfg = mmdit_config_from_sd3(dict(peer.config))
-    assert cfg.pos_embed == ("learned" if max_size else "sincos")
+    assert cfg.pos_embed == ("learned" if max_size else "sincos") and cfg.qk_norm == (qk_norm is not None)
     ours = MMDiT(cfg).eval()
     ours.load_state_dict(from_diffusers_sd3(peer.state_dict()), strict=True)
     x, text, pooled = _tokens(2, 4, 8, 8), _tokens(2, 6, 12, seed=2), _tokens(2, 10, seed=3)
@@ -79,20 +80,28 @@ def test_fixed_sincos_table_equals_sd3_saved_table():
     torch.testing.assert_close(fixed.pos_embed, peer.pos_embed.pos_embed, rtol=0, atol=1e-6)
 
 
-def test_flux_double_stream_block_with_rope():
+@pytest.mark.parametrize("axes", [(4, 6, 6), (8, 8)])
+def test_flux_double_stream_block_with_rope(axes):
+    """FLUX's (index, row, col) axes and the 2-axis (row, col) form; FLUX's rotary table from its ids equals
+    ours from the same positions (reordered: FLUX puts the text first)."""
     from diffusers.models.transformers.transformer_flux import FluxPosEmbed, FluxTransformerBlock
 
-    dim, heads, axes = 32, 2, (4, 6, 6)
+    dim, heads = 32, 2
     peer = _randomize(FluxTransformerBlock(dim, heads, dim // heads))
     ours = MMDiTBlock(MMDiTConfig(hidden_size=dim, num_heads=heads, context_dim=5, rope_axes_dim=axes)).eval()
     ours.load_state_dict(joint_block_from_diffusers(peer.state_dict()), strict=True)
     gh, gw, T = 3, 4, 5
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     img_ids = torch.stack([torch.zeros(gh * gw, dtype=torch.long), rows.flatten(), cols.flatten()], dim=1)
-    txt_ids = torch.zeros(T, 3, dtype=torch.long)
+    img_ids = img_ids[:, 3 - len(axes):]
+    txt_ids = torch.zeros(T, len(axes), dtype=torch.long)
     theirs = FluxPosEmbed(10000, list(axes))(torch.cat([txt_ids, img_ids]).float())  # FLUX order: [text, image]
     mine = rope_frequencies(torch.cat([img_ids, txt_ids]), axes)  # ours: [image, text]
     torch.testing.assert_close(mine[0], torch.cat([theirs[0][T:], theirs[0][:T]]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(mine[1], torch.cat([theirs[1][T:], theirs[1][:T]]), rtol=0, atol=1e-6)
+    model = MMDiT(MMDiTConfig(hidden_size=dim, num_heads=heads, context_dim=5, rope_axes_dim=axes, pos_embed="none"))
+    for got, want in zip(model._rope(gh, gw, T, "cpu"), mine):  # the positions the whole model gives its tokens
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
     x, ctx, c = _tokens(2, gh * gw, dim), _tokens(2, T, dim, seed=2), _tokens(2, dim, seed=3)
     with torch.no_grad():
         ctx_ref, x_ref = peer(x, ctx, c, image_rotary_emb=theirs)

@@ -124,7 +124,7 @@ class Condition:
         """x confined to the subspace this condition keeps samples in (the training noise, the initial draw and
         every denoiser input and estimate of generation go through it), given the full cond; default: x. A
         molecule run's atoms condition projects onto zero centre of mass over the real atoms
-        (`noisecraft.molecules.condition`)."""
+        (`noisecraft.conditions.atoms`)."""
         return x
 
     def describe(self) -> str:
@@ -171,8 +171,9 @@ def merge(parts: list[tuple[str, dict]], batch: int) -> dict:
                 out[key] = v
             elif key in JOINED:
                 a, b = out[key], v
-                if a.shape[0] != b.shape[0]:  # batch 1 next to batch B: broadcast
-                    a, b = a.expand(batch, *a.shape[1:]), b.expand(batch, *b.shape[1:])
+                if a.shape[0] != b.shape[0]:  # batch 1 next to batch B: broadcast (B may exceed `batch`: an
+                    n = max(batch, a.shape[0], b.shape[0])  # unconditional side keeps a per-image map, as low-res)
+                    a, b = a.expand(n, *a.shape[1:]), b.expand(n, *b.shape[1:])
                 out[key] = torch.cat([a, b], dim=JOINED[key])
             else:
                 raise NoisecraftError(f"cond[{key!r}] is produced by two conditions (the second is {name!r}); "

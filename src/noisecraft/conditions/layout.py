@@ -404,10 +404,11 @@ class LayoutCondition(Condition):
         if config.data.hflip:
             raise ConfigError("conditioning.layout cannot be used with data.hflip: a flip mirrors the images but not "
                               "their boxes or captions ('left of' would become wrong); set data.hflip=false")
-        dims = getattr(config.network, "dims", None)
-        if config.model != "unet" or dims != 2:
-            raise ConfigError(f"conditioning.layout needs the 2-D U-Net (model unet, dims 2); got model "
-                              f"{config.model!r}" + (f" with dims {dims}" if config.model == "unet" else ""))
+        dims = getattr(config.network, "dims", None)  # the map enters as cond["concat"] channels of a 2-D image
+        if not (config.model in ("dit", "mmdit") or (config.model == "unet" and dims == 2)):
+            raise ConfigError(f"conditioning.layout needs a 2-D image network (model unet with dims 2, dit or "
+                              f"mmdit); got model {config.model!r}"
+                              + (f" with dims {dims}" if config.model == "unet" else ""))
         self.separators = tuple(DEFAULT_SEPARATORS if c.layout_separators is None else c.layout_separators)
         self.planner_steps = c.layout_planner_steps
         self.size: tuple[int, ...] = ()
