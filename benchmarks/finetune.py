@@ -26,8 +26,8 @@ Scores (64 samples per prompt set, Heun 18 steps, seeds 0..):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -139,9 +139,17 @@ def scores(run, clf, real_features, id_prompt) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ memory / speed
+def proc_status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def measure(mode: str, base: str, images: str, steps: int, out: str) -> dict:
     """In this process: `steps` steps of LoRA or full fine-tuning (mode lora, full, lora-ckpt or full-ckpt: -ckpt
-    with gradient checkpointing); RSS delta and steps/s."""
+    with gradient checkpointing); the peak RSS during training minus the RSS before it, and steps/s."""
     from noisecraft.finetune.lora import LoRAConfig
     from noisecraft.finetune.trainer import FinetuneConfig, Finetuner
 
@@ -152,13 +160,17 @@ def measure(mode: str, base: str, images: str, steps: int, out: str) -> dict:
                             lora=LoRAConfig(rank=4, targets=("attention",)), steps=steps, batch_size=4,
                             sample_every=10**6, checkpoint_every=10**6)
     tuner = Finetuner(config, out, progress=False)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    gc.collect()
+    # the training's own peak: reset the process's high-water mark (VmHWM) after set-up, which can peak higher than
+    # training (loading the base and its EMA, the text encoder, prior images); Linux >= 4.0 (/proc/PID/clear_refs)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = proc_status_kib("VmRSS")
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         tuner.train_step()
         times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = proc_status_kib("VmHWM")
     trainable = sum(p.numel() for p in tuner.trainable.values())
     params = sum(p.numel() for p in tuner.net.parameters())
     return {"mode": mode, "parameters": params, "trainable_parameters": trainable,
