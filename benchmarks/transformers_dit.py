@@ -6,6 +6,8 @@
         --snapshot-every 250
     python benchmarks/transformers_dit.py eval runs/ditq-unet --num 1000 --grid benchmarks/transformers_unet.png
     python benchmarks/transformers_dit.py curve runs/ditq-repa --num 300                 # FD of each snapshot
+    python benchmarks/transformers_dit.py sigma-mse runs/dit-unet runs/dit-best         # denoising MSE by sigma
+    python benchmarks/transformers_dit.py class-gain --preset mnist-dit --steps 300 network.class_embed_std=1.0
 
 Equal *CPU* time rather than wall time: the 2-core machine is shared with other jobs, so every run uses one torch
 thread and stops after a budget of process CPU seconds (`time.process_time`, data loading excluded); the wall time
@@ -40,6 +42,11 @@ RESULTS = HERE / "results" / "transformers_dit.json"
 CANDIDATES = {
     "old mnist-dit (p4 h128 d6)": {},
     "p4 h128 d6 + out_conv + qk_norm": dict(out_conv=True, qk_norm=True),
+    "+ class_embed_std 1 + time_embed_init xavier": dict(out_conv=True, qk_norm=True, class_embed_std=1.0,
+                                                         time_embed_init="xavier"),
+    "+ class/time init + mlp_conv": dict(out_conv=True, qk_norm=True, class_embed_std=1.0, time_embed_init="xavier",
+                                         mlp_conv=True),
+    "+ class init + long_skip": dict(out_conv=True, qk_norm=True, class_embed_std=1.0, long_skip=True),
     "p4 h192 d6, 6 heads": dict(hidden_size=192, num_heads=6),
     "p4 h256 d6": dict(hidden_size=256),
     "p4 h128 d10": dict(depth=10),
@@ -195,6 +202,62 @@ def cmd_curve(args, argv) -> None:
     _record(f"curve {args.run} w={args.guidance:g} n={args.num}", {"rows": rows, "meta": _meta(argv)})
 
 
+def cmd_sigma_mse(args, argv) -> None:
+    """Per-pixel MSE of D(x0 + sigma n; true label) against x0 on 500 MNIST test digits, by sigma (EMA weights)."""
+    from noisecraft.data.datasets import load_dataset
+    from noisecraft.pipelines import load
+
+    torch.set_num_threads(1)
+    ds = load_dataset("mnist", split="test", limit=500)
+    x0, labels = ds.images, ds.labels
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    rows = {}
+    for run in args.runs:
+        loaded, row = load(run), {}
+        with torch.no_grad():
+            for s in SIGMAS:
+                sigma = torch.full((len(x0),), s, dtype=torch.float64)
+                row[s] = (loaded.denoiser(x0 + s * noise, sigma, {"class_labels": labels}) - x0).square().mean().item()
+        rows[f"{run} (step {loaded.step})"] = row
+        print(f"{run} (step {loaded.step}): " + " ".join(f"{s:g}: {v:.4f}" for s, v in row.items()), flush=True)
+    _record("sigma-mse " + " ".join(args.runs), {"rows": rows, "meta": _meta(argv)})
+
+
+def cmd_class_gain(args, argv) -> None:
+    """Train --steps steps and every 50 report, on 256 fixed training digits and noises, the raw network's loss
+    with the true labels and its relative increase with wrong labels (how much the model uses the class)."""
+    from noisecraft.core.losses import denoising_loss
+    from noisecraft.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    cfg = _config(args.preset, args.overrides)
+    trainer = Trainer(replace(cfg, train=replace(cfg.train, minutes=None, steps=10**9)), "/tmp/noisecraft-ditq-gain",
+                      progress=False)
+    g = torch.Generator().manual_seed(123)
+    idx = torch.randperm(len(trainer.images), generator=g)[:256]
+    x0, labels = trainer.images[idx], trainer.data.labels[idx]
+    wrong = (labels + 1 + torch.randint(0, 9, labels.shape, generator=g)) % 10
+    noise, log = torch.randn(x0.shape, generator=g), []
+    for step in range(args.steps + 1):
+        if step % 50 == 0:
+            trainer.net.eval()
+            row = {"step": step}
+            with torch.no_grad():
+                for s in (0.3, 1.0, 3.0):
+                    sigma = torch.full((256,), s, dtype=torch.float64)
+                    true, bad = (denoising_loss(trainer.denoiser, x0, sigma, noise, {"class_labels": y}).mean().item()
+                                 for y in (labels, wrong))
+                    row[f"sigma {s:g}"] = {"loss": true, "wrong_label_increase": bad / true - 1}
+            log.append(row)
+            print(json.dumps(row), flush=True)
+        if step < args.steps:
+            trainer.train_step()
+    _record(f"class-gain {args.preset} {' '.join(args.overrides)}", {"rows": log, "meta": _meta(argv)})
+
+
+SIGMAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -216,9 +279,16 @@ def main(argv=None) -> int:
         e.add_argument("--num", type=int, default=1000)
         e.add_argument("--guidance", type=float, default=2.0)
         e.add_argument("--batch-size", type=int, default=100)
+    m = sub.add_parser("sigma-mse", help="denoising MSE by noise level of runs (EMA weights, MNIST test digits)")
+    m.add_argument("runs", nargs="+")
+    c = sub.add_parser("class-gain", help="train N steps; how much the raw network's loss uses the class label")
+    c.add_argument("--preset", required=True)
+    c.add_argument("--steps", type=int, default=300)
+    c.add_argument("overrides", nargs="*", help="section.field=value config overrides")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    {"speed": cmd_speed, "train": cmd_train, "eval": cmd_eval, "curve": cmd_curve}[args.cmd](args, argv)
+    {"speed": cmd_speed, "train": cmd_train, "eval": cmd_eval, "curve": cmd_curve, "sigma-mse": cmd_sigma_mse,
+     "class-gain": cmd_class_gain}[args.cmd](args, argv)
     return 0
 
 

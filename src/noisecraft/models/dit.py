@@ -10,12 +10,18 @@
                                                              Chen et al. 2023, sec. 2.3; proj zero-init);
                                                              refiner.kernel > 0 refines the tokens first
                                                              (`conditioning.TokenRefiner`)
-        x = x + gate2 * MLP(LN(x) (1 + scale2) + shift2)
+        x = x + gate2 * MLP(LN(x) (1 + scale2) + shift2)      mlp_conv: Mix-FFN, fc2(GELU(DWConv3x3(fc1(.))))
+                                                             over the token grid (SegFormer, Xie et al. 2021,
+                                                             sec. 3.1, Eq. 3; SANA's Mix-FFN, Xie et al. 2025),
+                                                             the conv Dirac-initialised (starts as the MLP)
     final layer: LN(x) (1 + scale) + shift, Linear(h, p p C_out) (both zero-initialised), unpatchify
     long_skip: U-ViT's long skip connections (Bao et al. 2023, "All are Worth Words", sec. 3.1, Fig. 1): the
         outputs of the first n = (depth - 1) // 2 blocks are kept, and each of the last n blocks reads
-        Linear(concat[x, skip]) (Linear(2h, h), Xavier like the other Linear layers) instead of x, pairing
-        blocks from the middle outwards as a U-Net's levels; the one or two middle blocks have no skip.
+        Linear(concat[x, skip]) (Linear(2h, h)) instead of x, pairing blocks from the middle outwards as a
+        U-Net's levels; the one or two middle blocks have no skip. skip_init "xavier" draws the Linear at random
+        like the other Linear layers (U-ViT draws it at random too); "identity" starts it at [I, 0], so that at
+        initialisation the network is exactly the DiT without skips and the skip half grows from zero, in the
+        spirit of adaLN-Zero's zero gates and ControlNet's zero convolutions (Zhang et al. 2023, sec. 3.1).
 
 Notation (shapes): B batch, C channels, H = W = input_size, p patch size, N = (H / p)^2 tokens,
 h = hidden_size, D_ctx context width. With the zero initialisation of the paper (adaLN modulation and
@@ -26,7 +32,8 @@ time MLP likewise. With the adaLN modulation at zero, the gradient reaching the 
 table's effect on the output is W_mod y: a product of two near-zero factors, which leaves the model almost
 unconditional for the first hundreds of steps (the saddle of small / zero initialisation; Saxe et al. 2014 on deep
 linear nets). N(0, 1), nn.Embedding's default and the U-Net's, makes c carry the class at unit scale from step
-0, so W_mod learns it at once (benchmarks/transformers.md, "DiT vs U-Net", measures both).
+0, so W_mod learns it at once (benchmarks/transformers.md, "DiT vs U-Net", measures both). `time_embed_init`
+"xavier" likewise gives the time MLP the Xavier draw of the other Linear layers instead of N(0, 0.02^2).
 
 Position embedding: "sincos" is the fixed 2-D sine-cosine embedding of MAE / DiT (a buffer, not saved in
 checkpoints); "learned" is a parameter initialised to the same values. Output: the fixed unpatchify
@@ -62,6 +69,8 @@ from noisecraft.models.conditioning import (
 from noisecraft.models.unet import timestep_embedding
 
 POS_EMBEDS = ("sincos", "learned")
+SKIP_INITS = ("identity", "xavier")
+TIME_EMBED_INITS = ("dit", "xavier")
 _LN_EPS = 1e-6  # LayerNorm epsilon of the DiT reference code
 
 
@@ -81,10 +90,13 @@ class DiTConfig:
     pos_embed: str = "sincos"  # "sincos" (fixed 2-D sin-cos, as DiT) or "learned" (initialised to sin-cos)
     out_conv: bool = False  # True: a learned 3x3 conv after the unpatchify (U-ViT); False: as DiT
     qk_norm: bool = False  # True: RMSNorm (learned scale) on queries and keys per head (SD3); False: as DiT
+    mlp_conv: bool = False  # True: Mix-FFN, a depthwise 3x3 conv in each MLP (SegFormer, SANA); False: as DiT
     long_skip: bool = False  # True: U-ViT long skips from the first (depth-1)//2 blocks to the last; False: as DiT
+    skip_init: str = "identity"  # long-skip Linear init: "identity" ([I, 0]: starts as the DiT) or "xavier"
     freq_dim: int = 256  # width of the sinusoidal noise-level embedding fed to the time MLP
     num_classes: int = 0  # >0: class embedding; label num_classes = null label (classifier-free guidance)
     class_embed_std: float = 0.02  # std of the class table's N(0, std^2) init: 0.02 as DiT; 1.0 as nn.Embedding
+    time_embed_init: str = "dit"  # time-MLP weights: "dit" (N(0, 0.02^2), the reference) or "xavier" (as the blocks)
     context_dim: int = 0  # >0: width D_ctx of cond["text_tokens"]; cross-attention in every block
     pooled_dim: int = 0  # >0: width of cond["text_pooled"], added to c through a Linear
     vector_dim: int = 0  # >0: width of cond["vector"], added to c through a Linear
@@ -109,8 +121,15 @@ class DiTConfig:
         require(isinstance(self.class_embed_std, int | float) and not isinstance(self.class_embed_std, bool)
                 and self.class_embed_std > 0, "DiTConfig.class_embed_std",
                 f"must be a number > 0, got {self.class_embed_std!r}")
+        require(isinstance(self.mlp_conv, bool), "DiTConfig.mlp_conv", f"expected true or false, got {self.mlp_conv!r}")
         require(isinstance(self.long_skip, bool), "DiTConfig.long_skip",
                 f"expected true or false, got {self.long_skip!r}")
+        if self.time_embed_init not in TIME_EMBED_INITS:
+            raise ConfigError(f"DiTConfig.time_embed_init: unknown initialisation {self.time_embed_init!r}; "
+                              f"allowed: {', '.join(TIME_EMBED_INITS)}")
+        if self.skip_init not in SKIP_INITS:
+            raise ConfigError(f"DiTConfig.skip_init: unknown long-skip initialisation {self.skip_init!r}; "
+                              f"allowed: {', '.join(SKIP_INITS)}")
         if self.pos_embed not in POS_EMBEDS:
             raise ConfigError(f"DiTConfig.pos_embed: unknown position embedding {self.pos_embed!r}; "
                               f"allowed: {', '.join(POS_EMBEDS)}")
@@ -228,6 +247,10 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(h, elementwise_affine=False, eps=_LN_EPS)
         hidden = int(h * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(h, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, h))
+        self.mlp_dw, self.grid = None, cfg.grid_size
+        if cfg.mlp_conv:  # Mix-FFN: a depthwise 3x3 conv over the token grid after mlp.0 (made RNG-neutrally)
+            with torch.random.fork_rng(devices=[]):
+                self.mlp_dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
 
     def forward(self, x: Tensor, c: Tensor, context=None) -> Tensor:
@@ -236,7 +259,16 @@ class DiTBlock(nn.Module):
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
         if self.cross is not None and context is not None:
             x = x + self.cross(self.norm_cross(x), *context)
-        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x + gate2[:, None] * self._mlp(modulate(self.norm2(x), shift2, scale2))
+
+    def _mlp(self, x: Tensor) -> Tensor:
+        """mlp.2(GELU(mlp.0(x))), with mlp_conv mlp.2(GELU(DWConv3x3(mlp.0(x)))) on the (grid x grid) tokens."""
+        if self.mlp_dw is None:
+            return self.mlp(x)
+        u = self.mlp[0](x)  # (B, N, mlp hidden)
+        B, N, H = u.shape
+        u = self.mlp_dw(u.transpose(1, 2).reshape(B, H, self.grid, self.grid)).flatten(2).transpose(1, 2)
+        return self.mlp[2](self.mlp[1](u))
 
 
 class FinalLayer(nn.Module):
@@ -289,15 +321,20 @@ class DiT(nn.Module):
         self.refiner = build_refiner(cfg, h)  # trainable n-gram/transformer layers over the text tokens, or None
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg)
-        # long_skip (U-ViT): Linear(2h, h) over [tokens, skip] before each of the last (depth - 1) // 2 blocks
-        self.skip_linears = (nn.ModuleList(nn.Linear(2 * h, h) for _ in range(cfg.num_long_skips))
-                             if cfg.num_long_skips else None)
+        # long_skip (U-ViT): Linear(2h, h) over [tokens, skip] before each of the last (depth - 1) // 2 blocks;
+        # made without drawing from the global RNG (and drawn last in _init_weights), so that every other weight
+        # of a seeded model is the one it has without skips
+        self.skip_linears = None
+        if cfg.num_long_skips:
+            with torch.random.fork_rng(devices=[]):
+                self.skip_linears = nn.ModuleList(nn.Linear(2 * h, h) for _ in range(cfg.num_long_skips))
 
     def _init_weights(self) -> None:
         """As the DiT reference code: Xavier-uniform Linear layers with zero bias, the patch embedding as a
         Linear, N(0, 0.02) time MLP and class table, then adaLN modulation and the output layer at zero."""
+        skips = [] if self.skip_linears is None else list(self.skip_linears)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and not any(m is lin for lin in skips):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         w = self.x_embedder.weight
@@ -311,9 +348,24 @@ class DiT(nn.Module):
                 self.concat_in.weight.copy_(joint[:, w.shape[1]:])
         nn.init.zeros_(self.x_embedder.bias)
         for layer in (self.t_embedder[0], self.t_embedder[2]):
-            nn.init.normal_(layer.weight, std=0.02)
+            reference = torch.empty_like(layer.weight).normal_(std=0.02)  # drawn either way: same later draws
+            if self.config.time_embed_init == "dit":  # "xavier": keep the draw of the loop above
+                with torch.no_grad():
+                    layer.weight.copy_(reference)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.weight, std=self.config.class_embed_std)
+        for lin in skips:  # last: "identity" [I, 0] (tokens through, skip half at zero), or Xavier
+            nn.init.zeros_(lin.bias)
+            if self.config.skip_init == "xavier":
+                nn.init.xavier_uniform_(lin.weight)
+            else:
+                with torch.no_grad():
+                    lin.weight.zero_()
+                    lin.weight[:, :self.config.hidden_size].copy_(torch.eye(self.config.hidden_size))
+        for block in self.blocks:  # Mix-FFN conv: the identity (Dirac) at first, so the MLP starts as DiT's
+            if block.mlp_dw is not None:
+                nn.init.dirac_(block.mlp_dw.weight, groups=block.mlp_dw.groups)
+                nn.init.zeros_(block.mlp_dw.bias)
         zeroed = [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1]]
         zeroed += [b.cross.proj for b in self.blocks if b.cross is not None]
         zeroed.append(self.out_conv if self.out_conv is not None else self.final_layer.linear)
@@ -387,5 +439,5 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["DIT_PRESETS", "DiT", "DiTBlock", "DiTConfig", "POS_EMBEDS", "count_parameters",
-           "modulate", "sincos_pos_embed_2d"]
+__all__ = ["DIT_PRESETS", "DiT", "DiTBlock", "DiTConfig", "POS_EMBEDS", "SKIP_INITS", "TIME_EMBED_INITS",
+           "count_parameters", "modulate", "sincos_pos_embed_2d"]

@@ -40,6 +40,7 @@ class VideoDiTConfig(DiTConfig):
         require(self.frames % self.temporal_patch == 0, "VideoDiTConfig.temporal_patch",
                 f"{self.temporal_patch} must divide frames {self.frames}")
         require(not self.out_conv, "VideoDiTConfig.out_conv", "the video DiT has no output convolution")
+        require(not self.mlp_conv, "VideoDiTConfig.mlp_conv", "the video DiT has no 2-D Mix-FFN convolution")
 
     @property
     def num_tokens(self) -> int:
@@ -102,8 +103,7 @@ class VideoDiT(DiT):
         tokens = patches.flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, h)
         context, pooled = refined_context(self.refiner, cond)
         c = self._embed(c_noise, cond, B) + pooled  # (B, h)
-        for block in self.blocks:
-            tokens = block(tokens, c, context)
+        tokens = self._run_blocks(tokens, c, context)  # (B, N, h); with long_skip, U-ViT's skips as the DiT
         return self.unpatchify(self.final_layer(tokens, c))
 
     def unpatchify(self, x: Tensor) -> Tensor:
