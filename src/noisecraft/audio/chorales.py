@@ -32,7 +32,7 @@ def _music21():
     try:
         import music21
     except ImportError as e:
-        raise DataError("dataset 'bach-chorales' needs music21: pip install 'noisecraft[audio]'") from e
+        raise DataError("dataset 'bach-audio' needs music21: pip install 'noisecraft[audio]'") from e
     return music21
 
 

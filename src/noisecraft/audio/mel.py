@@ -22,7 +22,7 @@ from noisecraft.audio.synth import SAMPLE_RATE
 from noisecraft.errors import DataError
 
 AMIN = 1e-10
-DB_MAX = 20.0    # dB just above the loudest mel bins of the rendered chorales
+DB_MAX = 24.0    # dB just above the loudest mel bins of the rendered chorales (about 22 dB at 128 bands)
 DB_RANGE = 80.0  # the image spans [DB_MAX - DB_RANGE, DB_MAX]; quieter bins are clipped to -1
 
 
@@ -33,7 +33,7 @@ class MelSpec:
     sample_rate: int = SAMPLE_RATE  # Hz
     n_fft: int = 1024               # STFT window (64 ms at 16 kHz; 15.6 Hz bins)
     hop: int = 512                  # samples between frames (32 ms)
-    n_mels: int = 64                # image rows
+    n_mels: int = 128               # image rows (64 bands blur semitones below 1 kHz: Griffin-Lim then loses pitch)
     frames: int = 64                # image columns: a clip is frames * hop samples (2.048 s at 64)
     fmin: float = 30.0              # lowest mel band edge (Hz)
     fmax: float = 4000.0            # highest mel band edge (Hz); the synthesiser renders nothing above it
@@ -55,22 +55,34 @@ def spec_for_shape(shape) -> MelSpec:
 
 
 def spec_for_resolution(resolution: int | None) -> MelSpec:
-    """data.resolution R of an audio dataset: R mel bands x R frames (None: 64); R in 16..128, a multiple of 8."""
+    """data.resolution R of an audio dataset: R mel bands (None: 128) x 64 frames (2.048 s); R in 16..128, a
+    multiple of 8 (the U-Net halves it up to three times)."""
     if resolution is None:
         return MelSpec()
-    if not (16 <= resolution <= 128 and resolution % 8 == 0):
-        raise DataError(f"an audio dataset's resolution is its mel bands = frames: a multiple of 8 in 16..128, "
-                        f"got {resolution}")
-    return MelSpec(n_mels=resolution, frames=resolution)
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not (16 <= resolution <= 128
+                                                                                and resolution % 8 == 0):
+        raise DataError(f"an audio dataset's resolution is its number of mel bands: a multiple of 8 in 16..128, "
+                        f"got {resolution!r}")
+    return MelSpec(n_mels=resolution)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_bank(spec: MelSpec) -> np.ndarray:
+    """(n_mels, 1 + n_fft/2) the mel filter bank (librosa.filters.mel: Slaney mel scale, area-normalised)."""
+    import librosa
+
+    return librosa.filters.mel(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels, fmin=spec.fmin,
+                               fmax=spec.fmax)
 
 
 def mel_power(y: np.ndarray, spec: MelSpec) -> np.ndarray:
-    """(samples,) waveform -> (n_mels, 1 + samples // hop) mel power spectrogram S."""
+    """(samples,) waveform -> (n_mels, 1 + samples // hop) mel power spectrogram S: what
+    librosa.feature.melspectrogram computes (|STFT|^2 of centred Hann frames, then the filter bank), with the
+    bank built once per MelSpec rather than per call."""
     import librosa
 
-    return librosa.feature.melspectrogram(y=np.asarray(y, dtype=np.float32), sr=spec.sample_rate, n_fft=spec.n_fft,
-                                          hop_length=spec.hop, n_mels=spec.n_mels, fmin=spec.fmin, fmax=spec.fmax,
-                                          power=2.0, center=True)
+    stft = librosa.stft(np.asarray(y, dtype=np.float32), n_fft=spec.n_fft, hop_length=spec.hop, center=True)
+    return mel_bank(spec) @ (np.abs(stft) ** 2)
 
 
 def power_to_image(S: np.ndarray) -> np.ndarray:
@@ -94,11 +106,7 @@ def wave_to_image(y: np.ndarray, spec: MelSpec) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def mel_pinv(spec: MelSpec) -> np.ndarray:
     """(1 + n_fft/2, n_mels) Moore-Penrose pseudo-inverse of the mel filter bank (librosa.filters.mel)."""
-    import librosa
-
-    bank = librosa.filters.mel(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels, fmin=spec.fmin,
-                               fmax=spec.fmax)  # (n_mels, 1 + n_fft/2)
-    return np.linalg.pinv(bank)
+    return np.linalg.pinv(mel_bank(spec))
 
 
 def mel_to_magnitude(S: np.ndarray, spec: MelSpec) -> np.ndarray:

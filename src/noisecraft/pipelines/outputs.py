@@ -66,6 +66,8 @@ def writer_for(run, out):
     key = out.suffix.lower()
     if key not in writers:
         allowed = ", ".join(sorted(k or "a directory" for k in writers))
-        raise NoisecraftError(f"--out {str(out)!r}: a {kind} model writes {allowed}; got {key or 'no extension'!r}")
+        article = "an" if kind[:1] in "aeiou" else "a"
+        raise NoisecraftError(f"--out {str(out)!r}: {article} {kind} model writes {allowed}; got "
+                              f"{key or 'no extension'!r}")
     module, _, name = writers[key].partition(":")
     return getattr(importlib.import_module(module), name)
