@@ -23,23 +23,22 @@ Shapes: B batch, C point channels (3: x, y, z), N points, h hidden width.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisecraft.errors import ConfigError, NoisecraftError, require
 from noisecraft.models.conditioning import (
     CondEmbedding,
     CondSpec,
-    CrossAttention,
     TokenRefinerConfig,
     build_refiner,
     check_cond,
-    context_width,
     null_labels,
     refined_context,
 )
+from noisecraft.models.dit import DiTBlock, modulate
 from noisecraft.models.unet import timestep_embedding
 
 
@@ -96,52 +95,20 @@ class PointTransformerConfig:
 _LN_EPS = 1e-6
 
 
-def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN: x (1 + scale) + shift, (B, h) shift / scale broadcast over the points of x (B, N, h)."""
-    return x * (1 + scale[:, None]) + shift[:, None]
-
-
-class PointSelfAttention(nn.Module):
-    """Multi-head self-attention over the points: W_o softmax(Q K^T / sqrt(d)) V, [Q, K, V] = W_qkv x (no
-    position term, so it commutes with permutations of the points)."""
-
-    def __init__(self, hidden: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.proj = nn.Linear(hidden, hidden)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, N, h = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)  # (B, heads, N, d)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, h))
-
-
-class PointBlock(nn.Module):
-    """One adaLN-Zero block (module docstring)."""
+class PointBlock(DiTBlock):
+    """One adaLN-Zero block (module docstring): DiT's block on the point tokens (no QK-norm, no token-grid conv;
+    its self-attention has no position term, so it commutes with permutations of the points)."""
 
     def __init__(self, cfg: PointTransformerConfig) -> None:
-        super().__init__()
-        h = cfg.hidden_size
-        self.norm1 = nn.LayerNorm(h, elementwise_affine=False, eps=_LN_EPS)
-        self.attn = PointSelfAttention(h, cfg.num_heads)
-        if cfg.context_dim:
-            self.norm_cross = nn.LayerNorm(h, eps=_LN_EPS)
-            self.cross = CrossAttention(h, context_width(cfg), cfg.num_heads)
-        else:
-            self.cross = None
-        self.norm2 = nn.LayerNorm(h, elementwise_affine=False, eps=_LN_EPS)
-        width = int(h * cfg.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(h, width), nn.GELU(approximate="tanh"), nn.Linear(width, h))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
+        super().__init__(_block_fields(cfg))
 
-    def forward(self, x: Tensor, c: Tensor, context=None) -> Tensor:
-        """x (B, N, h) point tokens, c (B, h), context (tokens, mask) or None -> (B, N, h)."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate1[:, None] * self.attn(_modulate(self.norm1(x), shift1, scale1))
-        if self.cross is not None and context is not None:
-            x = x + self.cross(self.norm_cross(x), *context)
-        return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+
+def _block_fields(cfg: PointTransformerConfig):
+    """The fields DiTBlock reads, from a PointTransformerConfig (the options the point transformer does not have
+    are off)."""
+    return SimpleNamespace(hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, qk_norm=False,
+                           context_dim=cfg.context_dim, refiner=cfg.refiner, mlp_ratio=cfg.mlp_ratio,
+                           mlp_conv=False, grid_size=None)
 
 
 class PointFinalLayer(nn.Module):
@@ -156,7 +123,7 @@ class PointFinalLayer(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(_modulate(self.norm(x), shift, scale))
+        return self.linear(modulate(self.norm(x), shift, scale))
 
 
 class PointTransformer(nn.Module):
