@@ -143,9 +143,12 @@ PRESETS.update({
                              train=replace(_MNIST.train, minutes=20.0)),
     # mnist-dit with QK-norm, a 3x3 output conv and representation alignment (REPA, Yu et al. 2025): block 2's
     # tokens aligned with the 7x7x128 features of noisecraft's MNIST classifier (benchmarks/transformers.md "REPA").
+    # mnist-dit-mix's network (the best DiT config measured); before 2026-12-08 this preset had only QK-norm and
+    # the output conv (runs made then keep that network in their own config).
     "mnist-dit-repa": replace(_MNIST, name="mnist-dit-repa", model="dit",
                               network=replace(DIT_PRESETS["mnist"], patch_size=4, hidden_size=128, depth=6,
-                                              num_heads=4, num_classes=10, out_conv=True, qk_norm=True),
+                                              num_heads=4, num_classes=10, out_conv=True, qk_norm=True,
+                                              class_embed_std=1.0, time_embed_init="xavier", mlp_conv=True),
                               conditioning=ConditioningConfig(cond_dropout=0.1),
                               train=replace(_MNIST.train, minutes=20.0,
                                             repa=REPAConfig(encoder="mnist", depth=2, weight=0.5))),
