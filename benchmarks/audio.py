@@ -33,12 +33,13 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from cpu_budget import train_cpu_budget
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "audio.json"
@@ -59,35 +60,17 @@ def _record(key: str, value: dict) -> None:
 
 def cmd_train(args, argv) -> None:
     from noisecraft.config import from_dict, to_dict
-    from noisecraft.files import atomic_write_json
     from noisecraft.presets import get_preset
     from noisecraft.runconfig import RunConfig, apply_run_overrides
-    from noisecraft.training.trainer import Trainer
 
-    torch.set_num_threads(1)
     cfg = from_dict(RunConfig, apply_run_overrides(to_dict(get_preset(args.preset)),
                                                    ["train.threads=1", *args.overrides]), "config")
-    cfg = replace(cfg, train=replace(cfg.train, minutes=None, steps=10**9))
     out = Path(args.out)
-    trainer = Trainer(cfg, out, progress=False)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", to_dict(trainer.config))
-    budget, log = args.cpu_minutes * 60, []
-    c0, w0, smooth = time.process_time(), time.monotonic(), None
-    while time.process_time() - c0 < budget:
-        loss = trainer.train_step()
-        smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
-        if trainer.step % 50 == 0:
-            log.append({"step": trainer.step, "loss_smooth": smooth, "cpu_s": time.process_time() - c0,
-                        "wall_s": time.monotonic() - w0})
-            print(json.dumps(log[-1]), flush=True)
-    trainer.save()
-    summary = {"preset": args.preset, "overrides": args.overrides, "steps": trainer.step,
-               "cpu_s": time.process_time() - c0, "wall_s": time.monotonic() - w0, "loss_smooth": smooth,
-               "params": sum(p.numel() for p in trainer.net.parameters()), "log": log, "meta": _meta(argv)}
+    summary = {"preset": args.preset, "overrides": args.overrides,
+               **train_cpu_budget(cfg, out, args.cpu_minutes), "meta": _meta(argv)}
     (out / "cpu_budget.json").write_text(json.dumps(summary, indent=1))
     _record(f"train {out}", summary)
-    print(f"{args.preset}: {trainer.step} steps in {summary['cpu_s']:.0f} CPU-s ({summary['wall_s']:.0f} s wall)")
+    print(f"{args.preset}: {summary['steps']} steps in {summary['cpu_s']:.0f} CPU-s ({summary['wall_s']:.0f} s wall)")
 
 
 def _via_mel(waves, spec) -> tuple[torch.Tensor, list[np.ndarray]]:

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -34,6 +33,8 @@ from datetime import date
 from pathlib import Path
 
 import torch
+
+from cpu_budget import train_cpu_budget
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "transformers_dit.json"
@@ -122,37 +123,13 @@ def _net(cfg):
 
 
 def cmd_train(args, argv) -> None:
-    from noisecraft.config import to_dict
-    from noisecraft.files import atomic_write_json
-    from noisecraft.training.trainer import Trainer
-
-    torch.set_num_threads(1)
-    cfg = _config(args.preset, args.overrides)
-    cfg = replace(cfg, train=replace(cfg.train, minutes=None, steps=10**9))
     out = Path(args.out)
-    trainer = Trainer(cfg, out, progress=False)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", to_dict(trainer.config))
-    budget, log = args.cpu_minutes * 60, []
-    c0, w0, smooth = time.process_time(), time.monotonic(), None
-    while time.process_time() - c0 < budget:
-        loss = trainer.train_step()
-        smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
-        if trainer.step % 50 == 0:
-            log.append({"step": trainer.step, "loss_smooth": smooth, "cpu_s": time.process_time() - c0,
-                        "wall_s": time.monotonic() - w0})
-            print(json.dumps(log[-1]), flush=True)
-        if args.snapshot_every and trainer.step % args.snapshot_every == 0:
-            path = trainer.save()
-            (out / "snapshots").mkdir(exist_ok=True)
-            shutil.copyfile(path, out / "snapshots" / f"step-{trainer.step:06d}.safetensors")
-    trainer.save()
-    summary = {"preset": args.preset, "overrides": args.overrides, "steps": trainer.step,
-               "cpu_s": time.process_time() - c0, "wall_s": time.monotonic() - w0, "loss_smooth": smooth,
-               "log": log, "meta": _meta(argv)}
+    run = train_cpu_budget(_config(args.preset, args.overrides), out, args.cpu_minutes, args.snapshot_every)
+    run.pop("params")
+    summary = {"preset": args.preset, "overrides": args.overrides, **run, "meta": _meta(argv)}
     (out / "cpu_budget.json").write_text(json.dumps(summary, indent=1))
     _record(f"train {out}", summary)
-    print(f"{args.preset}: {trainer.step} steps in {summary['cpu_s']:.0f} CPU-s ({summary['wall_s']:.0f} s wall)")
+    print(f"{args.preset}: {summary['steps']} steps in {summary['cpu_s']:.0f} CPU-s ({summary['wall_s']:.0f} s wall)")
 
 
 def _score(run, num: int, guidance: float, batch: int):
