@@ -141,17 +141,6 @@ PRESETS.update({
                                              class_embed_std=1.0, time_embed_init="xavier", mlp_conv=True),
                              conditioning=ConditioningConfig(cond_dropout=0.1),
                              train=replace(_MNIST.train, minutes=20.0)),
-    # mnist-dit with QK-norm, a 3x3 output conv and representation alignment (REPA, Yu et al. 2025): block 2's
-    # tokens aligned with the 7x7x128 features of noisecraft's MNIST classifier (benchmarks/transformers.md "REPA").
-    # mnist-dit-mix's network (the best DiT config measured); before 2026-12-08 this preset had only QK-norm and
-    # the output conv (runs made then keep that network in their own config).
-    "mnist-dit-repa": replace(_MNIST, name="mnist-dit-repa", model="dit",
-                              network=replace(DIT_PRESETS["mnist"], patch_size=4, hidden_size=128, depth=6,
-                                              num_heads=4, num_classes=10, out_conv=True, qk_norm=True,
-                                              class_embed_std=1.0, time_embed_init="xavier", mlp_conv=True),
-                              conditioning=ConditioningConfig(cond_dropout=0.1),
-                              train=replace(_MNIST.train, minutes=20.0,
-                                            repa=REPAConfig(encoder="mnist", depth=2, weight=0.5))),
     # Text-to-image on glyphs ("bold serif capital letter G"), 32x32 grey.
     "glyphs-text": replace(_MNIST, name="glyphs-text", network=_TEXT_UNET,
                            data=DataConfig(dataset="glyphs", split="train"),
@@ -183,6 +172,13 @@ PRESETS.update({
 # leaves at chance, is the planner's job (measured in benchmarks/guidance.md and benchmarks/scenes_text.md).
 PRESETS["ldm-scenes-layout"] = replace(PRESETS["ldm-scenes-text"], name="ldm-scenes-layout",
                                        conditioning=replace(_TEXT["conditioning"], layout=True))
+
+# mnist-dit-mix with representation alignment (REPA, Yu et al. 2025): block 2's tokens aligned with the 7x7x128
+# features of noisecraft's MNIST classifier (benchmarks/transformers.md "REPA"). Before 2026-12-08 this preset's
+# network had only QK-norm and the output conv (runs made then keep that network in their own config).
+PRESETS["mnist-dit-repa"] = replace(PRESETS["mnist-dit-mix"], name="mnist-dit-repa",
+                                    train=replace(PRESETS["mnist-dit-mix"].train,
+                                                  repa=REPAConfig(encoder="mnist", depth=2, weight=0.5)))
 
 # ---- MMDiT text-to-image with rectified flow (Esser et al. 2024, SD3; noisecraft.models.mmdit) -------------------
 # Image and text tokens with their own weights and one joint attention, adaLN-Zero from the time and the pooled
