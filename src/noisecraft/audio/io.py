@@ -158,18 +158,9 @@ def write_wav_directory(result, out: Path, run) -> Path:
 
 def titles(result, class_names=MODES) -> list[str]:
     """One title per clip: its class (the chorale's mode, or a prompt) and seed."""
-    cond = result.parameters.get("conditioning") or {}
-    prompts, labels = cond.get("prompts") or [], cond.get("class_ids")
-    out = []
-    for i, seed in enumerate(result.seeds):
-        if prompts:
-            out.append(f"{prompts[i if len(prompts) > 1 else 0]} (seed {seed})")
-        elif isinstance(labels, list | tuple) and labels:
-            label = int(labels[i if len(labels) > 1 else 0])
-            out.append(f"{class_names[label] if label < len(class_names) else label} (seed {seed})")
-        else:
-            out.append(f"seed {seed}")
-    return out
+    from noisecraft.pipelines.outputs import sample_titles
+
+    return sample_titles(result, class_names)
 
 
 def spectrogram_png(images, titles_: list[str] | None = None, columns: int = 4, max_images: int = 16,

@@ -71,3 +71,20 @@ def writer_for(run, out):
                               f"{key or 'no extension'!r}")
     module, _, name = writers[key].partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def sample_titles(result, class_names=()) -> list[str]:
+    """One title per sample of a generation result, for previews: its prompt or its class (named by class_names
+    where it has a name) and its seed."""
+    cond = result.parameters.get("conditioning") or {}
+    prompts, labels = cond.get("prompts") or [], cond.get("class_ids")
+    out = []
+    for i, seed in enumerate(result.seeds):
+        if prompts:
+            out.append(f"{prompts[i if len(prompts) > 1 else 0]} (seed {seed})")
+        elif isinstance(labels, list | tuple) and labels:
+            label = int(labels[i if len(labels) > 1 else 0])
+            out.append(f"{class_names[label] if label < len(class_names) else label} (seed {seed})")
+        else:
+            out.append(f"seed {seed}")
+    return out

@@ -165,18 +165,9 @@ def _run_points(run) -> int | None:
 
 
 def _titles(result) -> list[str]:
-    prompts = (result.parameters.get("conditioning") or {}).get("prompts") or []
-    labels = (result.parameters.get("conditioning") or {}).get("class_ids")
-    titles = []
-    for i, seed in enumerate(result.seeds):
-        if prompts:
-            titles.append(f"{prompts[i if len(prompts) > 1 else 0]} (seed {seed})")
-        elif isinstance(labels, list | tuple) and labels:
-            label = int(labels[i if len(labels) > 1 else 0])
-            titles.append(f"{KINDS[label] if label < len(KINDS) else label} (seed {seed})")
-        else:
-            titles.append(f"seed {seed}")
-    return titles
+    from noisecraft.pipelines.outputs import sample_titles
+
+    return sample_titles(result, KINDS)
 
 
 def write_ply(result, out: Path, run) -> Path:
