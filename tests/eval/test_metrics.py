@@ -175,3 +175,14 @@ def test_bad_inputs_name_the_problem():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         metrics.gaussian_stats(x)  # 50 > 4: no rank warning
+
+
+def test_class_shares_counts_confident_samples_and_argmax_shares():
+    # Rows with softmax maxima 0.95 (class 2), ~0.58 (class 0), 0.999 (class 2) and a tie (argmax: class 0).
+    logits = np.array([[0.0, 0.0, np.log(0.95 / 0.025)], [1.0, 0.5, 0.0], [0.0, 0.0, 8.0], [0.0, 0.0, 0.0]])
+    shares = metrics.class_shares(logits, threshold=0.9)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert shares.confident == (p.max(axis=1) > 0.9).mean() == 0.5
+    assert shares.shares == (0.5, 0.0, 0.5)
+    with pytest.raises(metrics.EvalError, match=r"threshold must be in \(0, 1\)"):
+        metrics.class_shares(logits, threshold=1.0)

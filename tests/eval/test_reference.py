@@ -57,11 +57,16 @@ def test_evaluate_real_mnist_held_out_is_close_to_the_floor(cache):
     from noisecraft.data import load_dataset
 
     test = load_dataset("mnist", split="test").images
-    res = evaluate(test, reference="mnist", features="mnist", metrics="fd,kid,pr,is,mem", kid_subsets=10)
+    res = evaluate(test, reference="mnist", features="mnist", metrics="fd,kid,pr,is,classes,mem",
+                   kid_subsets=10)
     assert res["num_samples"] == 500 and res["num_reference"] == 4500 and res["reference"] == "mnist/train"
     assert res["fd"] < 2.0 and abs(res["kid"]) < 0.01
     assert res["precision"] > 0.7 and res["recall"] > 0.7 and res["is"] > 5
     assert res["near_copies"] == 0.0
+    # the classifier is sure of most real held-out digits (label smoothing 0.05 caps p near 0.955: 0.85 here) and
+    # each digit holds about a tenth of them
+    assert 0.8 < res["confident"] < 0.9 and 0.09 <= res["class_share_min"] <= res["class_share_max"] <= 0.12
+    assert sum(res["class_shares"]) == pytest.approx(1.0)
     noise = np.random.default_rng(0).uniform(-1, 1, (500, 1, 28, 28)).astype(np.float32)
     bad = evaluate(noise, reference="mnist", features="mnist", metrics="fd,kid", kid_subsets=10)
     assert bad["fd"] > 50 * res["fd"] + 10 and bad["kid"] > 0.1

@@ -14,7 +14,9 @@ import argparse
 from noisecraft.cli.argtypes import positive_int
 
 LABELS = {"fd": "FD", "fd_inf": "FD_inf", "kid": "KID", "precision": "precision", "recall": "recall",
-          "is": "IS", "near_copies": "near-copies (pixels)", "near_copies_features": "near-copies (features)"}
+          "is": "IS", "confident": "confident (p > 0.9)", "class_share_min": "smallest class share",
+          "class_share_max": "largest class share", "near_copies": "near-copies (pixels)",
+          "near_copies_features": "near-copies (features)"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -37,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--split", help="reference split: train (default), test or all")
     p.add_argument("--features", help="feature network: mnist, effnet or inception (default: mnist for the mnist "
                                       "dataset, else effnet)")
-    p.add_argument("--metrics", default="fd,kid,pr,is", help="comma-separated: fd, fd_inf, kid, pr, is, mem "
+    p.add_argument("--metrics", default="fd,kid,pr,is", help="comma-separated: fd, fd_inf, kid, pr, is, classes, mem "
                                                              "(default fd,kid,pr,is)")
     p.add_argument("--num", type=positive_int, default=1000, help="samples to generate (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
@@ -108,6 +110,9 @@ def format_table(result: dict) -> str:
         if f"{key}_std" in result:
             value += f" +- {result[key + '_std']:.2g}"
         lines.append(f"  {label:<24s} {value}")
+    if result.get("class_shares") is not None:
+        shares = " ".join(f"{k}:{v:.3f}" for k, v in enumerate(result["class_shares"]))
+        lines.append(f"  {'class shares':<24s} {shares}")
     return "\n".join(lines)
 
 

@@ -5,7 +5,8 @@
     # {"fd": ..., "kid": ..., "kid_std": ..., "precision": ..., "recall": ..., "is": ..., "is_std": ...,
     #  "num_samples": ..., "num_reference": ..., "features": "mnist", "reference": "mnist/train"}
 
-Metric names (METRICS): fd, fd_inf, kid, pr (precision and recall), is, mem (near-copy fraction; needs
+Metric names (METRICS): fd, fd_inf, kid, pr (precision and recall), is, classes (confident fraction and
+class shares by the feature network's classifier), mem (near-copy fraction; needs
 the reference dataset's images, see noisecraft.eval.memorization).
 """
 
@@ -21,6 +22,8 @@ METRICS = {
     "kid": "Kernel Inception Distance, unbiased MMD^2 with a cubic kernel, mean and std over subsets",
     "pr": "improved precision and recall, k = 3 nearest neighbours (Kynkaanniemi et al. 2019)",
     "is": "Inception-Score-style score of the feature network's classifier (Salimans et al. 2016)",
+    "classes": "the feature network's classifier on the samples: fraction with top probability > 0.9 and each "
+               "class's share",
     "mem": "fraction of near-copies of training images, d(NN1)/d(NN2) < 1/3 in pixel space",
 }
 DEFAULT_METRICS = ("fd", "kid", "pr", "is")
@@ -61,6 +64,13 @@ def score(gen_features: np.ndarray, ref, metrics, *, gen_logits: np.ndarray | No
         if gen_logits is None:
             raise EvalError("metric 'is' needs the feature network's logits")
         out["is"], out["is_std"] = M.inception_score(gen_logits, splits=min(10, len(gen_logits)))
+    if "classes" in metrics:
+        if gen_logits is None:
+            raise EvalError("metric 'classes' needs the feature network's logits")
+        shares = M.class_shares(gen_logits)
+        out["confident"] = shares.confident
+        out["class_shares"] = list(shares.shares)
+        out["class_share_min"], out["class_share_max"] = min(shares.shares), max(shares.shares)
     return out
 
 

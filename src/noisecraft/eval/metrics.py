@@ -279,3 +279,21 @@ def inception_score(logits, *, splits: int = 10, shuffle: bool = True, seed: int
         kl = (p[part] * (log_p[part] - np.log(q))).sum(axis=1).mean()
         scores.append(np.exp(kl))
     return InceptionScore(float(np.mean(scores)), float(np.std(scores)))
+
+
+# ------------------------------------------------------------------------------------ class shares
+class ClassShares(NamedTuple):
+    confident: float          # fraction of samples whose top class probability exceeds the threshold
+    shares: tuple[float, ...]  # fraction of samples whose top class is k, for each class k
+
+
+def class_shares(logits, *, threshold: float = 0.9) -> ClassShares:
+    """How a classifier reads generated samples, from its logits (N, K): the fraction whose softmax maximum
+    exceeds `threshold` (a legibility rate: the classifier is sure what the sample is) and the share of samples
+    assigned to each class by argmax (mode coverage: for MNIST each digit should be near 1/K)."""
+    z = as_features(logits, "logits")
+    if not 0.0 < threshold < 1.0:
+        raise EvalError(f"class-share threshold must be in (0, 1), got {threshold}")
+    p = np.exp(_log_softmax(z))
+    counts = np.bincount(p.argmax(axis=1), minlength=z.shape[1])
+    return ClassShares(float((p.max(axis=1) > threshold).mean()), tuple(float(c) / len(z) for c in counts))
