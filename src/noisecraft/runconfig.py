@@ -90,6 +90,8 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW (beta1, beta2)
     grad_clip: float = 1.0          # clip the global gradient norm to this (0: off)
     ema_decay: float = 0.999        # EMA decay; the effective decay warms up as min(decay, (1+t)/(10+t))
+    ema_sigma_rel: float = 0.0      # > 0: the EMA is instead the power-function EMA of this relative width
+                                    # (Karras et al. 2024, eq. 3), whose length grows with the run (ema_decay unused)
     bf16: bool = False              # bfloat16 autocast for the forward/backward pass
     seed: int = 0                   # all randomness derives from (seed, step)
     steps: int = 10_000             # stop after this many optimiser steps
@@ -122,6 +124,8 @@ class TrainConfig:
         require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         require(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         require(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        require(self.ema_sigma_rel == 0 or 0 < self.ema_sigma_rel < 12 ** -0.5, "train.ema_sigma_rel",
+                f"must be 0 (off) or in (0, 12^-1/2 = 0.2887), got {self.ema_sigma_rel}")
         require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
         require(self.minutes is None or self.minutes > 0, "train.minutes", f"must be > 0, got {self.minutes}")
         require(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas",

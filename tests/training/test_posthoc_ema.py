@@ -134,3 +134,19 @@ def test_ema_command_writes_a_loadable_checkpoint(run, tmp_path, capsys):
     assert main(["ema", "--checkpoint", str(run), "--sigma-rel", "0.07", "--step", "5", "--out",
                  str(tmp_path / "x")]) == 2  # no snapshot at or before step 5: a one-line error
     assert "no post-hoc EMA snapshots" in capsys.readouterr().err
+
+
+def test_train_ema_sigma_rel_is_the_power_function_ema(tmp_path):
+    """train.ema_sigma_rel makes the sampling EMA the power-function EMA of that width: the same weights as the
+    tracked post-hoc profile with that sigma_rel, update for update."""
+    cfg = get_preset("toy2d")
+    cfg = replace(cfg, data=replace(cfg.data, limit=256),
+                  train=replace(cfg.train, steps=25, batch_size=32, warmup_steps=5, checkpoint_every=1000,
+                                ema_sigma_rel=0.1, phema_sigma_rels=(0.1,)))
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.run()
+    assert trainer.ema_decay_at(0) == 0.0 and trainer.ema_decay_at(9) == pytest.approx(0.9 ** (G10 + 1))
+    for a, b in zip(trainer.ema.parameters(), trainer.phema.models[0].parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(Exception, match="train.ema_sigma_rel"):
+        replace(cfg.train, ema_sigma_rel=0.3)

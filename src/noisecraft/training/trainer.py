@@ -40,6 +40,7 @@ from noisecraft.training import distributed
 from noisecraft.training.batches import BatchOrder, chain_hash, load_data, step_seed
 from noisecraft.training.distributed import Dist, micro_rows, micro_slice
 from noisecraft.training.ema import ema_copy, ema_decay, phema_every, power_ema, snapshot_phema, update_ema
+from noisecraft.training.posthoc_ema import power_beta, sigma_rel_to_gamma
 from noisecraft.training.precision import (
     OVERFLOW,
     STEPPED,
@@ -196,8 +197,13 @@ class Trainer:
         return t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
 
     def ema_decay_at(self, step: int) -> float:
-        """The EMA decay of the update after `step` (ema.ema_decay with train.ema_decay)."""
-        return ema_decay(step, self.config.train.ema_decay)
+        """The EMA decay of the update after `step` (0-based): ema.ema_decay with train.ema_decay, or with
+        train.ema_sigma_rel > 0 the power-function EMA's (1 - 1/t)^(gamma + 1) at t = step + 1 (Karras et al.
+        2024, eq. 3): an average over a fixed fraction of the run however long it runs."""
+        t = self.config.train
+        if t.ema_sigma_rel:
+            return power_beta(sigma_rel_to_gamma(t.ema_sigma_rel), step + 1)
+        return ema_decay(step, t.ema_decay)
 
     def batch_indices(self, step: int) -> torch.Tensor:
         """Indices of step's batch: epoch e = step // batches_per_epoch uses permutation seeded by (seed, e)."""
