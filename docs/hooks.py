@@ -30,6 +30,13 @@ PACKAGES = [
     ("editing", "Inpainting and outpainting, image-to-image (SDEdit, ODE inversion), style transfer."),
     ("search", "Similarity search with diffusion features and a faiss index."),
     ("interop", "Other formats: diffusers folders and SD single files in, LoRA files, diffusers and ONNX out."),
+    ("distill", "Few-step students: consistency distillation and training, ECT, LCM, reflow, sCM."),
+    ("finetune", "Fine-tuning on a few images: LoRA, DreamBooth, textual inversion, and their adapter files."),
+    ("serve", "The generation server: A1111-compatible routes, the job API, the queue, batching, safeguards."),
+    ("video", "Video: output writers, presets, the causal 3-D autoencoder's use, video metrics."),
+    ("audio", "Audio: synthesised Bach chorales, mel spectrograms, Griffin-Lim, WAV output, audio metrics."),
+    ("points", "3-D point clouds: primitive shapes, the permutation-equivariant denoiser, PLY output, metrics."),
+    ("molecules", "Molecules: E(3)-equivariant diffusion, the RDKit-made dataset, stability and validity."),
 ]
 
 
