@@ -25,10 +25,10 @@ fi
 noisecraft forward --noise-schedule linear --num 8 --seed 0 --out "$IMG/forward-linear.png"
 noisecraft forward --noise-schedule cosine --num 8 --seed 0 --out "$IMG/forward-cosine.png"
 
-# 3. The reverse process of one sample (the preset's sampler: Heun, 18 Karras steps), as a strip and a GIF.
-noisecraft sample --checkpoint "$RUN" --num 1 --seed 2 --steps 18 --trajectory "$IMG/reverse.png" \
+# 3. The reverse process of one sample (Heun, 18 Karras steps), as a strip and a GIF.
+noisecraft sample --checkpoint "$RUN" --num 1 --seed 2 --sampler heun --steps 18 --trajectory "$IMG/reverse.png" \
     --out "$TMP/one.png" --device "$DEVICE"
-noisecraft sample --checkpoint "$RUN" --num 1 --seed 2 --steps 18 --trajectory "$IMG/reverse.gif" \
+noisecraft sample --checkpoint "$RUN" --num 1 --seed 2 --sampler heun --steps 18 --trajectory "$IMG/reverse.gif" \
     --out "$TMP/one.png" --device "$DEVICE"
 
 # 4. A grid of 64 samples.
