@@ -51,7 +51,7 @@ def test_best_tracking_and_resume(config, tmp_path, monkeypatch):
 def test_bad_settings_are_clear_errors(tmp_path):
     with pytest.raises(EvalError, match="needs image data"):
         TrainingEvaluator(get_preset("toy2d"), tmp_path)
-    with pytest.raises(EvalError, match="unknown metric.*'fid'.*allowed: fd, fd_inf, kid, pr, is, mem"):
+    with pytest.raises(EvalError, match="unknown metric.*'fid'.*allowed: fd, fd_inf, kid, pr, is, classes, mem"):
         TrainingEvaluator(get_preset("mnist-tiny"), tmp_path, metrics=("fid",))
     with pytest.raises(EvalError, match="every_n_steps must be an integer >= 1"):
         TrainingEvaluator(get_preset("mnist-tiny"), tmp_path, every_n_steps=0)

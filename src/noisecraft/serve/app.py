@@ -52,7 +52,7 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
 
 class Guard:
     """Pure ASGI middleware (so a client's disconnect reaches the routes): the body-size limit (413), the API key
-    (401) and the per-key rate limit (429 with Retry-After); it sets scope["state"]["client"] (key or address)."""
+    (401) and the per-key rate limit (429 with Retry-After); it sets `scope["state"]["client"]` (key or address)."""
 
     def __init__(self, app, server):
         self.app, self.server = app, server
