@@ -30,6 +30,7 @@ import torch
 OPTIONS: dict[str, dict] = {  # name -> TrainConfig (or "unet." for UNetConfig) overrides
     "plain (fp32)": {},
     "bf16 autocast": {"bf16": True},
+    "bf16 autocast, channels-first": {"bf16": True, "unet.channels_last": False},  # the quickstart's on AMX CPUs
     "fp16 autocast + grad scaler": {"fp16": True},
     "torch.compile": {"compile": True},
     "channels-last off": {"unet.channels_last": False},
