@@ -29,49 +29,30 @@ the MNIST train split. Results go to benchmarks/results/mmdit_scenes.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cpu_budget import train_cpu_budget
+from cpu_budget import meta, record, train_preset_command
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "mmdit_scenes.json"
 
 
 def _meta(argv) -> dict:
-    return {"command": "python benchmarks/mmdit_scenes.py " + " ".join(argv), "date": str(date.today()),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), torch "
-                       f"{torch.__version__}, 1 thread"}
+    return meta("mmdit_scenes.py", argv)
 
 
 def _record(key: str, value: dict) -> None:
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results[key] = value
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
+    record(RESULTS, key, value)
 
 
 def cmd_train(args, argv) -> None:
-    from noisecraft.config import from_dict, to_dict
-    from noisecraft.presets import get_preset
-    from noisecraft.runconfig import RunConfig, apply_run_overrides
-
-    cfg = from_dict(RunConfig, apply_run_overrides(to_dict(get_preset(args.preset)),
-                                                   ["train.threads=1", *args.overrides]), "config")
-    out = Path(args.out)
-    summary = {"preset": args.preset, "overrides": args.overrides,
-               **train_cpu_budget(cfg, out, args.cpu_minutes), "meta": _meta(argv)}
-    (out / "cpu_budget.json").write_text(json.dumps(summary, indent=1))
-    _record(f"train {out}", summary)
-    print(f"{args.preset}: {summary['steps']} steps in {summary['cpu_s']:.0f} CPU-s ({summary['wall_s']:.0f} s wall)")
+    train_preset_command("mmdit_scenes.py", RESULTS, args, argv)
 
 
 def _sample(loaded, request) -> tuple[torch.Tensor, float]:

@@ -28,17 +28,14 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="section.field=value, as `noisecraft train`")
     args = p.parse_args(argv)
 
-    from cpu_budget import train_cpu_budget
-    from noisecraft.config import from_dict, to_dict
+    from cpu_budget import preset_config, train_cpu_budget
     from noisecraft.eval import evaluate
     from noisecraft.pipelines import load
     from noisecraft.pipelines.generate import generate
     from noisecraft.pipelines.request import Request
-    from noisecraft.presets import get_preset
-    from noisecraft.runconfig import RunConfig, apply_run_overrides
     from noisecraft.viz import save_grid
 
-    cfg = from_dict(RunConfig, apply_run_overrides(to_dict(get_preset("mnist")), args.overrides))
+    cfg = preset_config("mnist", args.overrides)
     out = Path(args.out) / args.name
     info = train_cpu_budget(cfg, out, args.cpu_minutes)
     images = generate(load(out), Request(num=args.num, batch_size=100, sampler="heun", steps=18)).images

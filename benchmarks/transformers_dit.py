@@ -25,16 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import replace
-from datetime import date
 from pathlib import Path
 
 import torch
 
-from cpu_budget import train_cpu_budget
+from cpu_budget import meta, preset_config, record, train_preset_command
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "transformers_dit.json"
@@ -57,25 +55,14 @@ CANDIDATES = {
 
 
 def _meta(argv) -> dict:
-    return {"command": "python benchmarks/transformers_dit.py " + " ".join(argv), "date": str(date.today()),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), torch "
-                       f"{torch.__version__}, 1 thread"}
+    return meta("transformers_dit.py", argv)
 
 
 def _record(key: str, value: dict) -> None:
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results[key] = value
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
+    record(RESULTS, key, value)
 
 
-def _config(preset: str, overrides: list[str]):
-    from noisecraft.config import from_dict, to_dict
-    from noisecraft.presets import get_preset
-    from noisecraft.runconfig import RunConfig, apply_run_overrides
-
-    data = apply_run_overrides(to_dict(get_preset(preset)), ["train.threads=1", *overrides])
-    return from_dict(RunConfig, data, "config")
+_config = preset_config
 
 
 def _cpu_per_step(config, steps: int = 4) -> float:
@@ -123,13 +110,7 @@ def _net(cfg):
 
 
 def cmd_train(args, argv) -> None:
-    out = Path(args.out)
-    run = train_cpu_budget(_config(args.preset, args.overrides), out, args.cpu_minutes, args.snapshot_every)
-    run.pop("params")
-    summary = {"preset": args.preset, "overrides": args.overrides, **run, "meta": _meta(argv)}
-    (out / "cpu_budget.json").write_text(json.dumps(summary, indent=1))
-    _record(f"train {out}", summary)
-    print(f"{args.preset}: {summary['steps']} steps in {summary['cpu_s']:.0f} CPU-s ({summary['wall_s']:.0f} s wall)")
+    train_preset_command("transformers_dit.py", RESULTS, args, argv, args.snapshot_every)
 
 
 def _score(run, num: int, guidance: float, batch: int):
