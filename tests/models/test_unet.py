@@ -312,3 +312,21 @@ def test_build_model_registry():
         build_model("vit", None)
     with pytest.raises(ConfigError, match="unknown field"):
         build_model("unet", {"width": 3})
+
+
+def test_attention_runs_in_float32_under_cpu_bf16_autocast():
+    """Under CPU bf16 autocast the U-Net's attention is float32 softmax(QK^T/sqrt(d))V of the bf16 inputs, cast back
+    to bf16 (exactly); outside autocast it is the plain product."""
+    import torch.nn.functional as F
+
+    from noisecraft.models.unet import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 49, 16, generator=g) for _ in range(3))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1)
+    torch.testing.assert_close(attention(q, k, v), weights @ v, rtol=1e-5, atol=1e-5)
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(qb, kb, vb)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float()).bfloat16())
